@@ -1,0 +1,64 @@
+"""Entry point of the ``pbxcal`` console script.
+
+``main(argv)`` builds one argparse parser with a sub-command per task and turns every
+pbxcal error into a one-line message on stderr and exit status 2 — never a traceback.
+The commands themselves live in ``offline.py`` (plan, slots, check-config) and the
+other modules of this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from pbxcal import __version__
+from pbxcal.cli import offline
+from pbxcal.errors import ConfigError, PbxcalError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``pbxcal plan: error: ...``) instead of usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pbxcal",
+        description="Calendar appointments whose title is a phone number become call "
+        "forwardings on an Asterisk PBX.",
+    )
+    parser.add_argument("--version", action="version", version=f"pbxcal {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    offline.add_plan(sub)
+    offline.add_slots(sub)
+    offline.add_check_config(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        code: int = ns.handler(ns)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"pbxcal: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except PbxcalError as exc:
+        print(f"pbxcal: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

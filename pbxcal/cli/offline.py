@@ -1,0 +1,318 @@
+"""``pbxcal plan``, ``pbxcal slots`` and ``pbxcal check-config``: dry runs, no network.
+
+These read iCalendar files, run the pure core and print JSON (``--json``) or a short
+table. The JSON shapes are contracts (see the design guide); change them only by
+adding fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pbxcal.cli import args as parse
+from pbxcal.config import Config, load_config
+from pbxcal.core.ical import EventInstance, expand_calendar, parse_calendar
+from pbxcal.core.policy import NumberPolicy
+from pbxcal.core.slots import AvailabilityRules, LocalPeriod, busy_intervals, free_slots
+from pbxcal.core.windows import plan_windows
+from pbxcal.errors import InputError
+
+#: A calendar file larger than this is refused rather than read into memory.
+MAX_ICS_BYTES = 50_000_000
+
+
+def add_plan(sub: Any) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="dry run: which targets an extension forwards to, from when to when",
+        description="Read iCalendar files and print the forwarding windows of one "
+        "extension in a time range, plus the events that are not forwardings and why.",
+    )
+    _add_calendar_options(p)
+    p.add_argument(
+        "--extension", required=True, metavar="EXT", help="the extension whose calendar this is"
+    )
+    p.add_argument(
+        "--from",
+        dest="start",
+        required=True,
+        type=parse.moment,
+        metavar="ISO",
+        help="start of the range: 2026-03-30T00:00:00Z, or a date (local midnight)",
+    )
+    p.add_argument(
+        "--to",
+        dest="end",
+        required=True,
+        type=parse.moment,
+        metavar="ISO",
+        help="end of the range (exclusive), same formats as --from",
+    )
+    p.add_argument("--json", action="store_true", help="print the JSON object of the contract")
+    p.set_defaults(handler=run_plan)
+
+
+def add_slots(sub: Any) -> None:
+    p = sub.add_parser(
+        "slots",
+        help="dry run: free slots a guest could book",
+        description="Read iCalendar files and print the free slots of an agent between "
+        "two local dates, given working hours, breaks, buffers and notice.",
+    )
+    _add_calendar_options(p, timezone_required=True)
+    p.add_argument(
+        "--from",
+        dest="first_day",
+        required=True,
+        type=parse.day,
+        metavar="YYYY-MM-DD",
+        help="first local date",
+    )
+    p.add_argument(
+        "--to",
+        dest="last_day",
+        required=True,
+        type=parse.day,
+        metavar="YYYY-MM-DD",
+        help="last local date (inclusive)",
+    )
+    p.add_argument(
+        "--duration",
+        required=True,
+        type=parse.positive_minutes,
+        metavar="MIN",
+        help="length of a slot in minutes",
+    )
+    p.add_argument(
+        "--step",
+        type=parse.positive_minutes,
+        metavar="MIN",
+        help="minutes between slot starts (default: the duration)",
+    )
+    p.add_argument(
+        "--buffer-before",
+        type=parse.minutes,
+        default=timedelta(0),
+        metavar="MIN",
+        help="free minutes needed after busy time before a slot (default 0)",
+    )
+    p.add_argument(
+        "--buffer-after",
+        type=parse.minutes,
+        default=timedelta(0),
+        metavar="MIN",
+        help="free minutes needed after a slot before busy time (default 0)",
+    )
+    p.add_argument(
+        "--hours",
+        type=parse.hours,
+        action="append",
+        metavar='"DAYS HH:MM-HH:MM"',
+        help='working hours, repeatable: "mon-fri 09:00-17:00", '
+        '"sat 10:00-12:00,13:00-15:00" (default: mon-fri 09:00-17:00)',
+    )
+    p.add_argument(
+        "--break",
+        dest="breaks",
+        type=parse.period,
+        action="append",
+        default=[],
+        metavar="HH:MM-HH:MM",
+        help="a daily break, repeatable: 13:00-14:00",
+    )
+    p.add_argument(
+        "--min-notice",
+        type=parse.minutes,
+        default=timedelta(0),
+        metavar="MIN",
+        help="earliest slot start is now + this many minutes (default 0)",
+    )
+    p.add_argument(
+        "--now",
+        type=parse.moment,
+        metavar="ISO",
+        help="pretend it is this time (default: the current time)",
+    )
+    p.add_argument("--json", action="store_true", help="print the JSON object of the contract")
+    p.set_defaults(handler=run_slots)
+
+
+def add_check_config(sub: Any) -> None:
+    p = sub.add_parser(
+        "check-config",
+        help="validate a configuration file",
+        description="Validate a TOML configuration file and name the file, section, key "
+        "and problem for every error. Exit 0 when it is valid, 2 otherwise.",
+    )
+    p.add_argument("file", metavar="FILE", help="the TOML file, e.g. /etc/pbxcal/pbxcal.toml")
+    p.set_defaults(handler=run_check_config)
+
+
+def _add_calendar_options(p: argparse.ArgumentParser, *, timezone_required: bool = False) -> None:
+    p.add_argument(
+        "--ics",
+        required=True,
+        action="append",
+        metavar="FILE",
+        help="an iCalendar file; repeat for several calendars",
+    )
+    p.add_argument(
+        "--region",
+        metavar="CC",
+        help="default region for numbers without country code (default: config or NL)",
+    )
+    p.add_argument(
+        "--timezone",
+        type=parse.zone,
+        required=timezone_required,
+        metavar="TZ",
+        help="zone for all-day and floating events when a calendar names none"
+        + ("" if timezone_required else " (default: config or Europe/Amsterdam)"),
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read region, time zone and number policy from this TOML file",
+    )
+
+
+def run_plan(ns: argparse.Namespace) -> int:
+    config = _config(ns)
+    policy = _policy(ns, config)
+    if not policy.is_extension(ns.extension) or not ns.extension.isdigit():
+        raise InputError(
+            f"--extension {ns.extension!r} is not an extension "
+            f"(pattern {policy.extension_pattern!r})"
+        )
+    zone = ns.timezone or config.zone
+    start, end = parse.resolve(ns.start, zone), parse.resolve(ns.end, zone)
+    if end <= start:
+        raise InputError("--to must be after --from")
+    plan = plan_windows(_instances(ns.ics, start, end, zone), start, end, policy)
+    result = {
+        "extension": ns.extension,
+        "windows": [
+            {"start": _iso(w.start), "end": _iso(w.end), "targets": list(w.targets)}
+            for w in plan.windows
+        ],
+        "rejected": [
+            {"uid": r.uid, "start": _iso(r.start), "title": r.title, "reason": r.reason.value}
+            for r in plan.rejected
+        ],
+    }
+    if ns.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return 0
+    print(f"Extension {ns.extension}: {len(plan.windows)} forwarding windows")
+    for w in plan.windows:
+        print(f"  {_iso(w.start)} .. {_iso(w.end)}  {' & '.join(w.targets)}")
+    for r in plan.rejected:
+        print(f"  rejected {_iso(r.start)} {r.title!r}: {r.reason.value} ({r.detail})")
+    return 0
+
+
+def run_slots(ns: argparse.Namespace) -> int:
+    config = _config(ns)
+    policy = _policy(ns, config)
+    zone: ZoneInfo = ns.timezone
+    if ns.last_day < ns.first_day:
+        raise InputError("--to must not be before --from")
+    if (ns.last_day - ns.first_day).days > 366:
+        raise InputError("--from .. --to may span at most 366 days")
+    hours: dict[int, list[LocalPeriod]] = {}
+    for spec in ns.hours or [parse.hours("mon-fri 09:00-17:00")]:
+        for weekday, periods in spec.items():
+            hours.setdefault(weekday, []).extend(periods)
+    now = parse.resolve(ns.now, zone) if ns.now else datetime.now(UTC)
+    rules = AvailabilityRules(
+        timezone=zone,
+        duration=ns.duration,
+        hours=hours,
+        breaks=ns.breaks,
+        step=ns.step,
+        buffer_before=ns.buffer_before,
+        buffer_after=ns.buffer_after,
+        min_notice=ns.min_notice,
+    )
+    margin = timedelta(days=1) + ns.buffer_before + ns.buffer_after
+    start = parse.resolve(ns.first_day, zone) - margin
+    end = parse.resolve(ns.last_day + timedelta(days=1), zone) + margin
+    busy = busy_intervals(_instances(ns.ics, start, end, zone), policy)
+    slots = free_slots(busy, rules, ns.first_day, ns.last_day, now)
+    if ns.json:
+        result = {
+            "timezone": zone.key,
+            "slots": [{"start": _iso(s.start), "end": _iso(s.end)} for s in slots],
+        }
+        print(json.dumps(result))
+        return 0
+    print(f"{len(slots)} free slots ({zone.key}):")
+    for s in slots:
+        local = s.start.astimezone(zone)
+        print(f"  {local:%a %Y-%m-%d %H:%M} .. {s.end.astimezone(zone):%H:%M}  ({_iso(s.start)})")
+    return 0
+
+
+def run_check_config(ns: argparse.Namespace) -> int:
+    config = load_config(ns.file)
+    print(
+        f"{ns.file}: OK ({len(config.pbxes)} PBX, {len(config.links)} links, "
+        f"region {config.region}, time zone {config.timezone})"
+    )
+    return 0
+
+
+def read_ics_file(path: str) -> bytes:
+    """Read one iCalendar file with a size limit; ``InputError`` names the file."""
+    try:
+        with Path(path).open("rb") as handle:
+            data = handle.read(MAX_ICS_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > MAX_ICS_BYTES:
+        raise InputError(f"{path}: larger than {MAX_ICS_BYTES} bytes")
+    return data
+
+
+def _instances(
+    paths: Sequence[str], start: datetime, end: datetime, zone: ZoneInfo
+) -> Iterable[EventInstance]:
+    found: list[EventInstance] = []
+    for path in paths:
+        calendar = parse_calendar(read_ics_file(path), source=path)
+        found.extend(expand_calendar(calendar, start, end, zone).instances)
+    return found
+
+
+def _config(ns: argparse.Namespace) -> Config:
+    return load_config(ns.config) if ns.config else Config.default()
+
+
+def _policy(ns: argparse.Namespace, config: Config) -> NumberPolicy:
+    if not ns.region:
+        return config.policy
+    region = ns.region.upper()
+    import phonenumbers
+
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise InputError(f"--region {ns.region!r} is not a region code like NL or US")
+    base = config.policy
+    countries = base.allowed_countries if ns.config else frozenset({region})
+    return NumberPolicy(
+        region,
+        countries,
+        base.allowed_types,
+        base.allow_emergency,
+        base.max_targets,
+        base.extension_pattern,
+    )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

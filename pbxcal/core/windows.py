@@ -1,0 +1,133 @@
+"""Event instances → forwarding windows for one extension (the heart of ``pbxcal plan``).
+
+``plan_windows(instances, start, end, policy)`` parses every instance's title into a
+target (``targets.parse_title``), applies the parallel-target limit, and sweeps the
+accepted instances into windows that are sorted, never overlap, are clipped to
+``[start, end)``, split wherever the set of targets changes and merge where adjacent
+windows have the same set. Duplicate targets collapse.
+
+The limit is decided per instance, earliest start first (then shortest, then UID): an
+instance is accepted when, at its start, the distinct targets already ringing plus its
+own stay within ``policy.max_targets``; otherwise it is rejected as
+``too-many-targets``. Because every earlier-accepted instance started no later, the
+moment it starts is the busiest moment of its whole duration, so one check suffices.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from pbxcal.core.ical import EventInstance
+from pbxcal.core.policy import NumberPolicy
+from pbxcal.core.targets import Reason, Rejection, parse_title
+
+
+@dataclass(frozen=True)
+class Window:
+    """From ``start`` to ``end`` (UTC) the extension rings ``targets`` (sorted) in parallel."""
+
+    start: datetime
+    end: datetime
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RejectedEvent:
+    """An event instance that does not forward, and why."""
+
+    uid: str
+    start: datetime
+    title: str
+    reason: Reason
+    detail: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The forwarding plan of one extension over a range."""
+
+    windows: tuple[Window, ...]
+    rejected: tuple[RejectedEvent, ...]
+
+    def targets_at(self, moment: datetime) -> tuple[str, ...]:
+        """The targets that ring at ``moment`` (empty when no window covers it)."""
+        for window in self.windows:
+            if window.start <= moment < window.end:
+                return window.targets
+        return ()
+
+    def next_boundary_after(self, moment: datetime) -> datetime | None:
+        """The first window start or end strictly after ``moment``, if any."""
+        later = [t for w in self.windows for t in (w.start, w.end) if t > moment]
+        return min(later, default=None)
+
+
+def plan_windows(
+    instances: Iterable[EventInstance],
+    start: datetime,
+    end: datetime,
+    policy: NumberPolicy,
+) -> Plan:
+    """Plan the forwarding windows of one extension from its event instances."""
+    accepted: list[tuple[EventInstance, str]] = []
+    rejected: list[RejectedEvent] = []
+    candidates: list[tuple[EventInstance, str]] = []
+    for instance in instances:
+        if instance.end <= start or instance.start >= end or instance.end <= instance.start:
+            continue
+        parsed = parse_title(instance.title, policy)
+        if isinstance(parsed, Rejection):
+            rejected.append(_rejected(instance, parsed.reason, parsed.detail))
+        else:
+            candidates.append((instance, parsed.value))
+    candidates.sort(key=lambda pair: (pair[0].start, pair[0].end, pair[0].uid, pair[1]))
+
+    ringing: Counter[str] = Counter()
+    ending: list[tuple[datetime, int, str]] = []  # heap of (end, seq, target)
+    for seq, (instance, target) in enumerate(candidates):
+        while ending and ending[0][0] <= instance.start:
+            _, _, gone = heapq.heappop(ending)
+            ringing[gone] -= 1
+            if ringing[gone] == 0:
+                del ringing[gone]
+        if target not in ringing and len(ringing) >= policy.max_targets:
+            detail = f"more than {policy.max_targets} parallel targets"
+            rejected.append(_rejected(instance, Reason.TOO_MANY_TARGETS, detail))
+            continue
+        ringing[target] += 1
+        heapq.heappush(ending, (instance.end, seq, target))
+        accepted.append((instance, target))
+
+    rejected.sort(key=lambda r: (r.start, r.uid, r.title))
+    return Plan(_sweep(accepted, start, end), tuple(rejected))
+
+
+def _sweep(
+    accepted: list[tuple[EventInstance, str]], start: datetime, end: datetime
+) -> tuple[Window, ...]:
+    deltas: dict[datetime, Counter[str]] = {}
+    for instance, target in accepted:
+        deltas.setdefault(max(instance.start, start), Counter())[target] += 1
+        deltas.setdefault(min(instance.end, end), Counter())[target] -= 1
+    windows: list[Window] = []
+    active: Counter[str] = Counter()
+    moments = sorted(deltas)
+    for here, following in itertools.pairwise(moments):
+        active.update(deltas[here])
+        targets = tuple(sorted(t for t, n in active.items() if n > 0))
+        if not targets:
+            continue
+        if windows and windows[-1].end == here and windows[-1].targets == targets:
+            windows[-1] = Window(windows[-1].start, following, targets)
+        else:
+            windows.append(Window(here, following, targets))
+    return tuple(windows)
+
+
+def _rejected(instance: EventInstance, reason: Reason, detail: str) -> RejectedEvent:
+    return RejectedEvent(instance.uid, instance.start, instance.title, reason, detail)
