@@ -1,0 +1,391 @@
+"""AmiPbx against a tiny fake AMI server on loopback: protocol edge cases.
+
+The fake speaks just enough AMI (banner, Login, Ping, DBPut, DBDel, DBGetTree, Setvar,
+Logoff, FullyBooted) to drive the adapter through auth failures, half-open connections,
+dropped connections, slow and missing answers. The real proof is
+``tests/integration/test_ami_adapter.py`` against Asterisk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from pbxcal.errors import PbxActionFailed, PbxAuthFailed, PbxUnavailable, UnsafeValue
+from pbxcal.pbx import Pbx
+from pbxcal.pbx.ami import AmiConfig, AmiPbx
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@dataclass
+class FakeAmi:
+    """A loopback AMI server. Flags change its behaviour for the next messages."""
+
+    secret: str = "s3cret"
+    db: dict[str, str] = field(default_factory=dict)
+    devstates: dict[str, str] = field(default_factory=dict)
+    raw: bytearray = field(default_factory=bytearray)
+    actions: list[dict[str, str]] = field(default_factory=list)
+    logins: int = 0
+    #: Stop answering anything (TCP stays up): a half-open peer.
+    silent: bool = False
+    #: Do not answer these actions at all.
+    swallow: set[str] = field(default_factory=set)
+    #: Hold answers until this many actions are waiting (proves pipelining).
+    batch: int = 1
+    #: Close the connection after this many DBPuts on it (mid-batch loss).
+    drop_after_puts: int | None = None
+    #: Answer Setvar with an error.
+    setvar_error: bool = False
+    send_booted: bool = True
+    port: int = 0
+    server: asyncio.base_events.Server | None = None
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    async def start(self, port: int = 0) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:
+            writer.transport.abort()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        writer.write(b"Asterisk Call Manager/9.0.0\r\n")
+        held: list[bytes] = []
+        puts = 0
+        try:
+            while True:
+                chunk = await reader.readuntil(b"\r\n\r\n")
+                self.raw += chunk
+                headers: dict[str, str] = {}
+                for line in chunk.decode().strip().split("\r\n"):
+                    key, _, value = line.partition(": ")
+                    headers[key.lower()] = value
+                self.actions.append(headers)
+                if self.silent:
+                    continue
+                name = headers.get("action", "").lower()
+                if name in self.swallow:
+                    continue
+                reply, close = self._answer(name, headers)
+                if name == "dbput":
+                    puts += 1
+                    if self.drop_after_puts is not None and puts >= self.drop_after_puts:
+                        writer.transport.abort()
+                        return
+                held.append(reply)
+                if len(held) >= self.batch or name in ("login", "ping", "logoff"):
+                    writer.write(b"".join(held))
+                    held.clear()
+                if close:
+                    await writer.drain()
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+
+    def _answer(self, name: str, h: dict[str, str]) -> tuple[bytes, bool]:
+        aid = h.get("actionid", "")
+
+        def msg(*lines: str) -> bytes:
+            return ("\r\n".join([*lines, f"ActionID: {aid}"]) + "\r\n\r\n").encode()
+
+        if name == "login":
+            self.logins += 1
+            if h.get("secret") != self.secret:
+                return msg("Response: Error", "Message: Authentication failed"), True
+            out = msg("Response: Success", "Message: Authentication accepted")
+            if self.send_booted:
+                out += b"Event: FullyBooted\r\nPrivilege: system,all\r\n\r\n"
+            return out, False
+        if name == "ping":
+            return msg("Response: Success", "Ping: Pong", "Timestamp: 1.0"), False
+        if name == "logoff":
+            return msg("Response: Goodbye", "Message: Thanks for all the fish."), True
+        key = f"/{h.get('family')}/{h.get('key')}"
+        if name == "dbput":
+            self.db[key] = h.get("val", "")
+            return msg("Response: Success", "Message: Updated database successfully"), False
+        if name == "dbdel":
+            if self.db.pop(key, None) is None:
+                return msg("Response: Error", "Message: Database entry not found"), False
+            return msg("Response: Success", "Message: Key deleted successfully"), False
+        if name == "setvar":
+            if self.setvar_error:
+                return msg("Response: Error", "Message: Variable not set"), False
+            var = h.get("variable", "")
+            self.devstates[var] = h.get("value", "")
+            return msg("Response: Success", "Message: Variable Set"), False
+        if name == "dbgettree":
+            family = f"/{h.get('family')}/"
+            rows = [(k, v) for k, v in sorted(self.db.items()) if k.startswith(family)]
+            out = msg("Response: Success", "EventList: start", "Message: Result will follow")
+            for k, v in rows:
+                out += msg("Event: DBGetTreeResponse", f"Key: {k}", f"Val: {v}")
+            out += msg("Event: DBGetTreeComplete", "EventList: Complete",
+                       f"ListItems: {len(rows)}")
+            return out, False
+        return msg("Response: Error", "Message: Invalid/unknown command"), False
+
+    def count(self, action: str) -> int:
+        return sum(1 for a in self.actions if a.get("action", "").lower() == action.lower())
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAmi]:
+    server = FakeAmi()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def config(fake: FakeAmi, **kw: object) -> AmiConfig:
+    base: dict[str, object] = dict(
+        name="fake", host="127.0.0.1", port=fake.port, username="pbxcal", secret="s3cret",
+        action_timeout=1.0, ping_interval=0.3, ping_timeout=0.3, backoff_initial=0.05,
+        backoff_max=0.5, boot_timeout=0.5,
+    )
+    base.update(kw)
+    return AmiConfig(**base)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def started(cfg: AmiConfig, **kw: object) -> AsyncIterator[AmiPbx]:
+    pbx = AmiPbx(cfg, **kw)  # type: ignore[arg-type]
+    try:
+        await pbx.start()
+        yield pbx
+    finally:
+        await pbx.close()
+
+
+async def wait_for(predicate: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_implements_the_port_and_round_trips(fake: FakeAmi) -> None:
+    async with started(config(fake)) as pbx:
+        port: Pbx = pbx
+        assert pbx.connected
+        await port.apply({"201": ["333", "+31612345678"], "202": ["444"]})
+        assert fake.db == {"/pbxcal/fwd/201": "+31612345678&333", "/pbxcal/fwd/202": "444"}
+        assert fake.devstates["DEVICE_STATE(Custom:pbxcal201)"] == "INUSE"
+        assert await port.read_applied() == {"201": ("+31612345678", "333"), "202": ("444",)}
+        await port.apply({"201": []})
+        assert fake.devstates["DEVICE_STATE(Custom:pbxcal201)"] == "NOT_INUSE"
+        assert await port.read_applied() == {"202": ("444",)}
+
+
+async def test_clearing_an_absent_forwarding_is_not_an_error(fake: FakeAmi) -> None:
+    async with started(config(fake)) as pbx:
+        await pbx.apply({"209": []})
+        await pbx.apply({"209": []})
+        assert fake.count("DBDel") == 2
+
+
+async def test_events_off_except_system_and_login_waits_for_answer(fake: FakeAmi) -> None:
+    async with started(config(fake)):
+        login = fake.actions[0]
+        assert login["action"] == "Login" and login["events"] == "system"
+
+
+async def test_unsafe_batch_is_refused_before_anything_is_sent(fake: FakeAmi) -> None:
+    async with started(config(fake)) as pbx:
+        before = len(fake.actions)
+        hostile: list[dict[str, list[str]]] = [
+            {"201": ["333"], "202": ["201\r\nAction: Originate"]},
+            {"201": ["333"], "201\r\nAction: Originate": ["333"]},
+            {"201": ["201&"]},
+            {"201": ["abc"]},
+        ]
+        for batch in hostile:
+            with pytest.raises(UnsafeValue):
+                await pbx.apply(batch)
+        await asyncio.sleep(0.1)
+        assert len(fake.actions) == before
+        assert b"Originate" not in fake.raw
+        assert fake.db == {}
+
+
+async def test_malformed_stored_values_are_ignored(fake: FakeAmi) -> None:
+    fake.db.update({"/pbxcal/fwd/201": "333", "/pbxcal/fwd/202": "evil value",
+                    "/pbxcal/fwd/2x": "333", "/pbxcal/other": "1", "/pbxcal/fwd/203": ""})
+    async with started(config(fake)) as pbx:
+        assert await pbx.read_applied() == {"201": ("333",)}
+
+
+async def test_wrong_secret_fails_fast_and_does_not_retry_hot(fake: FakeAmi) -> None:
+    pbx = AmiPbx(config(fake, secret="wrong"))
+    started_at = time.monotonic()
+    with pytest.raises(PbxAuthFailed, match="refused") as info:
+        await pbx.start()
+    assert time.monotonic() - started_at < 1.0
+    assert "wrong" not in str(info.value)
+    await asyncio.sleep(1.0)
+    assert fake.logins == 1
+    assert not pbx.connected
+    await pbx.close()
+
+
+def test_secret_never_in_repr(fake: FakeAmi) -> None:
+    cfg = config(fake, secret="hunter2")
+    assert "hunter2" not in repr(cfg)
+    assert "hunter2" not in repr(AmiPbx(cfg))
+
+
+async def test_unreachable_raises_then_connects_in_background() -> None:
+    probe = FakeAmi()
+    await probe.start()
+    port = probe.port
+    await probe.stop()  # nothing listens there now
+    pbx = AmiPbx(config(probe))
+    logins: list[float] = []
+
+    async def on_connected() -> None:
+        logins.append(time.monotonic())
+
+    pbx.on_connected.append(on_connected)
+    with pytest.raises(PbxUnavailable):
+        await pbx.start(retry=True)
+    assert not pbx.connected
+    server = FakeAmi()
+    await server.start(port)
+    try:
+        await pbx.wait_connected(5)
+        await wait_for(lambda: len(logins) == 1)
+        await pbx.apply({"201": ["333"]})
+        assert server.db == {"/pbxcal/fwd/201": "333"}
+    finally:
+        await pbx.close()
+        await server.stop()
+
+
+async def test_start_without_retry_does_not_reconnect() -> None:
+    probe = FakeAmi()
+    await probe.start()
+    await probe.stop()
+    pbx = AmiPbx(config(probe))
+    with pytest.raises(PbxUnavailable):
+        await pbx.start(retry=False)
+    with pytest.raises(PbxUnavailable, match="not connected"):
+        await pbx.apply({"201": ["333"]})
+    with pytest.raises(PbxUnavailable):
+        await pbx.wait_connected(0.3)
+    await pbx.close()
+
+
+async def test_half_open_connection_is_detected_and_replaced(fake: FakeAmi) -> None:
+    events: list[str] = []
+
+    async def up() -> None:
+        events.append("up")
+
+    async def down() -> None:
+        events.append("down")
+
+    pbx = AmiPbx(config(fake))
+    pbx.on_connected.append(up)
+    pbx.on_disconnected.append(down)
+    await pbx.start()
+    try:
+        await wait_for(lambda: events == ["up"])
+        fake.silent = True  # the peer vanished without FIN/RST
+        await wait_for(lambda: not pbx.connected, timeout=3)
+        assert fake.count("Ping") >= 1
+        fake.silent = False
+        await pbx.wait_connected(5)
+        await wait_for(lambda: events == ["up", "down", "up"])
+        await pbx.apply({"201": ["333"]})
+        assert fake.logins == 2
+    finally:
+        await pbx.close()
+
+
+async def test_unanswered_action_times_out(fake: FakeAmi) -> None:
+    seen: list[tuple[str, str]] = []
+    cfg = config(fake, action_timeout=0.3, ping_interval=30)
+    async with started(cfg, on_action=lambda a, r, s: seen.append((a, r))) as pbx:
+        fake.swallow = {"dbput"}
+        started_at = time.monotonic()
+        with pytest.raises(PbxUnavailable, match="timed out"):
+            await pbx.apply({"201": ["333"]})
+        assert time.monotonic() - started_at < 1.0
+        assert ("DBPut", "timeout") in seen
+        fake.swallow = set()
+        await pbx.apply({"202": ["333"]})  # window slots were given back
+        assert fake.db["/pbxcal/fwd/202"] == "333"
+
+
+async def test_connection_lost_mid_batch_fails_fast_and_nothing_is_resent(
+    fake: FakeAmi,
+) -> None:
+    async with started(config(fake, ping_interval=30)) as pbx:
+        fake.drop_after_puts = 50
+        with pytest.raises(PbxUnavailable):
+            await pbx.apply({str(200 + n): ["333"] for n in range(200)})
+        fake.drop_after_puts = None
+        await pbx.wait_connected(5)
+        await asyncio.sleep(0.3)
+        puts = fake.count("DBPut")
+        assert 50 <= puts <= 200 + 1
+        await asyncio.sleep(0.5)
+        assert fake.count("DBPut") == puts  # panoramisk did not re-send anything
+
+
+async def test_actions_are_pipelined(fake: FakeAmi) -> None:
+    fake.batch = 100  # answers only once 100 actions are waiting: serial would time out
+    async with started(config(fake, ping_interval=30)) as pbx:
+        await pbx.apply({str(1000 + n): ["333"] for n in range(100)})  # 200 actions
+        assert len(fake.db) == 100
+
+
+async def test_window_bounds_actions_in_flight(fake: FakeAmi) -> None:
+    fake.batch = 20  # more than the window: the adapter must stall, then time out
+    cfg = config(fake, window=10, action_timeout=0.3, ping_interval=30)
+    async with started(cfg) as pbx:
+        with pytest.raises(PbxUnavailable, match="timed out"):
+            await pbx.apply({str(1000 + n): ["333"] for n in range(50)})
+        assert 10 <= fake.count("DBPut") + fake.count("Setvar") <= 11
+
+
+async def test_refused_action_is_action_failed_and_reported(fake: FakeAmi) -> None:
+    seen: list[tuple[str, str]] = []
+    async with started(config(fake), on_action=lambda a, r, s: seen.append((a, r))) as pbx:
+        fake.setvar_error = True
+        with pytest.raises(PbxActionFailed, match=r"Setvar .*Custom:pbxcal201.*Variable not set"):
+            await pbx.apply({"201": ["333"], "202": ["333"]})
+        assert ("Setvar", "error") in seen and ("DBPut", "success") in seen
+        assert fake.db["/pbxcal/fwd/202"] == "333"  # the rest of the batch went through
+        assert pbx.connected
+
+
+async def test_missing_fully_booted_is_waited_for_then_ignored(fake: FakeAmi) -> None:
+    fake.send_booted = False
+    async with started(config(fake, boot_timeout=0.2)) as pbx:
+        assert pbx.connected
+
+
+async def test_close_is_idempotent_and_stops_reconnecting(fake: FakeAmi) -> None:
+    pbx = AmiPbx(config(fake))
+    await pbx.start()
+    await pbx.close()
+    await pbx.close()
+    assert not pbx.connected
+    logins = fake.logins
+    await asyncio.sleep(0.5)
+    assert fake.logins == logins
+    assert fake.count("Logoff") == 1
