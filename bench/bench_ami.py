@@ -1,0 +1,157 @@
+"""Benchmark: 10,000 forwardings through AmiPbx against raw pipelined DBPut on one socket.
+
+Starts its own sandboxed Asterisk (``pbxcal.testing.asterisk``; needs root), then:
+
+* raw serial:     login on a plain asyncio socket, N DBPut one at a time (context only);
+* raw pipelined:  login, write all N DBPut at once, read until N responses arrived;
+* adapter set:    ``AmiPbx.apply`` of N forwardings (DBPut + Setvar DEVICE_STATE each);
+* adapter clear:  ``AmiPbx.apply`` clearing the same N (DBDel + Setvar each);
+* adapter read:   ``AmiPbx.read_applied`` with N forwardings stored.
+
+and prints each time and the adapter's ratio to raw pipelined (target: within 3x).
+
+    .venv/bin/python bench/bench_ami.py [-n 10000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+from pbxcal.pbx.ami import AmiConfig, AmiPbx
+from pbxcal.testing.asterisk import AsteriskSandbox, ensure_root
+
+TARGETS = ["+31612345678", "333"]
+VALUE = "&".join(TARGETS)
+
+
+def extensions(n: int) -> list[str]:
+    return [str(100000 + i) for i in range(n)]
+
+
+async def raw_login(host: str, port: int, user: str, secret: str
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(host, port)
+    await reader.readline()  # banner
+    writer.write(f"Action: Login\r\nUsername: {user}\r\nSecret: {secret}\r\n"
+                 "Events: off\r\nActionID: login\r\n\r\n".encode())
+    reply = await reader.readuntil(b"\r\n\r\n")
+    if b"Success" not in reply:
+        raise SystemExit(f"raw login failed: {reply!r}")
+    return reader, writer
+
+
+def dbput(i: int, ext: str) -> bytes:
+    return (f"Action: DBPut\r\nActionID: {i}\r\nFamily: pbxcal\r\nKey: fwd/{ext}\r\n"
+            f"Val: {VALUE}\r\n\r\n").encode()
+
+
+async def count_responses(reader: asyncio.StreamReader, n: int) -> None:
+    seen = errors = 0
+    buffer = b""
+    while seen < n:
+        chunk = await reader.read(1 << 16)
+        if not chunk:
+            raise SystemExit("raw: connection closed early")
+        buffer += chunk
+        *messages, buffer = buffer.split(b"\r\n\r\n")
+        for message in messages:
+            if message.startswith(b"Response:"):
+                seen += 1
+                errors += not message.startswith(b"Response: Success")
+    if errors:
+        raise SystemExit(f"raw: {errors} DBPut errors")
+
+
+async def raw_pipelined(host: str, port: int, user: str, secret: str, n: int) -> float:
+    reader, writer = await raw_login(host, port, user, secret)
+    payload = b"".join(dbput(i, ext) for i, ext in enumerate(extensions(n)))
+    started = time.perf_counter()
+    writer.write(payload)
+    await count_responses(reader, n)
+    elapsed = time.perf_counter() - started
+    writer.close()
+    return elapsed
+
+
+async def raw_serial(host: str, port: int, user: str, secret: str, n: int) -> float:
+    reader, writer = await raw_login(host, port, user, secret)
+    started = time.perf_counter()
+    for i, ext in enumerate(extensions(n)):
+        writer.write(dbput(i, ext))
+        await count_responses(reader, 1)
+    elapsed = time.perf_counter() - started
+    writer.close()
+    return elapsed
+
+
+async def adapter(config: AmiConfig, n: int) -> tuple[float, float, float]:
+    pbx = AmiPbx(config)
+    await pbx.start(retry=False)
+    try:
+        exts = extensions(n)
+        started = time.perf_counter()
+        await pbx.apply({ext: TARGETS for ext in exts})
+        set_time = time.perf_counter() - started
+        started = time.perf_counter()
+        applied = await pbx.read_applied()
+        read_time = time.perf_counter() - started
+        assert len(applied) == n, len(applied)
+        started = time.perf_counter()
+        await pbx.apply({ext: [] for ext in exts})
+        clear_time = time.perf_counter() - started
+        assert await pbx.read_applied() == {}
+    finally:
+        await pbx.close()
+    return set_time, clear_time, read_time
+
+
+async def run(sandbox: AsteriskSandbox, n: int, repeat: int) -> None:
+    host, port = sandbox.ami_host, sandbox.ami_port
+    user, secret = sandbox.ami_username, sandbox.ami_secret
+    config = AmiConfig(name="bench", host=host, port=port, username=user, secret=secret,
+                       action_timeout=30.0, ping_interval=60.0)
+    best: dict[str, float] = {}
+
+    def keep(name: str, value: float) -> None:
+        best[name] = min(value, best.get(name, value))
+
+    serial_n = min(n, 2000)
+    for _ in range(repeat):
+        keep("raw serial", await raw_serial(host, port, user, secret, serial_n) * n / serial_n)
+        keep("raw pipelined", await raw_pipelined(host, port, user, secret, n))
+        set_time, clear_time, read_time = await adapter(config, n)
+        keep("adapter set", set_time)
+        keep("adapter clear", clear_time)
+        keep("adapter read", read_time)
+    raw = best["raw pipelined"]
+    print(f"{n} forwardings, best of {repeat}, Asterisk {sandbox.name} on {host}:{port}")
+    notes = {
+        "raw serial": f"(measured on {serial_n}, scaled)" if serial_n != n else "",
+        "raw pipelined": f"{n} DBPut",
+        "adapter set": f"{2 * n} actions: DBPut + Setvar DEVICE_STATE",
+        "adapter clear": f"{2 * n} actions: DBDel + Setvar DEVICE_STATE",
+        "adapter read": "1 DBGetTree",
+    }
+    for name, seconds in best.items():
+        print(f"  {name:<14} {seconds:8.3f} s  {n / seconds:9.0f}/s  "
+              f"{seconds / raw:5.2f}x raw pipelined  {notes[name]}")
+    worst = max(best["adapter set"], best["adapter clear"]) / raw
+    verdict = "OK" if worst <= 3.0 else "OVER TARGET"
+    print(f"adapter vs raw pipelined: {worst:.2f}x (target <= 3x): {verdict}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    with AsteriskSandbox(ensure_root(), name="pbxcal-bench") as sandbox:
+        asyncio.run(run(sandbox, args.n, args.repeat))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
