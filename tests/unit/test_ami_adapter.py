@@ -389,3 +389,21 @@ async def test_close_is_idempotent_and_stops_reconnecting(fake: FakeAmi) -> None
     await asyncio.sleep(0.5)
     assert fake.logins == logins
     assert fake.count("Logoff") == 1
+
+
+async def test_pbx_status_helpers(fake: FakeAmi) -> None:
+    from pbxcal.cli.pbx_commands import format_status_json, format_status_table, pbx_status
+
+    fake.db.update({"/pbxcal/fwd/1000": "300", "/pbxcal/fwd/201": "333&+31612345678"})
+    async with started(config(fake)) as pbx:
+        status = await pbx_status(pbx)
+    assert list(status) == ["201", "1000"]
+    assert status["201"] == ["+31612345678", "333"]
+    table = format_status_table(status, "fake")
+    assert table.splitlines()[0].split() == ["EXTENSION", "DEVICE", "TARGETS"]
+    assert "201        Custom:pbxcal201   +31612345678, 333" in table
+    assert table.endswith("2 forwardings active on fake\n")
+    assert format_status_json(status, "fake") == (
+        '{"pbx": "fake", "forwardings": {"201": ["+31612345678", "333"], "1000": ["300"]}}\n'
+    )
+    assert format_status_table({}) == "no forwardings active\n"
