@@ -1,0 +1,277 @@
+"""``pbxcal run``: start-up order, readiness, signals and shutdown of the service.
+
+Order on start: config (already validated by the caller) → store (migrations) → links
+declared in the config written to the store → last known events restored → every PBX
+contacted once (connected, or unreachable and retrying in the background; a refused
+login is fatal: it is a configuration error) → HTTP listener → ``READY=1``. Then three
+loops run: the reconciler (which also beats the watchdog), the calendar sync, and a
+link watcher that follows ``pbxcal links`` changes in the store.
+
+SIGTERM/SIGINT stop within seconds and leave the forwardings as they are (the next
+start reconciles them). SIGHUP re-reads the config file: number policy, time zone and
+static links take effect at once; PBX connection settings need a restart.
+
+Start reading at ``Daemon.run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+
+from pbxcal import __version__
+from pbxcal.config import Config, PbxConfig, load_config, read_secret
+from pbxcal.errors import ConfigError, PbxAuthFailed, PbxUnavailable
+from pbxcal.pbx import ForwardingState
+from pbxcal.pbx.ami import AmiConfig, AmiPbx
+from pbxcal.service.clock import Clock, SystemClock
+from pbxcal.service.http import build_app, start_http
+from pbxcal.service.metrics import Metrics
+from pbxcal.service.notify import SystemdNotifier
+from pbxcal.service.reconciler import Reconciler
+from pbxcal.service.sync import CalendarSync
+from pbxcal.store import Store
+
+log = logging.getLogger(__name__)
+
+LINK_WATCH_INTERVAL = 5.0
+FIRST_CONTACT_TIMEOUT = 10.0
+
+
+def default_store_url(state_directory: str | None) -> str:
+    """SQLite in systemd's ``$STATE_DIRECTORY``, else in the current directory."""
+    base = Path(state_directory.split(":")[0]) if state_directory else Path.cwd()
+    return f"sqlite:///{base / 'pbxcal.sqlite3'}"
+
+
+def ami_config(pbx: PbxConfig, config: Config) -> AmiConfig:
+    return AmiConfig(
+        name=pbx.name,
+        host=pbx.host,
+        port=pbx.port,
+        username=pbx.username,
+        secret=read_secret(pbx),
+        action_timeout=pbx.action_timeout,
+        ping_interval=pbx.ping_interval,
+        ping_timeout=pbx.ping_timeout,
+        backoff_max=pbx.backoff_max,
+        extension_pattern=config.policy.extension_pattern,
+    )
+
+
+class Daemon:
+    """The running service. See the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | None = None,
+        store_url: str,
+        clock: Clock | None = None,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.store_url = store_url
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or SystemdNotifier()
+        self.metrics = Metrics()
+        self.pbxes: dict[str, AmiPbx] = {}
+        self.ready = False
+        self._stop = asyncio.Event()
+        self._last_tick = time.monotonic()
+        self._tick_limit = 30.0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.store = await asyncio.to_thread(Store.open, self.store_url)
+        try:
+            await self._run()
+        finally:
+            await asyncio.to_thread(self.store.close)
+
+    async def _run(self) -> None:
+        await asyncio.to_thread(self.store.sync_config_links, self._config_link_specs())
+        links = await asyncio.to_thread(self.store.list_links)
+        for pbx_config in self.config.pbxes.values():
+            self.pbxes[pbx_config.name] = AmiPbx(
+                ami_config(pbx_config, self.config), on_action=self.metrics.observe_ami_action
+            )
+        watchdog = self.notifier.watchdog_interval
+        tick = min(10.0, watchdog / 2) if watchdog else 10.0
+        self._tick_limit = max(3 * tick, 15.0)
+        self.reconciler = Reconciler(
+            self.pbxes,
+            self.config.policy,
+            self.clock,
+            self.metrics,
+            horizon=timedelta(days=self.config.horizon_days),
+            on_tick=self._on_tick,
+            tick_interval=tick,
+            on_applied=self._save_applied,
+        )
+        for name, pbx in self.pbxes.items():
+            pbx.on_connected.append(self._connected_callback(name))
+            pbx.on_disconnected.append(self._disconnected_callback(name))
+        async with httpx.AsyncClient(
+            timeout=self.config.sync_timeout, follow_redirects=True
+        ) as client:
+            self.sync = CalendarSync(
+                self.store, self.reconciler, self.metrics, self.clock, self.config, client
+            )
+            active = [link for link in links if link.active]
+            await self.sync.restore(active)
+            self.sync.set_links(active)
+            self._count_links(links)
+            await self._first_contact()
+            runner = await start_http(
+                build_app(self.metrics, self._health, self._readiness), self.config.listen
+            )
+            tasks = [
+                asyncio.create_task(self.reconciler.run(), name="reconciler"),
+                asyncio.create_task(self.sync.run(), name="calendar-sync"),
+                asyncio.create_task(self._watch_links(), name="link-watch"),
+            ]
+            self._install_signals()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.reconciler.first_pass.wait(), FIRST_CONTACT_TIMEOUT)
+            self.ready = True
+            self.notifier.ready(self.status_line())
+            log.info(
+                "pbxcal %s ready: %s; http on %s",
+                __version__,
+                self.status_line(),
+                self.config.listen,
+            )
+            stopper = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            self.notifier.stopping()
+            log.info("stopping; forwardings stay as they are until the next start")
+            for task in [stopper, *tasks]:
+                task.cancel()
+            results = await asyncio.gather(stopper, *tasks, return_exceptions=True)
+            await runner.cleanup()
+            await asyncio.gather(*(pbx.close() for pbx in self.pbxes.values()))
+            for task, result in zip([stopper, *tasks], results, strict=True):
+                if task in done and isinstance(result, BaseException) and task is not stopper:
+                    raise result
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _first_contact(self) -> None:
+        """Contact every PBX once; a refused login stops the start (config error)."""
+
+        async def contact(name: str, pbx: AmiPbx) -> None:
+            try:
+                await pbx.start(retry=True)
+            except PbxUnavailable as exc:
+                log.warning("PBX %s not reachable yet, retrying in the background: %s", name, exc)
+            except PbxAuthFailed as exc:
+                raise ConfigError([f"[pbx.{name}]: {exc}"]) from exc
+
+        await asyncio.gather(*(contact(n, p) for n, p in self.pbxes.items()))
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config file; policy, zone and static links apply at once."""
+        if not self.config_path:
+            log.info("SIGHUP: no config file to reload")
+            return
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("SIGHUP: config not reloaded: %s", problem)
+            return
+        if new.pbxes != self.config.pbxes:
+            log.warning("SIGHUP: [pbx] changes take effect after a restart")
+            new = replace(new, pbxes=self.config.pbxes)
+        self.config = new
+        self.sync.config = new
+        self.reconciler.set_policy(new.policy)
+        await asyncio.to_thread(self.store.sync_config_links, self._config_link_specs())
+        await self._refresh_links()
+        log.info("SIGHUP: configuration reloaded from %s", self.config_path)
+
+    # -- loops and callbacks --------------------------------------------------------------
+
+    async def _watch_links(self) -> None:
+        while True:
+            await asyncio.sleep(LINK_WATCH_INTERVAL)
+            await self._refresh_links()
+
+    async def _refresh_links(self) -> None:
+        links = await asyncio.to_thread(self.store.list_links)
+        self.sync.set_links([link for link in links if link.active])
+        self._count_links(links)
+
+    def _count_links(self, links: list[object]) -> None:
+        active = sum(1 for link in links if getattr(link, "active", False))
+        self.metrics.links.labels("active").set(active)
+        self.metrics.links.labels("disabled").set(len(links) - active)
+
+    def _on_tick(self) -> None:
+        self._last_tick = time.monotonic()
+        self.notifier.watchdog()
+        if self.ready:
+            self.notifier.status(self.status_line())
+
+    def _connected_callback(self, name: str) -> Callable[[], Awaitable[None]]:
+        async def connected() -> None:
+            self.metrics.ami_connected.labels(name).set(1)
+            self.reconciler.pbx_connected(name)
+
+        return connected
+
+    def _disconnected_callback(self, name: str) -> Callable[[], Awaitable[None]]:
+        async def disconnected() -> None:
+            self.metrics.ami_connected.labels(name).set(0)
+
+        return disconnected
+
+    async def _save_applied(self, pbx: str, state: ForwardingState) -> None:
+        await asyncio.to_thread(self.store.save_applied, pbx, state)
+
+    def _config_link_specs(self) -> list[tuple[str, str, str, str, dict[str, object]]]:
+        specs = []
+        for link in self.config.links:
+            settings: dict[str, object] = {"owner_emails": list(link.owner_emails)}
+            if link.timezone:
+                settings["timezone"] = link.timezone
+            specs.append((link.extension, link.pbx, "ics", link.source, settings))
+        return specs
+
+    # -- what operators see ---------------------------------------------------------------
+
+    def status_line(self) -> str:
+        connected = sum(1 for pbx in self.pbxes.values() if pbx.connected)
+        return (
+            f"{connected}/{len(self.pbxes)} PBX connected, {self.sync.link_count} links, "
+            f"{self.reconciler.active_forwardings} forwardings active"
+        )
+
+    def _health(self) -> tuple[bool, dict[str, object]]:
+        since = time.monotonic() - self._last_tick
+        return since < self._tick_limit, {"reconciler_tick_age_seconds": round(since, 3)}
+
+    def _readiness(self) -> tuple[bool, dict[str, object]]:
+        down = [name for name, pbx in self.pbxes.items() if not pbx.connected]
+        details: dict[str, object] = {"status": self.status_line(), "pbx_down": down}
+        return self.ready and not down, details
