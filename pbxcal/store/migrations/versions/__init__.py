@@ -1,0 +1,1 @@
+"""One Alembic revision per file; revision ids are the zero-padded file number."""

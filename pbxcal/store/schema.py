@@ -1,0 +1,130 @@
+"""The store's tables as SQLAlchemy Core metadata, and the UTC timestamp column type.
+
+What it does: describes the schema the code expects *now*; the migrations in
+``migrations/versions/`` build it step by step (a test checks that both agree). What it
+must not do: create tables itself (only Alembic changes a database's schema).
+
+``events.recurrence_id`` stores ``""`` for "no recurrence id" so that the primary key
+``(link_id, uid, recurrence_id)`` also rejects a second master event (SQL treats NULLs as
+distinct). Start reading at ``links``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and always returned tz-aware in UTC.
+
+    PostgreSQL keeps it as ``timestamptz``; SQLite has no time zones and hands back naive
+    values, which are UTC by construction because naive values are refused on the way in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} cannot be stored; use UTC")
+        utc = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# Stable constraint names, so later migrations can refer to them on every backend.
+NAMING_CONVENTION: dict[str, Any] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+links = Table(
+    "links",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("extension", Text, nullable=False),
+    Column("pbx", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("settings", JSON, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("origin", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("extension", "pbx", "source"),
+    Index(None, "origin"),
+    # AUTOINCREMENT: never hand a removed link's id to a new link (ids appear in the CLI).
+    sqlite_autoincrement=True,
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("link_id", Integer, ForeignKey("links.id", ondelete="CASCADE"), primary_key=True),
+    Column("uid", Text, primary_key=True),
+    Column("recurrence_id", Text, primary_key=True),
+    Column("ical", Text, nullable=False),
+)
+
+sync_state = Table(
+    "sync_state",
+    metadata,
+    Column("link_id", Integer, ForeignKey("links.id", ondelete="CASCADE"), primary_key=True),
+    Column("etag", Text),
+    Column("last_modified", Text),
+    Column("sync_token", Text),
+    Column("calendar_tz", Text),
+    Column("timezones", Text, nullable=False),
+    Column("fetched_at", UtcDateTime, nullable=False),
+)
+
+applied = Table(
+    "applied",
+    metadata,
+    Column("pbx", Text, primary_key=True),
+    Column("extension", Text, primary_key=True),
+    Column("targets", JSON, nullable=False),
+)
+
+sync_log = Table(
+    "sync_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("link_id", Integer, ForeignKey("links.id", ondelete="CASCADE"), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("result", Text, nullable=False),
+    Column("accepted", Integer, nullable=False),
+    Column("rejected", JSON, nullable=False),
+    Column("message", Text, nullable=False),
+    # sync_log(link) newest first, last_sync() and pruning all walk this index.
+    Index(None, "link_id", "at", "id"),
+)
