@@ -98,19 +98,15 @@ def expand_calendar(
     _require_aware(end, "end")
     zone = calendar_timezone(calendar) or default_tz
     owners = {e.lower().removeprefix("mailto:") for e in owner_emails}
+    usable, skipped = _usable_parts(calendar)
     try:
-        standard = x_wr_timezone.to_standard(calendar)
-    except Exception:  # noqa: BLE001 - a broken X-WR-TIMEZONE must not hide the calendar
-        standard = calendar
-    skipped: list[SkippedEvent] = []
-    query = recurring_ical_events.of(standard, skip_bad_series=True)
-    try:
-        components = query.between(
+        standard = x_wr_timezone.to_standard(usable)
+        components = recurring_ical_events.of(standard, skip_bad_series=True).between(
             (start - _EXPANSION_MARGIN).astimezone(zone),
             (end + _EXPANSION_MARGIN).astimezone(zone),
         )
     except Exception as exc:  # noqa: BLE001 - the library raises many kinds on bad data
-        return Expansion([], [SkippedEvent("*", f"cannot expand calendar: {_one_line(exc)}")])
+        return Expansion([], [*skipped, SkippedEvent("*", f"cannot expand: {_one_line(exc)}")])
     instances: list[EventInstance] = []
     for component in components:
         try:
@@ -122,7 +118,6 @@ def expand_calendar(
         if instance is not None and instance.end > start and instance.start < end:
             instances.append(instance)
     instances.sort(key=lambda i: (i.start, i.end, i.uid))
-    skipped.extend(_unreadable_events(calendar))
     return Expansion(instances, skipped)
 
 
@@ -187,17 +182,56 @@ def _declined_by(component: Any, owners: set[str]) -> bool:
     return False
 
 
-def _unreadable_events(calendar: icalendar.Calendar) -> list[SkippedEvent]:
-    """Events icalendar could only half parse (it records them in ``errors``)."""
-    found = []
-    for component in calendar.walk("VEVENT"):
-        errors = getattr(component, "errors", None)
-        if errors:
-            detail = "; ".join(f"{name}: {message}" for name, message in errors)
-            found.append(SkippedEvent(str(component.get("UID", "?")), _one_line(detail)))
-        elif component.get("DTSTART") is None:
-            found.append(SkippedEvent(str(component.get("UID", "?")), "event has no DTSTART"))
-    return found
+def _usable_parts(calendar: icalendar.Calendar) -> tuple[icalendar.Calendar, list[SkippedEvent]]:
+    """A copy of ``calendar`` without the events that cannot be expanded, and why.
+
+    The expander would raise on an event without a readable DTSTART (losing the whole
+    calendar), silently swap a DTEND that lies before DTSTART, and fail on an unknown
+    X-WR-TIMEZONE; such events are left out and reported, the zone is dropped.
+    """
+    usable = icalendar.Calendar()
+    for name, value in calendar.property_items(recursive=False):
+        if name not in ("BEGIN", "END") and not (
+            name == "X-WR-TIMEZONE" and calendar_timezone(calendar) is None
+        ):
+            usable.add(name, value, encode=False)
+    skipped = []
+    for component in calendar.subcomponents:
+        problem = _event_problem(component) if component.name == "VEVENT" else None
+        if problem is None:
+            usable.add_component(component)
+        else:
+            skipped.append(SkippedEvent(str(component.get("UID", "?")), problem))
+    return usable, skipped
+
+
+def _event_problem(component: Any) -> str | None:
+    errors = getattr(component, "errors", None)
+    if errors:
+        return _one_line("; ".join(f"{name}: {message}" for name, message in errors))
+    try:
+        raw_start = component.get("DTSTART")
+        if raw_start is None:
+            return "event has no DTSTART"
+        start = raw_start.dt
+        if not isinstance(start, date):
+            return "DTSTART is not a date or date-time"
+        raw_end = component.get("DTEND")
+        if raw_end is not None:
+            end = raw_end.dt
+            if not isinstance(end, date) or isinstance(end, datetime) != isinstance(
+                start, datetime
+            ):
+                return "DTEND is not of the same kind as DTSTART"
+            if isinstance(start, datetime) and (start.tzinfo is None) != (
+                getattr(end, "tzinfo", None) is None
+            ):
+                return "DTSTART and DTEND mix floating and zoned times"
+            if end < start:
+                return "event ends before it starts"
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        return _one_line(exc)
+    return None
 
 
 def _require_aware(value: datetime, name: str) -> None:
