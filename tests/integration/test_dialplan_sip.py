@@ -1,0 +1,262 @@
+"""contrib/asterisk/extensions_pbxcal.conf against a real Asterisk and real SIP phones.
+
+pyVoIP phones register over UDP on 127.0.0.1 as 100 (the forwarded extension), 201 and
+202 (targets), 300 (the caller) and pstn (stand-in for the trunk: every +E.164 number
+lands there). AstDB is written with the sandbox's CLI, as pbxcal would over AMI.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyVoIP.VoIP import CallState, PhoneStatus, VoIPCall, VoIPPhone  # before pyVoIP.SIP (cycle)
+from pyVoIP.SIP import SIPMessage, SIPMessageType  # isort: skip
+
+from pbxcal.testing.asterisk import AsteriskSandbox
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+PHONES = ("100", "201", "202", "300", "pstn")
+
+
+def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class TestPhone(VoIPPhone):  # type: ignore[misc]
+    """A pyVoIP phone that records incoming calls and understands CANCEL."""
+
+    __test__ = False
+
+    def __init__(self, name: str, *args: Any, **kwargs: Any) -> None:
+        self.name = name
+        self.incoming: list[VoIPCall] = []
+        self.cancelled: set[str] = set()
+        super().__init__(*args, callCallback=self._ring, **kwargs)
+
+    def _ring(self, call: VoIPCall) -> None:
+        pass  # pyVoIP calls this 1 s late; calls are recorded from the INVITE itself
+
+    def _create_Call(self, request: SIPMessage, sess_id: int) -> None:  # noqa: N802
+        super()._create_Call(request, sess_id)
+        self.incoming.append(self.calls[request.headers["Call-ID"]])
+
+    def callback(self, request: SIPMessage) -> None:
+        if request.type == SIPMessageType.MESSAGE and request.method == "CANCEL":
+            call_id = request.headers["Call-ID"]
+            self.cancelled.add(call_id)
+            for call in self.incoming:
+                if call.call_id == call_id and call.state == CallState.RINGING:
+                    # pyVoIP never ends the INVITE transaction: answer it with 487.
+                    reply = self.sip.gen_busy(call.request).replace(
+                        "486 Busy Here", "487 Request Terminated"
+                    )
+                    self.sip.out.sendto(reply.encode("utf8"), (self.server, self.port))
+                    call.state = CallState.ENDED
+            return
+        super().callback(request)
+
+    def ringing(self) -> list[VoIPCall]:
+        return [
+            c for c in self.incoming if c.state == CallState.RINGING and c.call_id not in self.cancelled
+        ]
+
+    def reset(self) -> None:
+        self.incoming.clear()
+        self.cancelled.clear()
+
+
+@pytest.fixture(scope="module")
+def phones(asterisk: AsteriskSandbox) -> Iterator[dict[str, TestPhone]]:
+    started: dict[str, TestPhone] = {}
+    try:
+        for index, name in enumerate(PHONES):
+            low = 40000 + index * 200
+            phone = TestPhone(
+                name,
+                asterisk.sip_host,
+                asterisk.sip_port,
+                name,
+                asterisk.sip_secret,
+                myIP="127.0.0.1",
+                sipPort=free_udp_port(),
+                rtpPortLow=low,
+                rtpPortHigh=low + 199,
+            )
+            phone.start()
+            started[name] = phone
+        for name, phone in started.items():
+            wait_for(f"phone {name} registered", lambda p=phone: p.get_status() == PhoneStatus.REGISTERED)
+        contacts = asterisk.cli("pjsip show contacts")
+        for name in PHONES:
+            assert f"{name}/sip:" in contacts, f"{name} not registered in Asterisk:\n{contacts}"
+        yield started
+    finally:
+        for phone in started.values():
+            try:
+                phone.stop()
+            except Exception:  # noqa: S110 (best-effort deregister of a test phone)
+                pass
+
+
+def active_channels(asterisk: AsteriskSandbox) -> int:
+    out = asterisk.cli("core show channels count")
+    for line in out.splitlines():
+        if "active channel" in line:
+            return int(line.split()[0])
+    raise AssertionError(f"unexpected 'core show channels count' output: {out!r}")
+
+
+@pytest.fixture
+def pbx(asterisk: AsteriskSandbox, phones: dict[str, TestPhone]) -> Iterator[AsteriskSandbox]:
+    """A clean PBX: no pbxcal keys, no channels, phones with no recorded calls."""
+    asterisk.cli("database deltree pbxcal")
+    for phone in phones.values():
+        phone.reset()
+    yield asterisk
+    asterisk.cli("channel request hangup all")
+    wait_for("all channels gone", lambda: active_channels(asterisk) == 0, timeout=15)
+    asterisk.cli("database deltree pbxcal")
+
+
+def set_forward(asterisk: AsteriskSandbox, ext: str, targets: str) -> None:
+    out = asterisk.cli(f"database put pbxcal fwd/{ext} {targets}")
+    assert "Updated database successfully" in out, out
+
+
+def answer_and_finish(caller_call: VoIPCall, callee_call: VoIPCall) -> None:
+    callee_call.answer()
+    wait_for("caller sees the answer", lambda: caller_call.state == CallState.ANSWERED)
+    caller_call.hangup()
+    wait_for("callee gets BYE", lambda: callee_call.state == CallState.ENDED)
+
+
+def request_user(call: VoIPCall) -> str:
+    heading = call.request.heading.decode()  # "INVITE sip:+316...@127.0.0.1:5060 SIP/2.0"
+    return heading.split()[1].removeprefix("sip:").split("@", 1)[0]
+
+
+def test_forwarding_rings_all_targets_in_parallel(
+    pbx: AsteriskSandbox, phones: dict[str, TestPhone]
+) -> None:
+    set_forward(pbx, "100", "201&+31612345678")
+    call = phones["300"].call("100")
+
+    wait_for(
+        "201 and pstn ringing at once",
+        lambda: bool(phones["201"].ringing()) and bool(phones["pstn"].ringing()),
+    )
+    assert call.state == CallState.DIALING, "caller must still be ringing"
+    assert request_user(phones["pstn"].ringing()[0]) == "+31612345678"
+    assert not phones["100"].incoming, "a forwarded extension's own phone must not ring"
+
+    pstn_call = phones["pstn"].ringing()[0]
+    answer_and_finish(call, phones["201"].ringing()[0])
+    wait_for("pstn stops ringing", lambda: pstn_call.call_id in phones["pstn"].cancelled)
+
+
+def test_first_answer_wins_the_other_stops_ringing(
+    pbx: AsteriskSandbox, phones: dict[str, TestPhone]
+) -> None:
+    set_forward(pbx, "100", "201&202")
+    call = phones["300"].call("100")
+    wait_for(
+        "201 and 202 ringing",
+        lambda: bool(phones["201"].ringing()) and bool(phones["202"].ringing()),
+    )
+    loser = phones["201"].ringing()[0]
+    winner = phones["202"].ringing()[0]
+    winner.answer()
+    wait_for("caller connected", lambda: call.state == CallState.ANSWERED)
+    wait_for("201 stops ringing", lambda: loser.call_id in phones["201"].cancelled)
+    call.hangup()
+    wait_for("202 gets BYE", lambda: winner.state == CallState.ENDED)
+
+
+def test_without_forwarding_the_extension_rings_itself(
+    pbx: AsteriskSandbox, phones: dict[str, TestPhone]
+) -> None:
+    set_forward(pbx, "100", "201")
+    assert "Database entry removed" in pbx.cli("database del pbxcal fwd/100")
+    call = phones["300"].call("100")
+    wait_for("100 ringing", lambda: bool(phones["100"].ringing()))
+    time.sleep(1.0)
+    assert not phones["201"].incoming, "201 must not ring once the forwarding is gone"
+    answer_and_finish(call, phones["100"].ringing()[0])
+
+
+def test_mutual_forwarding_does_not_loop(
+    pbx: AsteriskSandbox, phones: dict[str, TestPhone]
+) -> None:
+    set_forward(pbx, "100", "201")
+    set_forward(pbx, "201", "100")
+    call = phones["300"].call("100")
+    wait_for("201 ringing", lambda: bool(phones["201"].ringing()))
+    # Caller leg, Local;1 + Local;2 towards 201, the PJSIP leg to 201: four at most.
+    counts = []
+    for _ in range(15):
+        counts.append(active_channels(pbx))
+        time.sleep(0.1)
+    assert max(counts) <= 4, f"channel count grows: {counts}"
+    assert not phones["100"].incoming, "100 is forwarded away; the loop must not ring it"
+    assert len(phones["201"].incoming) == 1
+    answer_and_finish(call, phones["201"].ringing()[0])
+
+
+def test_forwarding_follows_a_chain(pbx: AsteriskSandbox, phones: dict[str, TestPhone]) -> None:
+    set_forward(pbx, "100", "201")
+    set_forward(pbx, "201", "202")
+    call = phones["300"].call("100")
+    wait_for("202 ringing", lambda: bool(phones["202"].ringing()))
+    time.sleep(0.5)
+    assert not phones["201"].incoming and not phones["100"].incoming
+    answer_and_finish(call, phones["202"].ringing()[0])
+
+
+def test_target_equal_to_caller_is_skipped(
+    pbx: AsteriskSandbox, phones: dict[str, TestPhone]
+) -> None:
+    set_forward(pbx, "100", "300&201")
+    call = phones["300"].call("100")
+    wait_for("201 ringing", lambda: bool(phones["201"].ringing()))
+    time.sleep(1.0)
+    assert not phones["300"].incoming, "the caller must not be called back"
+    assert not phones["100"].incoming
+    answer_and_finish(call, phones["201"].ringing()[0])
+
+
+def test_only_target_is_the_caller_rings_the_extension(
+    pbx: AsteriskSandbox, phones: dict[str, TestPhone]
+) -> None:
+    set_forward(pbx, "100", "300")
+    call = phones["300"].call("100")
+    wait_for("100 ringing", lambda: bool(phones["100"].ringing()))
+    assert not phones["300"].incoming
+    answer_and_finish(call, phones["100"].ringing()[0])
+
+
+def test_malformed_value_is_ignored(pbx: AsteriskSandbox, phones: dict[str, TestPhone]) -> None:
+    set_forward(pbx, "100", "201&PJSIP/202")
+    call = phones["300"].call("100")
+    wait_for("100 ringing", lambda: bool(phones["100"].ringing()))
+    time.sleep(0.5)
+    assert not phones["201"].incoming and not phones["202"].incoming
+    answer_and_finish(call, phones["100"].ringing()[0])
+    assert "malformed pbxcal/fwd/100" in Path(pbx.log_path).read_text()
