@@ -188,6 +188,13 @@ class _Step:
     tolerate: tuple[str, ...] = ()
 
 
+#: How DBDel says the key was not there. Asterisk 22 answers "Database entry could not
+#: be deleted" (ast_db_del2 fails for an absent key and for a database error alike);
+#: older releases said "not found". Both count as cleared: a real failure shows up in
+#: the next ``read_applied``, and the reconciler re-applies.
+_ABSENT_KEY = ("not found", "could not be deleted")
+
+
 def _map_error(exc: BaseException, config: AmiConfig, what: str) -> PbxError:
     """The one place where library, socket and asyncio errors become pbxcal errors."""
     if isinstance(exc, PbxError):
@@ -330,7 +337,7 @@ class AmiPbx:
                                     "Value": STATE_ACTIVE}))
             else:
                 steps.append(_Step({"Action": "DBDel", "Family": FAMILY, "Key": fwd_key(ext)},
-                                   tolerate=("not found",)))
+                                   tolerate=_ABSENT_KEY))
                 steps.append(_Step({"Action": "Setvar", "Variable": state_var,
                                     "Value": STATE_INACTIVE}))
         if steps:
@@ -437,9 +444,13 @@ class AmiPbx:
         if not reply.success:
             session.end(None)
             self._observe("Login", "error", started)
+            why = _reply_message(reply) or "no reason given"
+            if "authentication" not in why.lower():
+                # e.g. "Asterisk is shutting down" while it restarts: try again soon.
+                raise PbxUnavailable(f"{config.where}: AMI login not possible now: {why}")
             raise PbxAuthFailed(
-                f"{config.where}: AMI login as {config.username!r} refused: "
-                f"{_reply_message(reply) or 'no reason given'}"
+                f"{config.where}: AMI login as {config.username!r} refused: {why} "
+                "(check username, secret and permit= in manager.conf)"
             )
         self._observe("Login", "success", started)
         try:

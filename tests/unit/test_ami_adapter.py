@@ -44,6 +44,8 @@ class FakeAmi:
     #: Answer Setvar with an error.
     setvar_error: bool = False
     send_booted: bool = True
+    #: Answer Login with this error (whatever the secret).
+    login_error: str | None = None
     port: int = 0
     server: asyncio.base_events.Server | None = None
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
@@ -103,6 +105,8 @@ class FakeAmi:
 
         if name == "login":
             self.logins += 1
+            if self.login_error is not None:
+                return msg("Response: Error", f"Message: {self.login_error}"), True
             if h.get("secret") != self.secret:
                 return msg("Response: Error", "Message: Authentication failed"), True
             out = msg("Response: Success", "Message: Authentication accepted")
@@ -407,3 +411,17 @@ async def test_pbx_status_helpers(fake: FakeAmi) -> None:
         '{"pbx": "fake", "forwardings": {"201": ["+31612345678", "333"], "1000": ["300"]}}\n'
     )
     assert format_status_table({}) == "no forwardings active\n"
+
+
+async def test_login_refused_while_shutting_down_is_unavailable_and_retried(
+    fake: FakeAmi,
+) -> None:
+    fake.login_error = "Asterisk is shutting down"
+    pbx = AmiPbx(config(fake))
+    with pytest.raises(PbxUnavailable, match="shutting down"):
+        await pbx.start(retry=True)
+    fake.login_error = None
+    try:
+        await pbx.wait_connected(5)
+    finally:
+        await pbx.close()
