@@ -7,7 +7,7 @@ A missing prerequisite (root, debootstrap, mirror) fails with the fix in the mes
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +36,19 @@ def asterisk(asterisk_root: Path, request: pytest.FixtureRequest) -> Iterator[As
         yield sandbox
     finally:
         sandbox.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, None]:
+    """Attach the tail of the Asterisk log to a failing test's report."""
+    outcome: object = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, AsteriskSandbox) and value.log_path.exists():
+            tail = value.log_path.read_text(errors="replace").splitlines()[-80:]
+            report.sections.append(("Asterisk log (last 80 lines)", "\n".join(tail)))
+            return

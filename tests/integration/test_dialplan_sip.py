@@ -7,6 +7,7 @@ lands there). AstDB is written with the sandbox's CLI, as pbxcal would over AMI.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 from pyVoIP.VoIP import CallState, PhoneStatus, VoIPCall, VoIPPhone  # before pyVoIP.SIP (cycle)
+
 from pyVoIP.SIP import SIPMessage, SIPMessageType  # isort: skip
 
 from pbxcal.testing.asterisk import AsteriskSandbox
@@ -54,7 +56,7 @@ class TestPhone(VoIPPhone):  # type: ignore[misc]
     def _ring(self, call: VoIPCall) -> None:
         pass  # pyVoIP calls this 1 s late; calls are recorded from the INVITE itself
 
-    def _create_Call(self, request: SIPMessage, sess_id: int) -> None:  # noqa: N802
+    def _create_Call(self, request: SIPMessage, sess_id: int) -> None:
         super()._create_Call(request, sess_id)
         self.incoming.append(self.calls[request.headers["Call-ID"]])
 
@@ -75,7 +77,9 @@ class TestPhone(VoIPPhone):  # type: ignore[misc]
 
     def ringing(self) -> list[VoIPCall]:
         return [
-            c for c in self.incoming if c.state == CallState.RINGING and c.call_id not in self.cancelled
+            c
+            for c in self.incoming
+            if c.state == CallState.RINGING and c.call_id not in self.cancelled
         ]
 
     def reset(self) -> None:
@@ -103,17 +107,17 @@ def phones(asterisk: AsteriskSandbox) -> Iterator[dict[str, TestPhone]]:
             phone.start()
             started[name] = phone
         for name, phone in started.items():
-            wait_for(f"phone {name} registered", lambda p=phone: p.get_status() == PhoneStatus.REGISTERED)
+            wait_for(
+                f"phone {name} registered", lambda p=phone: p.get_status() == PhoneStatus.REGISTERED
+            )
         contacts = asterisk.cli("pjsip show contacts")
         for name in PHONES:
             assert f"{name}/sip:" in contacts, f"{name} not registered in Asterisk:\n{contacts}"
         yield started
     finally:
         for phone in started.values():
-            try:
+            with contextlib.suppress(Exception):  # best-effort deregister
                 phone.stop()
-            except Exception:  # noqa: S110 (best-effort deregister of a test phone)
-                pass
 
 
 def active_channels(asterisk: AsteriskSandbox) -> int:
@@ -260,3 +264,101 @@ def test_malformed_value_is_ignored(pbx: AsteriskSandbox, phones: dict[str, Test
     assert not phones["201"].incoming and not phones["202"].incoming
     answer_and_finish(call, phones["100"].ringing()[0])
     assert "malformed pbxcal/fwd/100" in Path(pbx.log_path).read_text()
+
+
+# --------------------------------------------------------------------------- AMI user
+
+
+class RawAmi:
+    """Just enough AMI to check the shipped pbxcal account's privileges."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.buf = b""
+        self.sock.recv(1024)  # "Asterisk Call Manager/..." banner
+        self.counter = 0
+
+    def _message(self) -> dict[str, str]:
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            assert chunk, "AMI connection closed"
+            self.buf += chunk
+        raw, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = [line.split(": ", 1) for line in raw.decode().split("\r\n") if ": " in line]
+        return {key: value for key, value in lines}
+
+    def action(self, name: str, **fields: str) -> tuple[dict[str, str], list[dict[str, str]]]:
+        self.counter += 1
+        action_id = f"t{self.counter}"
+        text = f"Action: {name}\r\nActionID: {action_id}\r\n"
+        text += "".join(f"{key}: {value}\r\n" for key, value in fields.items())
+        self.sock.sendall((text + "\r\n").encode())
+        events: list[dict[str, str]] = []
+        response: dict[str, str] | None = None
+        while True:
+            message = self._message()
+            if message.get("ActionID") != action_id:
+                continue
+            if "Response" in message:
+                response = message
+                if message["Response"] != "Success" or "EventList" not in message:
+                    return response, events
+            else:
+                events.append(message)
+                if message.get("EventList") == "Complete":
+                    assert response is not None
+                    return response, events
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_shipped_ami_user_has_exactly_the_privileges_pbxcal_needs(
+    asterisk: AsteriskSandbox,
+) -> None:
+    ami = RawAmi(asterisk.ami_host, asterisk.ami_port)
+    try:
+        ok, _ = ami.action("Login", Username=asterisk.ami_username, Secret=asterisk.ami_secret)
+        assert ok["Response"] == "Success", ok
+        assert ami.action("Ping")[0]["Response"] == "Success"
+        put = ami.action("DBPut", Family="pbxcal", Key="fwd/555", Val="201&+31612345678")
+        assert put[0]["Response"] == "Success", put
+        got, events = ami.action("DBGet", Family="pbxcal", Key="fwd/555")
+        assert got["Response"] == "Success", got
+        assert events[0]["Val"] == "201&+31612345678"
+        tree, events = ami.action("DBGetTree", Family="pbxcal")
+        assert tree["Response"] == "Success", tree
+        assert any(e.get("Key") == "/pbxcal/fwd/555" for e in events), events
+        state = ami.action("Setvar", Variable="DEVICE_STATE(Custom:pbxcal555)", Value="INUSE")
+        assert state[0]["Response"] == "Success", state
+        assert ami.action("DBDel", Family="pbxcal", Key="fwd/555")[0]["Response"] == "Success"
+        for refused in (
+            ami.action("Command", Command="core show version"),
+            ami.action("Originate", Channel="Local/100@pbxcal-test-phones", Application="Wait"),
+            ami.action("UpdateConfig", SrcFilename="manager.conf", DstFilename="x.conf"),
+        ):
+            assert refused[0]["Response"] == "Error", refused
+            assert "Permission denied" in refused[0].get("Message", ""), refused
+    finally:
+        ami.close()
+    # The BLF hint from extensions_pbxcal.conf follows the custom device state.
+    assert "INUSE" in asterisk.cli("devstate list").split("Custom:pbxcal555", 1)[1].split("\n")[0]
+    admin = RawAmi(asterisk.ami_host, asterisk.ami_port)
+    try:
+        admin.action("Login", Username=asterisk.admin_username, Secret=asterisk.admin_secret)
+        hint, _ = admin.action("ExtensionState", Exten="pbxcal555", Context=asterisk.phones_context)
+        assert hint["Response"] == "Success" and hint["Status"] == "1", hint  # 1 = InUse
+    finally:
+        admin.close()
+
+
+def test_sandboxes_coexist_and_astdb_survives_restart(asterisk_root: Path) -> None:
+    with AsteriskSandbox(asterisk_root, "restart-check", endpoints=("100",)) as other:
+        other.cli("database put pbxcal fwd/100 +31612345678")
+        ports = (other.ami_port, other.sip_port)
+        other.restart()
+        assert (other.ami_port, other.sip_port) == ports
+        assert "+31612345678" in other.cli("database get pbxcal fwd/100")
+        assert other.boot_seconds is not None and other.boot_seconds < 30
+        instance = other.instance_dir
+    assert not instance.exists()
