@@ -1,0 +1,546 @@
+"""The store's contract, backend-independent: every test here runs on SQLite (this module)
+and again on a real PostgreSQL (``tests/integration/test_store_postgres.py`` imports these
+tests and overrides the ``store_url`` fixture). SQLite-only behaviour (pragmas, paths) is
+in ``test_store_sqlite.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+import pbxcal.store.sql as store_sql
+from pbxcal.store import (
+    SYNC_LOG_KEEP,
+    Link,
+    SchemaTooNew,
+    Store,
+    StoredEvent,
+    StoreError,
+    SyncState,
+    migrate,
+)
+from pbxcal.store.schema import metadata
+
+T0 = datetime(2026, 3, 30, 7, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/state.db"
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    opened = Store.open(store_url)
+    yield opened
+    opened.close()
+
+
+def state(etag: str | None = "e1", at: datetime = T0, **changes: Any) -> SyncState:
+    values: dict[str, Any] = {
+        "etag": etag,
+        "last_modified": "Mon, 30 Mar 2026 07:00:00 GMT",
+        "sync_token": None,
+        "calendar_tz": "Europe/Amsterdam",
+        "timezones": "BEGIN:VTIMEZONE\r\nTZID:Europe/Amsterdam\r\nEND:VTIMEZONE\r\n",
+        "fetched_at": at,
+    }
+    values.update(changes)
+    return SyncState(**values)
+
+
+def vevent(uid: str, summary: str = "0612345678", rid: str | None = None) -> StoredEvent:
+    lines = ["BEGIN:VEVENT", f"UID:{uid}", f"SUMMARY:{summary}"]
+    if rid:
+        lines.append(f"RECURRENCE-ID:{rid}")
+    lines.append("END:VEVENT")
+    return StoredEvent(uid=uid, recurrence_id=rid, ical="\r\n".join(lines) + "\r\n")
+
+
+def table_dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, straight from the database (not through the store)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            reflected = sa.MetaData()
+            reflected.reflect(conn)
+            return {
+                name: sorted(map(tuple, conn.execute(sa.select(table))), key=repr)
+                for name, table in sorted(reflected.tables.items())
+            }
+    finally:
+        engine.dispose()
+
+
+# -- opening, schema ---------------------------------------------------------------------
+
+
+def test_open_migrates_to_head(store: Store) -> None:
+    assert store.schema_revision() == migrate.head_revision() == "0001"
+
+
+def test_migrations_build_exactly_the_declared_schema(store: Store, store_url: str) -> None:
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_migrations_downgrade_and_upgrade_again(store: Store, store_url: str) -> None:
+    store.close()
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            config = migrate.alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, "base")
+        assert sa.inspect(engine).get_table_names() == ["alembic_version"]
+    finally:
+        engine.dispose()
+    with Store.open(store_url) as again:
+        assert again.schema_revision() == "0001"
+        assert again.list_links() == []
+
+
+def test_reopen_keeps_data(store: Store, store_url: str) -> None:
+    link = store.add_link("100", "main", "ics", "https://example.test/a.ics", {"k": "v"})
+    store.close()
+    with Store.open(store_url) as again:
+        assert again.list_links() == [link]
+        assert again.schema_revision() == "0001"
+
+
+def test_schema_too_new_is_refused_and_nothing_changes(store: Store, store_url: str) -> None:
+    store.add_link("100", "main", "ics", "https://example.test/a.ics")
+    store.close()
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099_future'"))
+    finally:
+        engine.dispose()
+    before = table_dump(store_url)
+
+    with pytest.raises(SchemaTooNew) as info:
+        Store.open(store_url)
+
+    assert str(info.value) == (
+        "database schema 0099_future is newer than this pbxcal (0001); "
+        "upgrade pbxcal or restore a backup"
+    )
+    assert table_dump(store_url) == before
+
+
+def test_closed_store_refuses_calls(store: Store) -> None:
+    store.close()
+    with pytest.raises(StoreError, match="is closed"):
+        store.list_links()
+
+
+# -- links -------------------------------------------------------------------------------
+
+
+def test_add_and_get_link(store: Store) -> None:
+    settings = {"calendar_id": "primary", "nested": {"a": [1, 2]}, "flag": True}
+    link = store.add_link("100", "main", "google", "agent@example.test", settings)
+
+    assert link.id > 0
+    assert (link.extension, link.pbx, link.provider, link.source) == (
+        "100",
+        "main",
+        "google",
+        "agent@example.test",
+    )
+    assert link.settings == settings
+    assert link.active is True
+    assert link.origin == "cli"
+    assert link.created_at.tzinfo is UTC
+    assert abs(link.created_at - datetime.now(UTC)) < timedelta(minutes=1)
+    assert store.get_link(link.id) == link
+    assert store.get_link(link.id + 1000) is None
+
+
+def test_add_link_twice_names_the_existing_link(store: Store) -> None:
+    first = store.add_link("100", "main", "ics", "https://example.test/a.ics")
+    with pytest.raises(StoreError) as info:
+        store.add_link("100", "main", "caldav", "https://example.test/a.ics")
+    assert str(info.value) == (
+        f"link for extension 100 on main to https://example.test/a.ics exists already "
+        f"(id {first.id})"
+    )
+    assert store.list_links() == [first]
+
+
+def test_same_source_for_another_extension_or_pbx_is_a_new_link(store: Store) -> None:
+    a = store.add_link("100", "main", "ics", "https://example.test/a.ics")
+    b = store.add_link("101", "main", "ics", "https://example.test/a.ics")
+    c = store.add_link("100", "branch", "ics", "https://example.test/a.ics", active=False)
+    assert store.list_links() == [a, b, c]
+    assert store.list_links(active_only=True) == [a, b]
+
+
+def test_add_link_refuses_bad_origin_and_non_json_settings(store: Store) -> None:
+    with pytest.raises(StoreError, match="origin"):
+        store.add_link("100", "main", "ics", "s", origin="web")
+    with pytest.raises(StoreError, match="JSON"):
+        store.add_link("100", "main", "ics", "s", {"when": datetime.now(UTC)})
+    assert store.list_links() == []
+
+
+def test_set_link_active(store: Store) -> None:
+    link = store.add_link("100", "main", "ics", "s")
+    off = store.set_link_active(link.id, False)
+    assert off.active is False
+    assert store.get_link(link.id) == off
+    assert store.list_links(active_only=True) == []
+    assert store.set_link_active(link.id, True).active is True
+    with pytest.raises(StoreError, match=f"no link with id {link.id + 1}"):
+        store.set_link_active(link.id + 1, True)
+
+
+def test_remove_link_removes_its_events_state_and_log(store: Store, store_url: str) -> None:
+    gone = store.add_link("100", "main", "ics", "a")
+    kept = store.add_link("101", "main", "ics", "b")
+    for link in (gone, kept):
+        store.replace_events(link.id, [vevent(f"u{link.id}")], state())
+        store.log_sync(link.id, T0, "ok", 1, {})
+
+    store.remove_link(gone.id)
+
+    assert store.list_links() == [kept]
+    assert store.load_events(gone.id) == ([], None)
+    assert store.sync_log(gone.id) == []
+    assert list(store.last_sync()) == [kept.id]
+    assert store.load_events(kept.id)[0] == [vevent(f"u{kept.id}")]
+    dump = table_dump(store_url)
+    assert all(row[0] != gone.id for row in dump["events"] + dump["sync_state"])
+    with pytest.raises(StoreError, match="no link with id"):
+        store.remove_link(gone.id)
+
+
+def test_removed_link_ids_are_not_reused(store: Store) -> None:
+    first = store.add_link("100", "main", "ics", "a")
+    store.remove_link(first.id)
+    assert store.add_link("100", "main", "ics", "a").id > first.id
+
+
+def test_sync_config_links_adds_updates_and_removes_only_config_links(store: Store) -> None:
+    cli = store.add_link("100", "main", "ics", "cli-source")
+    shadowed = store.add_link("101", "main", "ics", "both")
+    first = store.sync_config_links(
+        [
+            ("200", "main", "ics", "a", {"x": 1}),
+            ("201", "main", "google", "b", {}),
+            ("101", "main", "caldav", "both", {"y": 2}),  # the CLI link wins
+        ]
+    )
+    assert [(link.extension, link.source, link.origin) for link in first] == [
+        ("200", "a", "config"),
+        ("201", "b", "config"),
+    ]
+    a, b = first
+    store.set_link_active(a.id, False)
+    store.replace_events(b.id, [vevent("gone-with-b")], state())
+
+    second = store.sync_config_links(
+        [("200", "main", "ics", "a", {"x": 2}), ("202", "main", "ics", "c", {})]
+    )
+
+    assert [link.extension for link in second] == ["200", "202"]
+    updated = second[0]
+    assert updated.id == a.id
+    assert updated.settings == {"x": 2}
+    assert updated.active is False  # switched off by the CLI, stays off
+    assert updated.created_at == a.created_at
+    assert store.get_link(b.id) is None
+    assert store.load_events(b.id) == ([], None)
+    assert store.get_link(cli.id) == cli
+    assert store.get_link(shadowed.id) == shadowed
+
+    assert store.sync_config_links([]) == []
+    assert store.list_links() == [cli, shadowed]
+
+
+def test_sync_config_links_refuses_a_link_declared_twice(store: Store) -> None:
+    store.sync_config_links([("200", "main", "ics", "a", {})])
+    before = store.list_links()
+    with pytest.raises(StoreError, match="declared twice"):
+        store.sync_config_links(
+            [("300", "main", "ics", "z", {}), ("300", "main", "google", "z", {})]
+        )
+    assert store.list_links() == before
+
+
+def test_sync_config_links_unchanged_config_changes_nothing(store: Store) -> None:
+    specs = [("200", "main", "ics", "a", {"x": [1]}), ("201", "main", "ics", "b", {})]
+    assert store.sync_config_links(specs) == store.sync_config_links(specs)
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+def test_replace_and_load_events(store: Store) -> None:
+    link = store.add_link("100", "main", "ics", "a")
+    assert store.load_events(link.id) == ([], None)
+    master = vevent("weekly@x")
+    moved = vevent("weekly@x", "moved", rid="20260406T070000Z")
+    single = vevent("single@x", "333")
+
+    store.replace_events(link.id, [single, moved, master], state("e1"))
+    stored, sync = store.load_events(link.id)
+    assert stored == [single, master, moved]  # by uid, then recurrence id (master first)
+    assert sync == state("e1")
+
+    store.replace_events(link.id, [master], state("e2", sync_token="t2"))
+    assert store.load_events(link.id) == ([master], state("e2", sync_token="t2"))
+
+    store.replace_events(link.id, [], state(None))
+    assert store.load_events(link.id) == ([], state(None))
+
+
+def test_replace_events_keeps_unicode_and_long_text(store: Store) -> None:
+    link = store.add_link("100", "main", "ics", "a")
+    big = StoredEvent("ü@x", None, "DESCRIPTION:" + "é€😀" * 20_000 + "\r\n")
+    store.replace_events(link.id, [big], state())
+    assert store.load_events(link.id)[0] == [big]
+
+
+def test_replace_events_with_a_duplicate_keeps_the_previous_events(store: Store) -> None:
+    link = store.add_link("100", "main", "ics", "a")
+    store.replace_events(link.id, [vevent("old")], state("old"))
+
+    with pytest.raises(StoreError, match=r"event new .*appears twice") as info:
+        store.replace_events(link.id, [vevent("x"), vevent("new"), vevent("new")], state("new"))
+
+    assert "\n" not in str(info.value)
+    assert store.load_events(link.id) == ([vevent("old")], state("old"))
+
+
+def test_replace_events_failing_midway_keeps_the_previous_events(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    link = store.add_link("100", "main", "ics", "a")
+    store.replace_events(link.id, [vevent("old1"), vevent("old2")], state("old"))
+    reached: list[bool] = []
+
+    def failing_upsert(conn: sa.Connection, link_id: int, values: Any) -> None:
+        # By now the old events are deleted and the new ones inserted, in this transaction.
+        assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar() == 1
+        reached.append(True)
+        conn.execute(sa.text("SELECT * FROM no_such_table"))  # a real database error
+
+    monkeypatch.setattr(store_sql, "_upsert_state", failing_upsert)
+    with pytest.raises(StoreError) as info:
+        store.replace_events(link.id, [vevent("new")], state("new"))
+
+    assert reached == [True]
+    assert "no_such_table" in str(info.value)
+    assert "\n" not in str(info.value)
+    monkeypatch.undo()
+    assert store.load_events(link.id) == ([vevent("old1"), vevent("old2")], state("old"))
+
+
+def test_replace_events_for_unknown_link(store: Store) -> None:
+    with pytest.raises(StoreError, match="no link with id 42"):
+        store.replace_events(42, [vevent("a")], state())
+    with pytest.raises(StoreError, match="no link with id 42"):
+        store.touch_sync_state(42, state())
+
+
+def test_touch_sync_state_keeps_events(store: Store) -> None:
+    link = store.add_link("100", "main", "ics", "a")
+    store.touch_sync_state(link.id, state("first"))
+    assert store.load_events(link.id) == ([], state("first"))
+
+    store.replace_events(link.id, [vevent("a")], state("e1"))
+    later = state("e1", at=T0 + timedelta(minutes=5))
+    store.touch_sync_state(link.id, later)
+    assert store.load_events(link.id) == ([vevent("a")], later)
+
+
+def test_load_all_events_in_at_most_two_queries(store: Store) -> None:
+    empty = store.add_link("100", "main", "ics", "empty")
+    synced = store.add_link("101", "main", "ics", "synced")
+    touched = store.add_link("102", "main", "ics", "touched", active=False)
+    store.replace_events(synced.id, [vevent("b"), vevent("a")], state("s"))
+    store.touch_sync_state(touched.id, state("t"))
+
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    engine = store._engine
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        everything = store.load_all_events()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+
+    assert everything == {
+        empty.id: ([], None),
+        synced.id: ([vevent("a"), vevent("b")], state("s")),
+        touched.id: ([], state("t")),
+    }
+    assert len(statements) <= 2
+    for link in (empty, synced, touched):
+        assert store.load_events(link.id) == everything[link.id]
+
+
+# -- applied state -----------------------------------------------------------------------
+
+
+def test_save_and_load_applied(store: Store) -> None:
+    assert store.load_applied("main") == {}
+    store.save_applied("main", {"100": ["+31612345678", "333"], "101": ("201",)})
+    store.save_applied("branch", {"100": ["+3120"]})
+    assert store.load_applied("main") == {"100": ("+31612345678", "333"), "101": ("201",)}
+
+    store.save_applied("main", {"102": ["333"]})  # replaces the whole PBX's state
+    assert store.load_applied("main") == {"102": ("333",)}
+    assert store.load_applied("branch") == {"100": ("+3120",)}
+
+    store.save_applied("main", {})
+    assert store.load_applied("main") == {}
+
+
+def test_save_applied_refuses_a_string_as_targets(store: Store) -> None:
+    store.save_applied("main", {"100": ["333"]})
+    with pytest.raises(StoreError, match="must be a list"):
+        store.save_applied("main", {"100": "333"})
+    assert store.load_applied("main") == {"100": ("333",)}
+
+
+# -- sync log ----------------------------------------------------------------------------
+
+
+def test_sync_log_newest_first_with_limit(store: Store) -> None:
+    link = store.add_link("100", "main", "ics", "a")
+    other = store.add_link("101", "main", "ics", "b")
+    for minute in range(5):
+        store.log_sync(link.id, T0 + timedelta(minutes=minute), "ok", minute, {})
+    store.log_sync(
+        link.id, T0 + timedelta(minutes=9), "error", 0, {"not-a-number": 2}, "HTTP 500 from x"
+    )
+    store.log_sync(other.id, T0, "ok", 1, {})
+
+    entries = store.sync_log(link.id)
+    assert [e.at for e in entries] == [T0 + timedelta(minutes=m) for m in (9, 4, 3, 2, 1, 0)]
+    newest = entries[0]
+    assert (newest.link_id, newest.result, newest.accepted) == (link.id, "error", 0)
+    assert newest.rejected == {"not-a-number": 2}
+    assert newest.message == "HTTP 500 from x"
+    assert [e.accepted for e in store.sync_log(link.id, limit=2)] == [0, 4]
+    assert store.sync_log(404) == []
+
+
+def test_sync_log_keeps_the_newest_rows_per_link(store: Store) -> None:
+    link = store.add_link("100", "main", "ics", "a")
+    other = store.add_link("101", "main", "ics", "b")
+    store.log_sync(other.id, T0, "ok", 1, {})
+    total = SYNC_LOG_KEEP + 5
+    for i in range(total):
+        store.log_sync(link.id, T0 + timedelta(seconds=i), "ok", i, {})
+
+    kept = store.sync_log(link.id, limit=1000)
+    assert len(kept) == SYNC_LOG_KEEP == 200
+    assert kept[0].accepted == total - 1
+    assert kept[-1].accepted == total - SYNC_LOG_KEEP  # the five oldest are gone
+    assert len(store.sync_log(other.id)) == 1
+
+
+def test_last_sync_is_the_newest_entry_per_link(store: Store) -> None:
+    a = store.add_link("100", "main", "ics", "a")
+    b = store.add_link("101", "main", "ics", "b")
+    store.add_link("102", "main", "ics", "never synced")
+    store.log_sync(a.id, T0 + timedelta(minutes=2), "ok", 2, {})
+    store.log_sync(a.id, T0 + timedelta(minutes=1), "late-logged", 1, {})  # older `at`
+    store.log_sync(b.id, T0, "error", 0, {}, "timeout")
+    store.log_sync(b.id, T0, "ok", 3, {})  # same time: the later row wins
+
+    last = store.last_sync()
+    assert sorted(last) == [a.id, b.id]
+    assert (last[a.id].result, last[a.id].accepted) == ("ok", 2)
+    assert (last[b.id].result, last[b.id].accepted) == ("ok", 3)
+
+
+def test_log_sync_for_unknown_link(store: Store) -> None:
+    with pytest.raises(StoreError, match="no link with id 42"):
+        store.log_sync(42, T0, "ok", 0, {})
+
+
+# -- times -------------------------------------------------------------------------------
+
+
+def test_times_come_back_as_aware_utc(store: Store) -> None:
+    amsterdam_summer = timezone(timedelta(hours=2))
+    at = datetime(2026, 7, 1, 9, 30, 15, 123456, tzinfo=amsterdam_summer)
+    link = store.add_link("100", "main", "ics", "a")
+    store.replace_events(link.id, [], state(at=at))
+    store.log_sync(link.id, at, "ok", 0, {})
+
+    fetched = store.load_events(link.id)[1]
+    assert fetched is not None
+    logged = store.sync_log(link.id)[0].at
+    for value in (fetched.fetched_at, logged, store.list_links()[0].created_at):
+        assert value.tzinfo is UTC
+    assert fetched.fetched_at == logged == at
+    assert logged.hour == 7  # the same instant, expressed in UTC
+
+
+def test_naive_times_are_refused(store: Store) -> None:
+    link = store.add_link("100", "main", "ics", "a")
+    naive = datetime(2026, 3, 30, 7, 0)  # noqa: DTZ001 - the point of the test
+    with pytest.raises(ValueError, match="naive"):
+        store.log_sync(link.id, naive, "ok", 0, {})
+    with pytest.raises(ValueError, match="naive"):
+        store.replace_events(link.id, [vevent("a")], state(at=naive))
+    assert store.load_events(link.id) == ([], None)
+
+
+# -- threads -----------------------------------------------------------------------------
+
+
+def test_calls_from_many_threads(store: Store) -> None:
+    link = store.add_link("100", "main", "ics", "a")
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(10):
+                mine = store.add_link(f"2{n}{i}", "main", "ics", "t")
+                store.replace_events(mine.id, [vevent(f"{n}-{i}")], state())
+                store.log_sync(link.id, T0 + timedelta(seconds=n * 100 + i), "ok", i, {})
+                store.load_all_events()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert len(store.list_links()) == 81
+    assert len(store.sync_log(link.id, limit=1000)) == 80
+
+
+def test_link_is_a_plain_value() -> None:
+    link = Link(1, "100", "main", "ics", "a", {}, True, "cli", T0)
+    with pytest.raises(AttributeError):
+        link.active = False  # type: ignore[misc]
