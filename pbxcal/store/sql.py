@@ -500,12 +500,22 @@ def _prepare_sqlite_file(path: Path) -> None:
         raise StoreError(f"cannot open store {path}: it is a directory")
     # SQLite also creates <path>-wal and <path>-shm next to the file.
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot write store {path}: directory {directory} is not writable")
+        why = "read-only file system" if _read_only_fs(directory) else "permission denied"
+        raise StoreError(
+            f"cannot write store {path}: directory {directory} is not writable ({why})"
+        )
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise StoreError(f"cannot write store {path}: {exc.strerror}") from None
     os.close(fd)
+
+
+def _read_only_fs(directory: Path) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _tune_sqlite(engine: Engine) -> None:
