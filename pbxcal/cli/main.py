@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from pbxcal import __version__
-from pbxcal.cli import offline
+from pbxcal.cli import offline, service_commands
 from pbxcal.errors import ConfigError, PbxcalError
 
 EXIT_USAGE = 2
@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     offline.add_plan(sub)
     offline.add_slots(sub)
     offline.add_check_config(sub)
+    service_commands.add_run(sub)
+    service_commands.add_links(sub)
+    service_commands.add_apply(sub)
+    service_commands.add_pbx_status(sub)
     return parser
 
 

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -39,7 +39,7 @@ from pbxcal.service.metrics import Metrics
 from pbxcal.service.notify import SystemdNotifier
 from pbxcal.service.reconciler import Reconciler
 from pbxcal.service.sync import CalendarSync
-from pbxcal.store import Store
+from pbxcal.store import Link, Store
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +222,8 @@ class Daemon:
         self.sync.set_links([link for link in links if link.active])
         self._count_links(links)
 
-    def _count_links(self, links: list[object]) -> None:
-        active = sum(1 for link in links if getattr(link, "active", False))
+    def _count_links(self, links: Sequence[Link]) -> None:
+        active = sum(1 for link in links if link.active)
         self.metrics.links.labels("active").set(active)
         self.metrics.links.labels("disabled").set(len(links) - active)
 

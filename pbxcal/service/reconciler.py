@@ -160,17 +160,17 @@ class Reconciler:
             self._replan_keys.update(self._all_keys())
         if self._replan_keys:
             self._replan(now)
-        served: list[datetime] = []
+        served: set[tuple[datetime, str, str]] = set()  # adjacent windows share a moment
         while self._boundaries and self._boundaries[0][0] <= now:
-            moment, pbx, ext = heapq.heappop(self._boundaries)
-            self._due_keys.add((pbx, ext))
-            served.append(moment)
+            entry = heapq.heappop(self._boundaries)
+            self._due_keys.add(entry[1:])
+            served.add(entry)
         for key in self._due_keys:
             self._update_desired(key, now)
         due, self._due_keys = self._due_keys, set()
         refused = await self._apply(due)
         applied_at = self.clock.now()
-        for moment in served:
+        for moment, _, _ in served:
             self.metrics.boundary_lag.observe((applied_at - moment).total_seconds())
         self.metrics.forwardings_active.set(self.active_forwardings)
         self.first_pass.set()

@@ -1,0 +1,150 @@
+"""pbxcal demo: a live forwarding switching on and off against a sandboxed Asterisk.
+
+Run it with ``scripts/demo`` (which prepares the virtual environment first). It:
+1. builds or reuses the Debian sid root with Asterisk and starts a sandbox on loopback;
+2. writes a calendar for extension 100 whose appointments start ``--lead`` seconds from
+   now: "201" for 40 s, "06-12345678" overlapping it (both ring in parallel), plus a
+   "Lunch" and a premium-rate number that pbxcal refuses;
+3. runs ``pbxcal run`` with SQLite and that calendar, and prints what Asterisk holds
+   (AstDB ``pbxcal/fwd/100`` and the BLF device state) every time it changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pbxcal.testing.asterisk import AsteriskSandbox, SandboxError, ensure_root
+
+REPO = Path(__file__).resolve().parents[1]
+PBXCAL = Path(sys.executable).parent / "pbxcal"
+
+
+def ics_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def calendar(start: datetime) -> str:
+    def event(uid: str, title: str, begin: timedelta, end: timedelta) -> str:
+        return (
+            f"BEGIN:VEVENT\r\nUID:{uid}@demo.pbxcal\r\nDTSTAMP:{ics_time(start)}\r\n"
+            f"DTSTART:{ics_time(start + begin)}\r\nDTEND:{ics_time(start + end)}\r\n"
+            f"SUMMARY:{title}\r\nEND:VEVENT\r\n"
+        )
+
+    s = timedelta(seconds=1)
+    return (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//pbxcal//demo//EN\r\n"
+        + event("colleague", "201", 0 * s, 40 * s)
+        + event("mobile", "06-12345678", 20 * s, 60 * s)
+        + event("lunch", "Lunch", 0 * s, 60 * s)
+        + event("premium", "0900 1234567", 10 * s, 30 * s)
+        + "END:VCALENDAR\r\n"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def forwarding(ast: AsteriskSandbox) -> str:
+    value = ast.cli("database get pbxcal fwd/100").strip()
+    state = ast.cli("devstate list").splitlines()
+    blf = next((line.split("'")[3] for line in state if "Custom:pbxcal100" in line), "?")
+    target = value.removeprefix("Value: ") if value.startswith("Value:") else "(none)"
+    return f"pbxcal/fwd/100 = {target:<22} BLF Custom:pbxcal100 = {blf}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lead", type=int, default=20,
+                        help="seconds until the first appointment starts (default 20)")
+    args = parser.parse_args()
+    try:
+        root = ensure_root()
+    except SandboxError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="pbxcal-demo-") as tmp, \
+            AsteriskSandbox(root, "pbxcal-demo") as ast:
+        work = Path(tmp)
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=args.lead)
+        (work / "anna.ics").write_text(calendar(start))
+        secret = work / "ami.secret"
+        secret.write_text(ast.ami_secret)
+        secret.chmod(0o600)
+        listen = f"127.0.0.1:{free_port()}"
+        (work / "pbxcal.toml").write_text(
+            f'[pbxcal]\nregion = "NL"\n\n[http]\nlisten = "{listen}"\n\n'
+            f'[sync]\ninterval = 2\n\n'
+            f'[pbx.main]\nhost = "{ast.ami_host}"\nport = {ast.ami_port}\n'
+            f'username = "{ast.ami_username}"\nsecret_file = "{secret}"\n\n'
+            f'[[link]]\nextension = "100"\nsource = "{work / "anna.ics"}"\n'
+        )
+        print(f"Asterisk up on 127.0.0.1 (AMI {ast.ami_port}, SIP {ast.sip_port}).")
+        print(f"Calendar {work / 'anna.ics'} for extension 100 (times UTC):")
+        print(f"  {start:%H:%M:%S}-{start + timedelta(seconds=40):%H:%M:%S}  '201'")
+        print(f"  {start + timedelta(seconds=20):%H:%M:%S}-"
+              f"{start + timedelta(seconds=60):%H:%M:%S}  '06-12345678' -> +31612345678")
+        print("  plus 'Lunch' (not a number) and '0900 1234567' (premium rate: blocked)\n")
+        plan = subprocess.run(
+            [str(PBXCAL), "plan", "--ics", str(work / "anna.ics"), "--extension", "100",
+             "--from", start.isoformat(), "--to", (start + timedelta(minutes=5)).isoformat(),
+             "--json"], capture_output=True, text=True, check=True)
+        print("pbxcal plan says:", json.dumps(json.loads(plan.stdout), indent=None), "\n")
+        log = (work / "pbxcal.log").open("w")
+        daemon = subprocess.Popen(
+            [str(PBXCAL), "run", "--config", str(work / "pbxcal.toml"),
+             "--store", f"sqlite:///{work / 'pbxcal.sqlite3'}"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=work,
+        )
+        print(f"pbxcal run started (pid {daemon.pid}); metrics on http://{listen}/metrics")
+        print("Watching Asterisk (what a call to 100 would ring):\n")
+        last = ""
+        end = start + timedelta(seconds=66)
+        try:
+            while datetime.now(UTC) < end:
+                if daemon.poll() is not None:
+                    print("demo: pbxcal run exited early; its log:\n"
+                          + (work / "pbxcal.log").read_text(), file=sys.stderr)
+                    return 1
+                now_state = forwarding(ast)
+                if now_state != last:
+                    offset = (datetime.now(UTC) - start).total_seconds()
+                    print(f"  {datetime.now(UTC):%H:%M:%S.%f}"[:-3]
+                          + f" (t{offset:+6.1f}s)  {now_state}")
+                    last = now_state
+                time.sleep(0.2)
+            with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as reply:  # noqa: S310
+                lines = reply.read().decode().splitlines()
+            print("\nA few metrics:")
+            for line in lines:
+                if line.startswith(("pbxcal_forwarding_changes_total",
+                                    "pbxcal_rejected_events_total", "pbxcal_ami_connected",
+                                    "pbxcal_boundary_lag_seconds_count",
+                                    "pbxcal_boundary_lag_seconds_sum")):
+                    print("  " + line)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=20)
+            log.close()
+        print(f"\nDone. pbxcal's log was {work / 'pbxcal.log'} (removed with the demo);")
+        print("try `pbxcal plan --help`, and see README.md for running it as a service.")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
