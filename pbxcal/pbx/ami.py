@@ -121,6 +121,7 @@ class _Step:
 _EOM = b"\r\n\r\n"
 #: ActionIDs of pipelined batch actions start with this; panoramisk's own look different.
 _BATCH_TAG = b"pbxcal."
+_BATCH_ID = b"\r\nActionID: " + _BATCH_TAG
 
 
 class _Batch:
@@ -229,14 +230,14 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
         *messages, self.pending_bytes = (self.pending_bytes + data).split(_EOM)
         encoding = getattr(self, "encoding", "utf8")
         for raw in messages:
-            if self.batches and raw.startswith(b"Response: ") and _BATCH_TAG in raw:
-                self._batch_reply(raw)
+            if self.batches and _BATCH_ID in raw and self._batch_reply(raw):
                 continue
             message = Message.from_line(raw.decode(encoding, "ignore").strip())
             if message is not None:
                 self.handle_message(message)
 
-    def _batch_reply(self, raw: bytes) -> None:
+    def _batch_reply(self, raw: bytes) -> bool:
+        """Hand a batch answer to its ``_Batch``; ``False`` if it is not one."""
         response = action_id = message = b""
         for line in raw.split(b"\r\n"):
             name, _, value = line.partition(b": ")
@@ -246,10 +247,13 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
                 action_id = value
             elif name == b"Message":
                 message = value
+        if not response or not action_id.startswith(_BATCH_TAG):
+            return False
         key, _, index = action_id[len(_BATCH_TAG) :].rpartition(b".")
         batch = self.batches.get(key)
         if batch is not None and index.isdigit():
             batch.reply(int(index), response.strip(), message.strip())
+        return True  # ours, even if its batch already gave up on it
 
 
 class _Session(Manager):  # type: ignore[misc]  # panoramisk is untyped

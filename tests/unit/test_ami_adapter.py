@@ -44,6 +44,8 @@ class FakeAmi:
     #: Answer Setvar with an error.
     setvar_error: bool = False
     send_booted: bool = True
+    #: Write every answer a few bytes at a time (messages split across reads).
+    trickle: bool = False
     #: Answer Login with this error (whatever the secret).
     login_error: str | None = None
     port: int = 0
@@ -88,8 +90,14 @@ class FakeAmi:
                         return
                 held.append(reply)
                 if len(held) >= self.batch or name in ("login", "ping", "logoff"):
-                    writer.write(b"".join(held))
+                    out = b"".join(held)
                     held.clear()
+                    if self.trickle:
+                        for i in range(0, len(out), 7):
+                            writer.write(out[i : i + 7])
+                            await writer.drain()
+                    else:
+                        writer.write(out)
                 if close:
                     await writer.drain()
                     writer.close()
@@ -425,3 +433,15 @@ async def test_login_refused_while_shutting_down_is_unavailable_and_retried(
         await pbx.wait_connected(5)
     finally:
         await pbx.close()
+
+
+async def test_answers_split_across_reads_and_concurrent_batches(fake: FakeAmi) -> None:
+    fake.trickle = True
+    async with started(config(fake, window=8)) as pbx:
+        await asyncio.gather(
+            pbx.apply({str(100 + n): ["333"] for n in range(40)}),
+            pbx.apply({str(500 + n): ["+31612345678"] for n in range(40)}),
+            pbx.read_applied(),
+        )
+        applied = await pbx.read_applied()
+        assert len(applied) == 80 and applied["500"] == ("+31612345678",)
