@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -139,6 +141,22 @@ async def test_reconnects_by_itself_after_asterisk_restart(asterisk: Any) -> Non
         assert (await astdb(asterisk))["/pbxcal/fwd/202"] == "300"
     finally:
         await pbx.close()
+
+
+async def test_frozen_asterisk_is_detected_by_keepalive(asterisk: Any) -> None:
+    """SIGSTOP keeps the TCP connection up but nothing answers: a half-open peer."""
+    pid = asterisk._proc.pid  # chroot execs asterisk: this is Asterisk's own pid
+    async with connected(asterisk, ping_interval=0.5, ping_timeout=1.0) as pbx:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            await eventually(lambda: not pbx.connected, timeout=10)
+            assert time.monotonic() - started < 4.0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await pbx.wait_connected(15)
+        await pbx.apply({"201": ["333"]})
+        assert await pbx.read_applied() == {"201": ("333",)}
 
 
 async def test_wrong_secret_is_auth_failed_without_retry_storm(asterisk: Any) -> None:
