@@ -57,6 +57,8 @@ _DEBIAN_SUITES = frozenset(
 )  # fmt: skip
 DEFAULT_ENDPOINTS: tuple[str, ...] = ("100", "201", "202", "300", "pstn")
 # Asterisk gets SIGTERM when the Python that started it dies (no orphans after a crash).
+# Linux ties this to the starting *thread*: call start()/restart() from a thread that
+# outlives the sandbox (the main thread), not from a short-lived worker thread.
 _DIE_WITH_PARENT: tuple[str, ...] = (
     ("setpriv", "--pdeathsig", "TERM") if shutil.which("setpriv") else ()
 )
