@@ -14,6 +14,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pbxcal.cli.args import zone
 from pbxcal.cli.offline import read_ics_file
 from pbxcal.cli.pbx_commands import format_status_json, format_status_table, pbx_status
 from pbxcal.config import Config, load_config
@@ -77,7 +78,9 @@ def add_links(sub: Any) -> None:
         help="a local .ics file or an http(s)/webcal URL",
     )
     add.add_argument("--pbx", metavar="NAME", help="the PBX (default: the first configured)")
-    add.add_argument("--timezone", metavar="TZ", help="zone for all-day and floating events")
+    add.add_argument(
+        "--timezone", type=zone, metavar="TZ", help="zone for all-day and floating events"
+    )
     add.add_argument("--disabled", action="store_true", help="add it disabled")
     lst = links.add_parser("list", help="list links with their last sync")
     lst.add_argument("--json", action="store_true")
@@ -150,9 +153,7 @@ def _links(ns: argparse.Namespace, config: Config, store: Store) -> int:
             raise InputError(f"--extension {ns.extension!r} is not an extension")
         settings: dict[str, Any] = {}
         if ns.timezone:
-            from pbxcal.cli.args import zone
-
-            settings["timezone"] = zone(ns.timezone).key
+            settings["timezone"] = ns.timezone.key
         link = store.add_link(ns.extension, pbx, "ics", ns.source, settings, active=not ns.disabled)
         print(f"added link {link.id}: extension {link.extension} on {link.pbx} <- {link.source}")
     elif command == "list":
