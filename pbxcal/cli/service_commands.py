@@ -12,19 +12,20 @@ import asyncio
 import json
 import os
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pbxcal.cli.args import zone
 from pbxcal.cli.offline import read_ics_file
-from pbxcal.cli.pbx_commands import format_status_json, format_status_table, pbx_status
 from pbxcal.config import Config, load_config
 from pbxcal.core.ical import expand_calendar, parse_calendar
 from pbxcal.core.windows import plan_windows
 from pbxcal.errors import InputError
-from pbxcal.pbx.ami import AmiPbx
-from pbxcal.service.daemon import Daemon, ami_config, default_store_url
-from pbxcal.service.logs import setup_logging
-from pbxcal.store import Link, Store
+
+# The daemon, store and AMI modules pull in SQLAlchemy, aiohttp and panoramisk (~0.7 s);
+# they are imported inside the handlers so `plan`, `slots` and `--help` start fast.
+if TYPE_CHECKING:
+    from pbxcal.pbx.ami import AmiPbx
+    from pbxcal.store import Link, Store
 
 DEFAULT_CONFIG = "/etc/pbxcal/pbxcal.toml"
 
@@ -124,6 +125,9 @@ def add_pbx_status(sub: Any) -> None:
 
 
 def run_service(ns: argparse.Namespace) -> int:
+    from pbxcal.service.daemon import Daemon, default_store_url
+    from pbxcal.service.logs import setup_logging
+
     config = load_config(ns.config)
     setup_logging(ns.log_level)
     store_url = ns.store or config.store_url or default_store_url(os.environ.get("STATE_DIRECTORY"))
@@ -133,6 +137,9 @@ def run_service(ns: argparse.Namespace) -> int:
 
 
 def run_links(ns: argparse.Namespace) -> int:
+    from pbxcal.service.daemon import default_store_url
+    from pbxcal.store import Store
+
     config = load_config(ns.config)
     store = Store.open(
         ns.store or config.store_url or default_store_url(os.environ.get("STATE_DIRECTORY"))
@@ -203,6 +210,9 @@ def _print_links(links: list[Link], store: Store, *, as_json: bool) -> None:
 
 
 def _pbx(config: Config, name: str | None) -> AmiPbx:
+    from pbxcal.pbx.ami import AmiPbx
+    from pbxcal.service.daemon import ami_config
+
     name = name or next(iter(config.pbxes), None)
     if name is None or name not in config.pbxes:
         raise InputError(f"no PBX named {name!r} in {config.source}")
@@ -244,6 +254,8 @@ def run_apply(ns: argparse.Namespace) -> int:
 
 
 def run_pbx_status(ns: argparse.Namespace) -> int:
+    from pbxcal.cli.pbx_commands import format_status_json, format_status_table, pbx_status
+
     config = load_config(ns.config)
     names = [ns.pbx] if ns.pbx else list(config.pbxes)
     if not names:
