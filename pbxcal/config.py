@@ -56,6 +56,7 @@ class PbxConfig:
     ping_interval: float = 10.0
     ping_timeout: float = 5.0
     backoff_max: float = 30.0
+    device_state: bool = True
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,7 @@ def _read_pbxes(reader: _Reader, raw: Any) -> dict[str, PbxConfig]:
             ),
             ping_timeout=reader.get(table, section, "ping_timeout", float, 5.0, _range(0.1, 120.0)),
             backoff_max=reader.get(table, section, "backoff_max", float, 30.0, _range(0.5, 3600.0)),
+            device_state=reader.get(table, section, "device_state", bool, True),
         )
         reader.unknown_keys(
             table,

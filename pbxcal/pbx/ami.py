@@ -92,6 +92,8 @@ class AmiConfig:
     window: int = 256
     #: How long to wait after login for ``FullyBooted`` before going ahead anyway.
     boot_timeout: float = 5.0
+    #: Keep ``Custom:pbxcal<ext>`` in step for BLF keys (one more action per change).
+    device_state: bool = True
 
     @property
     def where(self) -> str:
@@ -498,13 +500,12 @@ class AmiPbx:
             if targets:
                 steps.append(_Step({"Action": "DBPut", "Family": FAMILY, "Key": fwd_key(ext),
                                     "Val": join_targets(targets)}))
-                steps.append(_Step({"Action": "Setvar", "Variable": state_var,
-                                    "Value": STATE_ACTIVE}))
             else:
                 steps.append(_Step({"Action": "DBDel", "Family": FAMILY, "Key": fwd_key(ext)},
                                    tolerate=_ABSENT_KEY))
-                steps.append(_Step({"Action": "Setvar", "Variable": state_var,
-                                    "Value": STATE_INACTIVE}))
+            if self.config.device_state:
+                value = STATE_ACTIVE if targets else STATE_INACTIVE
+                steps.append(_Step({"Action": "Setvar", "Variable": state_var, "Value": value}))
         if steps:
             await self._pipeline(steps)
 

@@ -65,6 +65,7 @@ def ami_config(pbx: PbxConfig, config: Config) -> AmiConfig:
         ping_timeout=pbx.ping_timeout,
         backoff_max=pbx.backoff_max,
         extension_pattern=config.policy.extension_pattern,
+        device_state=pbx.device_state,
     )
 
 
