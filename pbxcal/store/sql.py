@@ -451,7 +451,12 @@ def _create_engine(url: str) -> tuple[Engine, str]:
             return _sqlite_engine(parsed)
         if backend == "postgresql":
             where = parsed.render_as_string(hide_password=True)
-            return create_engine(parsed, pool_pre_ping=True), where
+            # Fail within seconds when the server is unreachable, and show up as
+            # "pbxcal" in pg_stat_activity; both can be overridden in the URL.
+            defaults = {"connect_timeout": 10, "application_name": "pbxcal"}
+            connect_args = {k: v for k, v in defaults.items() if k not in parsed.query}
+            engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+            return engine, where
     except (ArgumentError, ImportError) as exc:
         raise StoreError(
             f"cannot open store {parsed.render_as_string(hide_password=True)}: "

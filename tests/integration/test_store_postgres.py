@@ -53,6 +53,7 @@ def store_url(postgres_server: str) -> str:  # type: ignore[no-redef]
 def test_postgres_store_uses_postgres(store: Store) -> None:
     with store._engine.connect() as conn:
         assert conn.dialect.name == "postgresql"
+        assert conn.execute(sa.text("SHOW application_name")).scalar() == "pbxcal"
         types = dict(
             conn.execute(
                 sa.text(
