@@ -26,16 +26,24 @@ def zone(value: str) -> ZoneInfo:
         ) from exc
 
 
+#: Calendars and time zones make no sense outside these years (and overflow near 1/9999).
+_YEARS = range(1900, 9000)
+
+
 def moment(value: str) -> datetime | date:
     """An ISO 8601 date or date-time; naive values are resolved later in a zone."""
     try:
         if "T" not in value and " " not in value and len(value) == 10:
-            return date.fromisoformat(value)
-        return datetime.fromisoformat(value.replace("z", "Z"))
+            result: datetime | date = date.fromisoformat(value)
+        else:
+            result = datetime.fromisoformat(value.replace("z", "Z"))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not an ISO time like 2026-03-30T09:00:00Z or 2026-03-30"
         ) from exc
+    if result.year not in _YEARS:
+        raise argparse.ArgumentTypeError(f"{value!r}: the year must be 1900-8999")
+    return result
 
 
 def resolve(value: datetime | date, zone_: tzinfo) -> datetime:
@@ -49,9 +57,12 @@ def resolve(value: datetime | date, zone_: tzinfo) -> datetime:
 
 def day(value: str) -> date:
     try:
-        return date.fromisoformat(value)
+        result = date.fromisoformat(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date like 2026-03-30") from exc
+    if result.year not in _YEARS:
+        raise argparse.ArgumentTypeError(f"{value!r}: the year must be 1900-8999")
+    return result
 
 
 def minutes(value: str) -> timedelta:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -286,7 +287,13 @@ def _instances(
     found: list[EventInstance] = []
     for path in paths:
         calendar = parse_calendar(read_ics_file(path), source=path)
-        found.extend(expand_calendar(calendar, start, end, zone).instances)
+        expansion = expand_calendar(calendar, start, end, zone)
+        for skipped in expansion.skipped:
+            if skipped.uid == "*":  # the whole calendar could not be expanded
+                raise InputError(f"{path}: {skipped.detail}")
+            print(f"pbxcal: warning: {path}: skipped event {skipped.uid!r}: {skipped.detail}",
+                  file=sys.stderr)
+        found.extend(expansion.instances)
     return found
 
 

@@ -33,7 +33,7 @@ NUMBER_TYPES: dict[str, int] = {
 DEFAULT_ALLOWED_TYPES: frozenset[str] = frozenset(
     {"fixed_line", "mobile", "fixed_line_or_mobile", "voip", "toll_free"}
 )
-DEFAULT_EXTENSION_PATTERN = r"[0-9]{2,6}"
+DEFAULT_EXTENSION_PATTERN = r"[1-9][0-9]{1,5}"
 DEFAULT_MAX_TARGETS = 5
 #: ``allowed_countries`` containing this allows every country (not recommended).
 ANY_COUNTRY = "*"

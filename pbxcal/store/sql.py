@@ -598,8 +598,9 @@ def _refuse_existing_link(conn: Connection, extension: str, pbx: str, source: st
         )
     ).scalar()
     if found is not None:
+        # the source is not repeated: a private calendar URL carries its secret in it
         raise StoreError(
-            f"link for extension {extension} on {pbx} to {source} exists already (id {found})"
+            f"link for extension {extension} on {pbx} to that source exists already (id {found})"
         )
 
 

@@ -414,7 +414,7 @@ def test_bad_input_is_exit_2_with_one_line(tmp_path: Path, case: str, needle: st
 
 def test_event_without_dtstart_does_not_hide_the_others() -> None:
     data = ROOT / "tests" / "data" / "missing_dtstart.ics"
-    result = ok_json(
+    proc = run(
         "plan",
         "--ics",
         str(data),
@@ -426,9 +426,14 @@ def test_event_without_dtstart_does_not_hide_the_others() -> None:
         "2026-04-07T00:00:00Z",
         "--json",
     )
-    assert result["windows"] == [
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["windows"] == [
         {"start": "2026-04-06T08:00:00Z", "end": "2026-04-06T09:00:00Z", "targets": ["333"]},
         {"start": "2026-04-06T12:00:00Z", "end": "2026-04-06T13:00:00Z", "targets": ["666"]},
+    ]
+    # the admin is told, in one line, which event was left out and why
+    assert proc.stderr.splitlines() == [
+        f"pbxcal: warning: {data}: skipped event 'no-start@example': event has no DTSTART"
     ]
 
 
