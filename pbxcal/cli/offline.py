@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -195,7 +195,7 @@ def run_plan(ns: argparse.Namespace) -> int:
     start, end = parse.resolve(ns.start, zone), parse.resolve(ns.end, zone)
     if end <= start:
         raise InputError("--to must be after --from")
-    plan = plan_windows(_instances(ns.ics, start, end, zone), start, end, policy)
+    plan = plan_windows(read_instances(ns.ics, start, end, zone), start, end, policy)
     result = {
         "extension": ns.extension,
         "windows": [
@@ -244,7 +244,7 @@ def run_slots(ns: argparse.Namespace) -> int:
     margin = timedelta(days=1) + ns.buffer_before + ns.buffer_after
     start = parse.resolve(ns.first_day, zone) - margin
     end = parse.resolve(ns.last_day + timedelta(days=1), zone) + margin
-    busy = busy_intervals(_instances(ns.ics, start, end, zone), policy)
+    busy = busy_intervals(read_instances(ns.ics, start, end, zone), policy)
     slots = free_slots(busy, rules, ns.first_day, ns.last_day, now)
     if ns.json:
         result = {
@@ -281,9 +281,10 @@ def read_ics_file(path: str) -> bytes:
     return data
 
 
-def _instances(
+def read_instances(
     paths: Sequence[str], start: datetime, end: datetime, zone: ZoneInfo
-) -> Iterable[EventInstance]:
+) -> list[EventInstance]:
+    """Every event instance of the calendar files in ``[start, end)``; warns on skips."""
     found: list[EventInstance] = []
     for path in paths:
         calendar = parse_calendar(read_ics_file(path), source=path)

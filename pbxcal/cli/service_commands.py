@@ -15,9 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pbxcal.cli.args import zone
-from pbxcal.cli.offline import read_ics_file
+from pbxcal.cli.offline import read_instances
 from pbxcal.config import Config, load_config
-from pbxcal.core.ical import expand_calendar, parse_calendar
 from pbxcal.core.windows import plan_windows
 from pbxcal.errors import InputError
 
@@ -227,15 +226,9 @@ def run_apply(ns: argparse.Namespace) -> int:
         if not ns.ics or not ns.extension:
             raise InputError("give --ics FILE and --extension EXT, or --clear EXT")
         now = datetime.now(UTC)
-        instances = []
-        for path in ns.ics:
-            calendar = parse_calendar(read_ics_file(path), source=path)
-            instances += expand_calendar(
-                calendar, now - timedelta(days=1), now + timedelta(days=1), config.zone
-            ).instances
-        plan = plan_windows(
-            instances, now - timedelta(days=1), now + timedelta(days=1), config.policy
-        )
+        start, end = now - timedelta(days=1), now + timedelta(days=1)
+        instances = read_instances(ns.ics, start, end, config.zone)
+        plan = plan_windows(instances, start, end, config.policy)
         changes = {ns.extension: plan.targets_at(now)}
     pbx = _pbx(config, ns.pbx)
 
