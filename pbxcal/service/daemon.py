@@ -136,9 +136,17 @@ class Daemon:
             self.sync.set_links(active)
             self._count_links(links)
             await self._first_contact()
-            runner = await start_http(
-                build_app(self.metrics, self._health, self._readiness), self.config.listen
-            )
+            try:
+                runner = await start_http(
+                    build_app(self.metrics, self._health, self._readiness), self.config.listen
+                )
+            except OSError as exc:  # port taken, address not local: the operator must act
+                raise ConfigError(
+                    [
+                        f"{self.config.source}: [http] listen: cannot listen on "
+                        f"{self.config.listen}: {exc.strerror or exc}"
+                    ]
+                ) from exc
             tasks = [
                 asyncio.create_task(self.reconciler.run(), name="reconciler"),
                 asyncio.create_task(self.sync.run(), name="calendar-sync"),
