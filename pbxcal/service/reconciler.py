@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 _RETRY_AFTER_FAILURE = timedelta(seconds=5)
 _PAST = timedelta(days=1)
+#: Keys planned between two yields to the event loop.
+_REPLAN_CHUNK = 200
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,8 @@ class Reconciler:
         if self._plan_until is None or now >= self._plan_until - self.horizon / 2:
             self._replan_keys.update(self._all_keys())
         if self._replan_keys:
-            self._replan(now)
+            await self._replan(now)
+            now = self.clock.now()
         served: set[tuple[datetime, str, str]] = set()  # adjacent windows share a moment
         while self._boundaries and self._boundaries[0][0] <= now:
             entry = heapq.heappop(self._boundaries)
@@ -193,16 +196,30 @@ class Reconciler:
     def _all_keys(self) -> set[Key]:
         return {link.key for link in self._links.values()} | set(self._plans)
 
-    def _replan(self, now: datetime) -> None:
+    async def _replan(self, now: datetime) -> None:
+        """Plan the marked keys over ``[now - 1 day, now + horizon)``.
+
+        Planning is pure CPU (~0.3 ms for a small calendar); with thousands of links it is
+        done in chunks that yield to the event loop and beat the watchdog, so AMI pings
+        and HTTP probes are answered meanwhile.
+        """
         start, end = now - _PAST, now + self.horizon
-        by_key: dict[Key, list[EventInstance]] = {key: [] for key in self._replan_keys}
+        keys, self._replan_keys = self._replan_keys, set()
+        complete = len(keys) >= len(self._all_keys())
+        links: dict[Key, list[LinkCalendar]] = {key: [] for key in keys}
         for link in self._links.values():
-            if link.key in by_key:
-                expansion = expand_calendar(
+            if link.key in links:
+                links[link.key].append(link)
+        for index, (key, calendars) in enumerate(links.items()):
+            if index and index % _REPLAN_CHUNK == 0:
+                if self.on_tick is not None:
+                    self.on_tick()
+                await asyncio.sleep(0)
+            instances: list[EventInstance] = []
+            for link in calendars:
+                instances += expand_calendar(
                     link.calendar, start, end, link.zone, owner_emails=link.owner_emails
-                )
-                by_key[link.key].extend(expansion.instances)
-        for key, instances in by_key.items():
+                ).instances
             plan = plan_windows(instances, start, end, self.policy)
             if plan.windows:
                 self._plans[key] = plan
@@ -213,8 +230,7 @@ class Reconciler:
                     if moment > now:
                         heapq.heappush(self._boundaries, (moment, *key))
             self._due_keys.add(key)
-        self._replan_keys.clear()
-        if len(by_key) >= len(self._all_keys()):
+        if complete:
             self._plan_until = end
 
     def _update_desired(self, key: Key, now: datetime) -> None:
