@@ -1,0 +1,106 @@
+"""A running ``pbxcal run`` follows SIGHUP (config reload) and ``pbxcal links`` changes.
+
+Real daemon subprocess, real sandboxed Asterisk; what Asterisk holds is read through
+its own CLI.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from daemon_helpers import DaemonRun, Event, Link, forwarding, wait_forwarding, write_calendar
+
+from pbxcal.testing.asterisk import AsteriskSandbox
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+
+@pytest.fixture
+def ast(asterisk: AsteriskSandbox) -> Iterator[AsteriskSandbox]:
+    if not asterisk.running:
+        asterisk.start()
+    asterisk.cli("database deltree pbxcal")
+    yield asterisk
+
+
+@pytest.fixture
+def daemon_runs() -> Iterator[list[DaemonRun]]:
+    runs: list[DaemonRun] = []
+    yield runs
+    for run in runs:
+        if run.proc is not None and run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait(timeout=10)
+
+
+def active_now(title: str) -> list[Event]:
+    now = datetime.now(UTC).replace(microsecond=0)
+    return [
+        Event(
+            uid=f"{title}@test",
+            title=title,
+            start=now - timedelta(minutes=5),
+            end=now + timedelta(minutes=30),
+        )
+    ]
+
+
+def test_sighup_reloads_the_number_policy(
+    ast: AsteriskSandbox, tmp_path: Path, daemon_runs: list[DaemonRun]
+) -> None:
+    calendar = tmp_path / "anna.ics"
+    write_calendar(calendar, active_now("+32 470 12 34 56"))  # a Belgian mobile
+    daemon = DaemonRun(tmp_path, ast, [Link("100", calendar)])
+    daemon_runs.append(daemon)
+    daemon.start()
+    daemon.wait_ready()
+    assert daemon.metric("pbxcal_rejected_events_total", reason="blocked-by-policy") >= 1
+    assert forwarding(ast, "100") is None  # BE is not allowed by default
+    with daemon.config.open("a") as config:
+        config.write('\n[policy]\nallowed_countries = ["NL", "BE"]\n')
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_forwarding(ast, "100", "+32470123456", timeout=10)
+    daemon.check_alive()
+    assert "configuration reloaded" in daemon.log()
+
+
+def test_links_added_and_disabled_at_run_time_are_followed(
+    ast: AsteriskSandbox, tmp_path: Path, daemon_runs: list[DaemonRun]
+) -> None:
+    first = tmp_path / "anna.ics"
+    write_calendar(first, active_now("201"))
+    daemon = DaemonRun(tmp_path, ast, [Link("100", first)])
+    daemon_runs.append(daemon)
+    daemon.start()
+    daemon.wait_ready()
+    wait_forwarding(ast, "100", "201", timeout=10)
+
+    second = tmp_path / "bob.ics"
+    write_calendar(second, active_now("0612345678"))
+    added = subprocess.run(
+        daemon.command("links", "add", "--extension", "202", "--source", str(second)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    link_id = added.stdout.split()[2].rstrip(":")
+    wait_forwarding(ast, "202", "+31612345678", timeout=15)
+
+    disabled = subprocess.run(
+        daemon.command("links", "disable", link_id),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert disabled.returncode == 0, disabled.stderr
+    wait_forwarding(ast, "202", None, timeout=15)
+    assert forwarding(ast, "100") == "201"  # the other link is unaffected
