@@ -92,6 +92,9 @@ class Daemon:
         self._stop = asyncio.Event()
         self._last_tick = time.monotonic()
         self._tick_limit = 30.0
+        self._last_beat = float("-inf")
+        self._beat_every = 1.0
+        self._last_status = ""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -112,6 +115,7 @@ class Daemon:
         watchdog = self.notifier.watchdog_interval
         tick = min(10.0, watchdog / 2) if watchdog else 10.0
         self._tick_limit = max(3 * tick, 15.0)
+        self._beat_every = min(1.0, watchdog / 4) if watchdog else 1.0
         self.reconciler = Reconciler(
             self.pbxes,
             self.config.policy,
@@ -156,7 +160,8 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.reconciler.first_pass.wait(), FIRST_CONTACT_TIMEOUT)
             self.ready = True
-            self.notifier.ready(self.status_line())
+            self._last_status = self.status_line()
+            self.notifier.ready(self._last_status)
             log.info(
                 "pbxcal %s ready: %s; http on %s",
                 __version__,
@@ -237,10 +242,19 @@ class Daemon:
         self.metrics.links.labels("disabled").set(len(links) - active)
 
     def _on_tick(self) -> None:
-        self._last_tick = time.monotonic()
-        self.notifier.watchdog()
+        # The loop ticks on every wake-up (thousands during a first sync of many links):
+        # beat at most every ``_beat_every`` and send STATUS only when it changed, so
+        # systemd is not flooded and a full notify socket cannot stall the loop for long.
+        now = time.monotonic()
+        self._last_tick = now
+        if now - self._last_beat >= self._beat_every:
+            self._last_beat = now
+            self.notifier.watchdog()
         if self.ready:
-            self.notifier.status(self.status_line())
+            status = self.status_line()
+            if status != self._last_status:
+                self._last_status = status
+                self.notifier.status(status)
 
     def _connected_callback(self, name: str) -> Callable[[], Awaitable[None]]:
         async def connected() -> None:
