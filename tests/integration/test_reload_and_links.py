@@ -13,7 +13,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonRun, Event, Link, forwarding, wait_forwarding, write_calendar
+from daemon_helpers import (
+    DaemonRun,
+    Event,
+    Link,
+    forwarding,
+    wait_for,
+    wait_forwarding,
+    write_calendar,
+)
 
 from pbxcal.testing.asterisk import AsteriskSandbox
 
@@ -59,7 +67,13 @@ def test_sighup_reloads_the_number_policy(
     daemon_runs.append(daemon)
     daemon.start()
     daemon.wait_ready()
-    assert daemon.metric("pbxcal_rejected_events_total", reason="blocked-by-policy") >= 1
+    # READY does not wait for the first calendar read; wait until it was read and refused
+    wait_for(
+        lambda: daemon.metric("pbxcal_rejected_events_total", reason="blocked-by-policy"),
+        lambda count: count >= 1,
+        timeout=10,
+        what="the Belgian number to be refused",
+    )
     assert forwarding(ast, "100") is None  # BE is not allowed by default
     with daemon.config.open("a") as config:
         config.write('\n[policy]\nallowed_countries = ["NL", "BE"]\n')
