@@ -92,6 +92,7 @@ class Reconciler:
         self._readback: set[str] = set(self.pbxes)
         self._plan_until: datetime | None = None
         self._retry_at: datetime | None = None
+        self._unavailable: set[str] = set()
         self._wake = asyncio.Event()
         #: Set after the first complete pass (every PBX tried once).
         self.first_pass = asyncio.Event()
@@ -270,11 +271,16 @@ class Reconciler:
                 for ext in exts
                 if wanted.get(ext, ()) != applied.get(ext, ())
             }
+            if name in self._unavailable:
+                self._unavailable.discard(name)
+                log.info("PBX %s reachable again; applying the difference", name)
             if not changes:
                 return False
             await pbx.apply(changes)
         except PbxUnavailable as exc:
-            log.warning("PBX %s unavailable, will apply when it returns: %s", name, exc)
+            if name not in self._unavailable:  # once per outage, not every tick
+                log.warning("PBX %s unavailable, will apply when it returns: %s", name, exc)
+                self._unavailable.add(name)
             self._readback.add(name)  # full difference once it is back
             return False
         except (UnsafeValue, PbxError) as exc:

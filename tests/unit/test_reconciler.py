@@ -10,6 +10,7 @@ fully under the test's control; ``test_run_wakes_at_the_boundary`` runs the real
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -359,3 +360,22 @@ async def test_run_wakes_at_the_boundary() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_an_outage_is_logged_once_and_its_end_once(caplog: pytest.LogCaptureFixture) -> None:
+    clock, pbx = FakeClock(T0), FakePbx()
+    rec, _ = make(clock, pbx)
+    rec.set_link_calendar(1, ics(("201", T0 + 10 * S, T0 + 20 * S)))
+    await step(rec)
+    pbx.down = True
+    with caplog.at_level(logging.INFO, logger="pbxcal.service.reconciler"):
+        for second in range(10, 15):  # five passes while the PBX is unreachable
+            clock.set(T0 + second * S)
+            await step(rec)
+        pbx.down = False
+        clock.set(T0 + 15 * S)
+        await step(rec)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("unavailable" in m for m in messages) == 1
+    assert sum("reachable again" in m for m in messages) == 1
+    assert pbx.state == {"100": ("201",)}
