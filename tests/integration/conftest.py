@@ -3,6 +3,8 @@
 ``asterisk_root`` builds or reuses the cached root (``$PBXCAL_CACHE_DIR`` or
 ``~/.cache/pbxcal``); ``asterisk`` is one started ``AsteriskSandbox`` per test module.
 A missing prerequisite (root, debootstrap, mirror) fails with the fix in the message.
+``ast`` is that Asterisk, running and with an empty ``pbxcal`` family, for one test;
+``daemons`` stops every ``pbxcal run`` a test started, whatever happened.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
+from daemon_helpers import DaemonRun
 
 from pbxcal.testing.asterisk import AsteriskSandbox, SandboxError, ensure_root
 
@@ -36,6 +39,28 @@ def asterisk(asterisk_root: Path, request: pytest.FixtureRequest) -> Iterator[As
         yield sandbox
     finally:
         sandbox.close()
+
+
+@pytest.fixture
+def ast(asterisk: AsteriskSandbox) -> Iterator[AsteriskSandbox]:
+    """The module's Asterisk, running and with an empty ``pbxcal`` family."""
+    if not asterisk.running:
+        asterisk.start()
+    asterisk.cli("database deltree pbxcal")
+    yield asterisk
+    if not asterisk.running:
+        asterisk.start()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonRun]]:
+    """Every daemon a test starts is stopped afterwards, whatever happened."""
+    started: list[DaemonRun] = []
+    yield started
+    for daemon in started:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(timeout=10)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,28 +34,6 @@ from pbxcal.testing.asterisk import AsteriskSandbox
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 S = timedelta(seconds=1)
-
-
-@pytest.fixture
-def ast(asterisk: AsteriskSandbox) -> Iterator[AsteriskSandbox]:
-    """The module's Asterisk, running and with an empty ``pbxcal`` family."""
-    if not asterisk.running:
-        asterisk.start()
-    asterisk.cli("database deltree pbxcal")
-    yield asterisk
-    if not asterisk.running:
-        asterisk.start()
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonRun]]:
-    """Every daemon a test starts is stopped afterwards, whatever happened."""
-    started: list[DaemonRun] = []
-    yield started
-    for daemon in started:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait(timeout=10)
 
 
 def start_daemon(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,24 +27,6 @@ from pbxcal.testing.asterisk import AsteriskSandbox
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
-@pytest.fixture
-def ast(asterisk: AsteriskSandbox) -> Iterator[AsteriskSandbox]:
-    if not asterisk.running:
-        asterisk.start()
-    asterisk.cli("database deltree pbxcal")
-    yield asterisk
-
-
-@pytest.fixture
-def daemon_runs() -> Iterator[list[DaemonRun]]:
-    runs: list[DaemonRun] = []
-    yield runs
-    for run in runs:
-        if run.proc is not None and run.proc.poll() is None:
-            run.proc.kill()
-            run.proc.wait(timeout=10)
-
-
 def active_now(title: str) -> list[Event]:
     now = datetime.now(UTC).replace(microsecond=0)
     return [
@@ -59,12 +40,12 @@ def active_now(title: str) -> list[Event]:
 
 
 def test_sighup_reloads_the_number_policy(
-    ast: AsteriskSandbox, tmp_path: Path, daemon_runs: list[DaemonRun]
+    ast: AsteriskSandbox, tmp_path: Path, daemons: list[DaemonRun]
 ) -> None:
     calendar = tmp_path / "anna.ics"
     write_calendar(calendar, active_now("+32 470 12 34 56"))  # a Belgian mobile
     daemon = DaemonRun(tmp_path, ast, [Link("100", calendar)])
-    daemon_runs.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.wait_ready()
     # READY does not wait for the first calendar read; wait until it was read and refused
@@ -85,12 +66,12 @@ def test_sighup_reloads_the_number_policy(
 
 
 def test_links_added_and_disabled_at_run_time_are_followed(
-    ast: AsteriskSandbox, tmp_path: Path, daemon_runs: list[DaemonRun]
+    ast: AsteriskSandbox, tmp_path: Path, daemons: list[DaemonRun]
 ) -> None:
     first = tmp_path / "anna.ics"
     write_calendar(first, active_now("201"))
     daemon = DaemonRun(tmp_path, ast, [Link("100", first)])
-    daemon_runs.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.wait_ready()
     wait_forwarding(ast, "100", "201", timeout=10)
