@@ -3,8 +3,11 @@
 ``IcsFileSource`` notices changes by the file's (mtime, size, inode) and reads it in a
 thread. ``IcsHttpSource`` sends ``If-None-Match`` / ``If-Modified-Since`` (httpx), reads
 at most ``max_bytes``, and maps httpx's errors to ``CalendarUnavailable`` (network,
-timeouts, 5xx, 429) or ``CalendarError`` (4xx, oversized bodies) in ``_get``.
-``source_for(source, ...)`` picks the adapter for a link's ``source`` string.
+timeouts, 5xx, 429) or ``CalendarError`` (4xx, oversized bodies, unusable URLs) in
+``_get``. ``source_for(source, ...)`` picks the adapter for a link's ``source`` string.
+
+Messages name a URL only in its redacted form (private calendar URLs carry their secret
+in the query or user info) and never quote a body.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from pbxcal.calendars import CalendarSource, Fetched, NotModified, Validators
+from pbxcal.core.redact import redact_url
 from pbxcal.errors import CalendarError, CalendarUnavailable
 
 USER_AGENT = "pbxcal (calendar-driven call forwarding)"
@@ -70,7 +74,7 @@ class IcsHttpSource:
         return await self._get(headers)
 
     async def _get(self, headers: dict[str, str]) -> Fetched | NotModified:
-        where = _redacted(self.url)
+        where = redact_url(self.url)
         try:
             async with self.client.stream("GET", self.url, headers=headers) as response:
                 if response.status_code == 304:
@@ -91,8 +95,10 @@ class IcsHttpSource:
                 return Fetched(bytes(body), validators)
         except httpx.TimeoutException as exc:
             raise CalendarUnavailable(f"{where}: timed out") from exc
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
+            raise CalendarError(f"{where}: not a usable URL") from exc
         except httpx.HTTPError as exc:
-            raise CalendarUnavailable(f"{where}: {type(exc).__name__}: {exc}") from exc
+            raise CalendarUnavailable(f"{where}: {_network_problem(exc)}") from exc
 
 
 def source_for(source: str, client: httpx.AsyncClient, max_bytes: int) -> CalendarSource:
@@ -105,10 +111,8 @@ def source_for(source: str, client: httpx.AsyncClient, max_bytes: int) -> Calend
     return IcsFileSource(Path(os.path.expanduser(source)), max_bytes)
 
 
-def _redacted(url: str) -> str:
-    """The URL without user info or query (private calendar URLs carry secrets there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    query = "?…" if parts.query else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}{query}"
+def _network_problem(exc: httpx.HTTPError) -> str:
+    """What went wrong, without the URL httpx may put in its message."""
+    cause = exc.__cause__ or exc.__context__
+    reason = getattr(cause, "strerror", None) or getattr(exc, "strerror", None)
+    return f"{type(exc).__name__}" + (f" ({reason})" if reason else "")

@@ -3,11 +3,16 @@
 Order on start: config (already validated by the caller) → store (migrations) → links
 declared in the config written to the store → last known events restored → every PBX
 contacted once (connected, or unreachable and retrying in the background; a refused
-login is fatal: it is a configuration error) → HTTP listener → ``READY=1``. Then three
-loops run: the reconciler (which also beats the watchdog), the calendar sync, and a
-link watcher that follows ``pbxcal links`` changes in the store.
+login is fatal: it is a configuration error) → HTTP listener → ``READY=1``. Restoring
+is cheap: the store keeps every link's expanded instances, so nothing is parsed before
+READY. Then three loops run: the reconciler (which also beats the watchdog), the
+calendar sync, and a link watcher that polls the store's link counter
+(``links_version``) and re-reads the links only when it changed; it also retries
+store writes that failed (an unwritable store is reported in ``/readyz`` and the
+metrics while the plan in memory keeps being applied).
 
-SIGTERM/SIGINT stop within seconds and leave the forwardings as they are (the next
+SIGTERM/SIGINT stop within seconds, whatever is being computed (calendar workers are
+abandoned at their next checkpoint), and leave the forwardings as they are (the next
 start reconciles them). SIGHUP re-reads the config file: number policy, time zone and
 static links take effect at once; PBX connection settings need a restart.
 
@@ -30,20 +35,23 @@ import httpx
 
 from pbxcal import __version__
 from pbxcal.config import Config, PbxConfig, load_config, read_secret
-from pbxcal.errors import ConfigError, PbxAuthFailed, PbxUnavailable
+from pbxcal.errors import ConfigError, PbxAuthFailed, PbxUnavailable, StoreError
 from pbxcal.pbx import ForwardingState
 from pbxcal.pbx.ami import AmiConfig, AmiPbx
 from pbxcal.service.clock import Clock, SystemClock
 from pbxcal.service.http import build_app, start_http
 from pbxcal.service.metrics import Metrics
 from pbxcal.service.notify import SystemdNotifier
-from pbxcal.service.reconciler import Reconciler
+from pbxcal.service.reconciler import PbxSettings, Reconciler
+from pbxcal.service.store_health import StoreHealth
 from pbxcal.service.sync import CalendarSync
 from pbxcal.store import Link, Store
 
 log = logging.getLogger(__name__)
 
 LINK_WATCH_INTERVAL = 5.0
+#: The loop-lag probe's period (a timer this late means the loop was blocked).
+LOOP_LAG_PROBE = 0.05
 FIRST_CONTACT_TIMEOUT = 10.0
 
 
@@ -95,6 +103,9 @@ class Daemon:
         self._last_beat = float("-inf")
         self._beat_every = 1.0
         self._last_status = ""
+        self.store_health = StoreHealth(self.metrics)
+        self._links_version: int | None = None
+        self._unsaved_applied: dict[str, dict[str, tuple[str, ...]]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -106,7 +117,8 @@ class Daemon:
             await asyncio.to_thread(self.store.close)
 
     async def _run(self) -> None:
-        await asyncio.to_thread(self.store.sync_config_links, self._config_link_specs())
+        await self._sync_config_links()
+        self._links_version = await asyncio.to_thread(self.store.links_version)
         links = await asyncio.to_thread(self.store.list_links)
         for pbx_config in self.config.pbxes.values():
             self.pbxes[pbx_config.name] = AmiPbx(
@@ -125,6 +137,14 @@ class Daemon:
             on_tick=self._on_tick,
             tick_interval=tick,
             on_applied=self._save_applied,
+            settings={
+                name: PbxSettings(
+                    extensions=pbx.extensions,
+                    discover_extensions=pbx.discover_extensions,
+                    readback_interval=timedelta(seconds=pbx.readback_interval),
+                )
+                for name, pbx in self.config.pbxes.items()
+            },
         )
         for name, pbx in self.pbxes.items():
             pbx.on_connected.append(self._connected_callback(name))
@@ -133,7 +153,13 @@ class Daemon:
             timeout=self.config.sync_timeout, follow_redirects=True
         ) as client:
             self.sync = CalendarSync(
-                self.store, self.reconciler, self.metrics, self.clock, self.config, client
+                self.store,
+                self.reconciler,
+                self.metrics,
+                self.clock,
+                self.config,
+                client,
+                store_health=self.store_health,
             )
             active = [link for link in links if link.active]
             await self.sync.restore(active)
@@ -155,6 +181,7 @@ class Daemon:
                 asyncio.create_task(self.reconciler.run(), name="reconciler"),
                 asyncio.create_task(self.sync.run(), name="calendar-sync"),
                 asyncio.create_task(self._watch_links(), name="link-watch"),
+                asyncio.create_task(self._watch_loop_lag(), name="loop-lag"),
             ]
             self._install_signals()
             with contextlib.suppress(TimeoutError):
@@ -172,6 +199,7 @@ class Daemon:
             done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
             self.notifier.stopping()
             log.info("stopping; forwardings stay as they are until the next start")
+            self.sync.stop()
             for task in [stopper, *tasks]:
                 task.cancel()
             results = await asyncio.gather(stopper, *tasks, return_exceptions=True)
@@ -220,21 +248,57 @@ class Daemon:
         self.config = new
         self.sync.config = new
         self.reconciler.set_policy(new.policy)
-        await asyncio.to_thread(self.store.sync_config_links, self._config_link_specs())
+        await self._sync_config_links()
         await self._refresh_links()
         log.info("SIGHUP: configuration reloaded from %s", self.config_path)
 
     # -- loops and callbacks --------------------------------------------------------------
 
     async def _watch_links(self) -> None:
+        """Follow ``pbxcal links`` changes (one cheap query unless something changed)."""
         while True:
             await asyncio.sleep(LINK_WATCH_INTERVAL)
-            await self._refresh_links()
+            await self._retry_applied_writes()
+            try:
+                version = await asyncio.to_thread(self.store.links_version)
+            except StoreError as exc:
+                log.warning("cannot read the links from the store: %s", exc)
+                continue
+            if version != self._links_version:
+                await self._refresh_links(version)
 
-    async def _refresh_links(self) -> None:
-        links = await asyncio.to_thread(self.store.list_links)
+    async def _watch_loop_lag(self) -> None:
+        """Measure how long the event loop is blocked (nothing may hold it for long)."""
+        loop = asyncio.get_running_loop()
+        worst = 0.0
+        while True:
+            expected = loop.time() + LOOP_LAG_PROBE
+            await asyncio.sleep(LOOP_LAG_PROBE)
+            lag = max(0.0, loop.time() - expected)
+            self.metrics.loop_lag.observe(lag)
+            if lag > worst:
+                worst = lag
+                self.metrics.loop_lag_max.set(lag)
+
+    async def _refresh_links(self, version: int | None = None) -> None:
+        try:
+            if version is None:
+                version = await asyncio.to_thread(self.store.links_version)
+            links = await asyncio.to_thread(self.store.list_links)
+        except StoreError as exc:
+            log.warning("cannot read the links from the store: %s", exc)
+            return
+        self._links_version = version
         self.sync.set_links([link for link in links if link.active])
         self._count_links(links)
+
+    async def _sync_config_links(self) -> None:
+        try:
+            await asyncio.to_thread(self.store.sync_config_links, self._config_link_specs())
+        except StoreError as exc:
+            if not self.ready:
+                raise
+            self.store_health.failed("config-links", exc)
 
     def _count_links(self, links: Sequence[Link]) -> None:
         active = sum(1 for link in links if link.active)
@@ -269,8 +333,22 @@ class Daemon:
 
         return disconnected
 
-    async def _save_applied(self, pbx: str, state: ForwardingState) -> None:
-        await asyncio.to_thread(self.store.save_applied, pbx, state)
+    async def _save_applied(self, pbx: str, changes: ForwardingState) -> None:
+        """Record what a PBX now holds (changed rows only); kept for a retry on failure."""
+        self._unsaved_applied.setdefault(pbx, {}).update(changes)
+        await self._retry_applied_writes()
+
+    async def _retry_applied_writes(self) -> None:
+        for pbx in list(self._unsaved_applied):
+            changes = self._unsaved_applied.pop(pbx)
+            try:
+                await asyncio.to_thread(self.store.save_applied_changes, pbx, changes)
+            except StoreError as exc:
+                newer = self._unsaved_applied.get(pbx, {})
+                self._unsaved_applied[pbx] = {**changes, **newer}
+                self.store_health.failed("applied-state", exc)
+                return
+            self.store_health.succeeded()
 
     def _config_link_specs(self) -> list[tuple[str, str, str, str, dict[str, object]]]:
         specs = []
@@ -285,9 +363,10 @@ class Daemon:
 
     def status_line(self) -> str:
         connected = sum(1 for pbx in self.pbxes.values() if pbx.connected)
+        store = "" if self.store_health.writable else ", STORE NOT WRITABLE"
         return (
             f"{connected}/{len(self.pbxes)} PBX connected, {self.sync.link_count} links, "
-            f"{self.reconciler.active_forwardings} forwardings active"
+            f"{self.reconciler.active_forwardings} forwardings active{store}"
         )
 
     def _health(self) -> tuple[bool, dict[str, object]]:
@@ -296,5 +375,12 @@ class Daemon:
 
     def _readiness(self) -> tuple[bool, dict[str, object]]:
         down = [name for name, pbx in self.pbxes.items() if not pbx.connected]
-        details: dict[str, object] = {"status": self.status_line(), "pbx_down": down}
-        return self.ready and not down, details
+        details: dict[str, object] = {
+            "status": self.status_line(),
+            "pbx_down": down,
+            "store_writable": self.store_health.writable,
+            "links_not_read_yet": self.reconciler.unknown_links,
+        }
+        if not self.store_health.writable:
+            details["store_error"] = self.store_health.last_error
+        return self.ready and not down and self.store_health.writable, details

@@ -72,6 +72,35 @@ class Metrics:
             registry=r,
         )
 
+        self.store_writable = Gauge(
+            "pbxcal_store_writable",
+            "1 while the last write to the store succeeded",
+            registry=r,
+        )
+        self.store_write_failures = Counter(
+            "pbxcal_store_write_failures_total",
+            "Writes to the store that failed (retried later), by operation",
+            ["operation"],
+            registry=r,
+        )
+        self.links_unknown = Gauge(
+            "pbxcal_links_unknown",
+            "Active links whose events are not known yet (their extension is left as it is)",
+            registry=r,
+        )
+
+        self.loop_lag = Histogram(
+            "pbxcal_event_loop_lag_seconds",
+            "How late the event loop woke a 50 ms timer (time it was blocked)",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "pbxcal_event_loop_lag_max_seconds",
+            "Longest time the event loop was blocked since the start",
+            registry=r,
+        )
+
     def observe_ami_action(self, action: str, result: str, seconds: float) -> None:
         """The ``on_action`` observer handed to ``AmiPbx``."""
         self.ami_actions.labels(action, result).inc()

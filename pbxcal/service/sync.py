@@ -1,11 +1,24 @@
 """Reading the linked calendars: on start from the store, then from their sources.
 
-``CalendarSync`` keeps one schedule entry per active link and reads each source every
-``sync_interval`` seconds (bounded concurrency), with conditional requests. A new
-version is parsed, checked and written to the store as per-event rows *before* it
-replaces the calendar the reconciler uses; an unreachable source or a malformed
-document is logged, counted and written to the link's sync log, and the last known
-events keep driving the forwardings. Nothing already stored is lost.
+``CalendarSync`` keeps one schedule entry per active link (a generation number makes a
+link that is re-added or changed replace its entry instead of adding a second one) and
+reads each source every ``sync_interval`` seconds (bounded concurrency), with
+conditional requests; a source without validators is compared by a hash of its body, so
+an unchanged calendar costs no parse, no write and no replan.
+
+A new version is worked on once, in a bounded worker pool, never on the event loop:
+counted against the limits (``[sync] max_events``), parsed, cut into per-event rows,
+expanded over ``[now - 1 day, now + 2 × horizon)`` with the instance caps, and its
+titles classified for the sync log. The expansion is saved first, then the events with
+their validators (so a crash between the two only costs one more read). The reconciler
+then gets the instances and plans from them; it never parses or expands. When the
+horizon moves past a link's expansion, it is expanded again from the stored rows.
+
+Every outcome of a sync — changed, unchanged, unavailable, invalid, over-limit, an
+unwritable store, or any unexpected error — is counted, logged and written to the
+link's sync log; no error ever leaves a link's task, and the last known events keep
+driving the forwardings. A store that cannot be written does not stop the calendar
+from being followed in memory: the read is repeated until it is saved.
 
 Start reading at ``sync_link``.
 """
@@ -14,39 +27,100 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import heapq
+import itertools
 import logging
+import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import timedelta
-from zoneinfo import ZoneInfo
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
-import icalendar
 
 from pbxcal.calendars import CalendarSource, Fetched, Validators
 from pbxcal.calendars.ics import source_for
 from pbxcal.calendars.snapshot import join_calendar, split_calendar
 from pbxcal.config import Config
-from pbxcal.core.ical import expand_calendar, parse_calendar
-from pbxcal.core.windows import plan_windows
-from pbxcal.errors import CalendarError, CalendarUnavailable, InputError
+from pbxcal.core.ical import (
+    EventInstance,
+    Expansion,
+    OverLimit,
+    count_events,
+    expand_calendar,
+    parse_calendar,
+)
+from pbxcal.core.redact import redact_url
+from pbxcal.core.targets import Rejection, TitleParser
+from pbxcal.errors import CalendarError, CalendarUnavailable, InputError, StoreError
 from pbxcal.service.clock import Clock
 from pbxcal.service.metrics import Metrics
-from pbxcal.service.reconciler import LinkCalendar, Reconciler
-from pbxcal.store import Link, Store, SyncState
+from pbxcal.service.reconciler import PAST, LinkInstances, Reconciler
+from pbxcal.service.store_health import StoreHealth
+from pbxcal.store import ExpansionRecord, Link, Store, SyncState
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: Workers that parse and expand calendars (CPU work; more would only fight for the GIL).
+EXPAND_WORKERS = 2
+#: Skipped events named one by one in the log per sync; the rest are counted.
+_SKIPPED_LOGGED = 3
+
+
+class Stopped(Exception):
+    """Raised inside a worker when the daemon stops: the work is abandoned."""
 
 
 @dataclass
 class _LinkState:
     link: Link
     source: CalendarSource
+    generation: int
     validators: Validators | None = None
+    digest: str | None = None
     last_result: str = "pending"
+    running: bool = False
+
+
+@dataclass
+class _Work:
+    """What a worker made of one calendar version."""
+
+    instances: tuple[EventInstance, ...]
+    since: datetime
+    until: datetime
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    skipped: int = 0
+    store_error: StoreError | None = None
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    """The result of one sync of one link, as it is logged and counted."""
+
+    result: str
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    message: str = ""
+
+
+class _BrokenSource:
+    """Stands in for a source that could not even be built (its fetch says why)."""
+
+    provider = "invalid"
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    async def fetch(self, previous: Validators | None) -> Fetched:
+        raise CalendarError(self.message)
 
 
 class CalendarSync:
@@ -61,7 +135,9 @@ class CalendarSync:
         config: Config,
         client: httpx.AsyncClient,
         *,
+        store_health: StoreHealth | None = None,
         max_parallel: int = 8,
+        source_factory: Callable[[Link], CalendarSource] | None = None,
     ) -> None:
         self.store = store
         self.reconciler = reconciler
@@ -69,11 +145,16 @@ class CalendarSync:
         self.clock = clock
         self.config = config
         self.client = client
+        self.store_health = store_health or StoreHealth(metrics)
+        self.source_factory = source_factory or self._source_for
         self._links: dict[int, _LinkState] = {}
-        self._due: list[tuple[float, int]] = []
+        self._due: list[tuple[float, int, int]] = []  # (monotonic due, generation, link id)
+        self._generations = itertools.count(1)
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(max_parallel)
         self._running: set[asyncio.Task[None]] = set()
+        self._stopping = threading.Event()
+        self._executor = ThreadPoolExecutor(EXPAND_WORKERS, thread_name_prefix="pbxcal-calendar")
 
     @property
     def link_count(self) -> int:
@@ -82,27 +163,38 @@ class CalendarSync:
     def results(self) -> Counter[str]:
         return Counter(state.last_result for state in self._links.values())
 
+    # -- following the links ------------------------------------------------------------
+
     async def restore(self, links: Sequence[Link]) -> None:
-        """Give the reconciler every link's last known events from the store (on start)."""
-        stored = await asyncio.to_thread(self.store.load_all_events)
+        """Give the reconciler every link's last known instances from the store (on start).
+
+        Cheap: the expansions were saved when the calendars were read, so nothing is
+        parsed here. A link without a saved expansion is expanded from its stored rows
+        by its first sync; until then its extension is left as it is on the PBX.
+        """
+        expansions, states = await asyncio.gather(
+            asyncio.to_thread(self.store.load_expansions),
+            asyncio.to_thread(self.store.load_sync_states),
+        )
         for link in links:
-            events, state = stored.get(link.id, ([], None))
-            self._track(link, state)
-            if state is None:
+            if not link.active:
                 continue
-            try:
-                calendar = join_calendar(
-                    events, state.timezones, state.calendar_tz, source=f"link {link.id}"
-                )
-            except InputError as exc:
-                log.error(
-                    "link %d: stored events unreadable, waiting for a fresh read: %s", link.id, exc
-                )
+            state = self._track(link)
+            record = expansions.get(link.id)
+            if record is None:
+                self.reconciler.set_link_unknown(link.id, _key(link))
                 continue
-            self.reconciler.set_link_calendar(link.id, self._link_calendar(link, calendar))
+            stored = states.get(link.id)
+            if stored is not None:
+                state.validators = Validators(stored.etag, stored.last_modified)
+            self.reconciler.set_link_instances(
+                link.id,
+                LinkInstances(_key(link), record.instances, record.range_start, record.range_end),
+            )
+        self._count_unknown()
 
     def set_links(self, links: Sequence[Link]) -> None:
-        """Follow the store's set of active links: new ones are read at once."""
+        """Follow the store's set of active links: new or changed ones are read at once."""
         wanted = {link.id: link for link in links if link.active}
         for link_id in set(self._links) - set(wanted):
             del self._links[link_id]
@@ -110,19 +202,31 @@ class CalendarSync:
         for link_id, link in wanted.items():
             current = self._links.get(link_id)
             if current is None or current.link != link:
-                self._track(link, None)
-                if current is not None:
-                    self._links[link_id].validators = None
-                heapq.heappush(self._due, (0.0, link_id))
+                self._track(link)
+                if current is None or _key(current.link) != _key(link):
+                    self.reconciler.set_link_unknown(link_id, _key(link))
+        self._count_unknown()
         self._wake.set()
 
-    def _track(self, link: Link, state: SyncState | None) -> None:
-        validators = None
-        if state is not None:
-            validators = Validators(state.etag, state.last_modified)
-        source = source_for(link.source, self.client, self.config.max_calendar_bytes)
-        self._links[link.id] = _LinkState(link, source, validators)
-        heapq.heappush(self._due, (0.0, link.id))
+    def _track(self, link: Link) -> _LinkState:
+        """(Re)start following ``link``: a fresh state and one schedule entry, due now."""
+        try:
+            source = self.source_factory(link)
+        except Exception as exc:  # noqa: BLE001 - a bad stored source must not stop the daemon
+            message = f"unusable calendar source {redact_url(link.source)!r}: {_one_line(exc)}"
+            source = _BrokenSource(message)
+        state = _LinkState(link, source, next(self._generations))
+        self._links[link.id] = state
+        heapq.heappush(self._due, (0.0, state.generation, link.id))
+        return state
+
+    def _source_for(self, link: Link) -> CalendarSource:
+        return source_for(link.source, self.client, self.config.max_calendar_bytes)
+
+    def _count_unknown(self) -> None:
+        self.metrics.links_unknown.set(self.reconciler.unknown_links)
+
+    # -- the schedule -------------------------------------------------------------------
 
     async def run(self) -> None:
         """Read due links forever."""
@@ -130,111 +234,262 @@ class CalendarSync:
             self._wake.clear()
             now = time.monotonic()
             while self._due and self._due[0][0] <= now:
-                _, link_id = heapq.heappop(self._due)
-                if link_id in self._links:
-                    await self._slots.acquire()
-                    task = asyncio.create_task(self._sync_and_reschedule(link_id))
-                    self._running.add(task)
-                    task.add_done_callback(self._running.discard)
+                _, generation, link_id = heapq.heappop(self._due)
+                state = self._links.get(link_id)
+                if state is None or state.generation != generation or state.running:
+                    continue  # removed, replaced, or still being read
+                await self._slots.acquire()
+                state.running = True
+                task = asyncio.create_task(self._sync_and_reschedule(state))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
             wait = self._due[0][0] - time.monotonic() if self._due else 60.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.0))
 
-    async def _sync_and_reschedule(self, link_id: int) -> None:
+    async def _sync_and_reschedule(self, state: _LinkState) -> None:
         try:
-            await self.sync_link(link_id)
+            await self.sync_link(state.link.id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # pragma: no cover - sync_link catches everything; belt and braces
+            log.exception("link %d: sync failed unexpectedly", state.link.id)
         finally:
             self._slots.release()
-            if link_id in self._links:
+            state.running = False
+            if self._links.get(state.link.id) is state:
                 due = time.monotonic() + self.config.sync_interval
-                heapq.heappush(self._due, (due, link_id))
+                heapq.heappush(self._due, (due, state.generation, state.link.id))
                 self._wake.set()
+
+    def stop(self) -> None:
+        """Abandon work in progress (workers stop at their next checkpoint)."""
+        self._stopping.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- one sync -------------------------------------------------------------------------
 
     async def sync_link(self, link_id: int) -> str:
         """Read one link's source once; returns the result (also counted and logged)."""
         state = self._links[link_id]
         link = state.link
         started = time.perf_counter()
-        result, accepted, rejected, message = "error", 0, Counter[str](), ""
         try:
-            fetched = await asyncio.wait_for(
-                state.source.fetch(state.validators), timeout=self.config.sync_timeout
-            )
-            if isinstance(fetched, Fetched):
-                accepted, rejected = await self._accept(link, fetched)
-                state.validators = fetched.validators
-                result = "changed"
-            else:
-                result = "unchanged"
+            outcome = await self._sync(state)
+        except asyncio.CancelledError:
+            raise
         except TimeoutError:
-            result, message = "unavailable", f"no answer within {self.config.sync_timeout:g}s"
+            timeout = self.config.sync_timeout
+            outcome = SyncOutcome("unavailable", message=f"no answer within {timeout:g}s")
         except CalendarUnavailable as exc:
-            result, message = "unavailable", str(exc)
+            outcome = SyncOutcome("unavailable", message=str(exc))
+        except OverLimit as exc:
+            outcome = SyncOutcome("over-limit", message=str(exc))
         except (CalendarError, InputError) as exc:
-            result, message = "invalid", str(exc)
-        finally:
-            self.metrics.sync_duration.labels(state.source.provider).observe(
-                time.perf_counter() - started
-            )
-        self.metrics.calendar_syncs.labels(state.source.provider, result).inc()
-        state.last_result = result
-        if result != "unchanged":
-            if message:
+            outcome = SyncOutcome("invalid", message=str(exc))
+        except StoreError as exc:
+            self.store_health.failed("read-events", exc)
+            outcome = SyncOutcome("store-error", message=str(exc))
+        except Stopped:
+            return "stopped"
+        except Exception as exc:  # noqa: BLE001 - one link's failure must never escape its task
+            outcome = SyncOutcome("error", message=f"{type(exc).__name__}: {_one_line(exc)}")
+            log.debug("link %d: unexpected sync error", link_id, exc_info=True)
+        provider = state.source.provider
+        self.metrics.sync_duration.labels(provider).observe(time.perf_counter() - started)
+        self.metrics.calendar_syncs.labels(provider, outcome.result).inc()
+        state.last_result = outcome.result
+        self._count_unknown()
+        if outcome.result != "unchanged":
+            if outcome.message:
                 log.warning(
-                    "link %d (extension %s): %s; keeping the last known events",
+                    "link %d (extension %s): %s%s",
                     link.id,
                     link.extension,
-                    message,
+                    outcome.message,
+                    "; keeping the last known events" if outcome.result != "changed" else "",
                 )
+            await self._log_sync(link.id, outcome)
+        return outcome.result
+
+    async def _log_sync(self, link_id: int, outcome: SyncOutcome) -> None:
+        try:
             await asyncio.to_thread(
-                self.store.log_sync, link.id, self.clock.now(), result, accepted, rejected, message
+                self.store.log_sync,
+                link_id,
+                self.clock.now(),
+                outcome.result,
+                outcome.accepted,
+                outcome.rejected,
+                outcome.message,
             )
-        return result
+        except StoreError as exc:
+            self.store_health.failed("sync-log", exc)
 
-    async def _accept(self, link: Link, fetched: Fetched) -> tuple[int, Counter[str]]:
-        """Parse, store, then hand the new calendar to the reconciler."""
-        now = self.clock.now()
-        horizon = timedelta(days=self.config.horizon_days)
-        zone = self._zone(link)
-
-        def prepare() -> tuple[icalendar.Calendar, int, Counter[str]]:
-            calendar = parse_calendar(fetched.body, source=f"link {link.id} ({link.source})")
-            events, timezones, calendar_tz = split_calendar(calendar)
-            expansion = expand_calendar(
-                calendar, now, now + horizon, zone, owner_emails=_owners(link)
-            )
-            plan = plan_windows(expansion.instances, now, now + horizon, self.reconciler.policy)
-            rejected = Counter(r.reason.value for r in plan.rejected)
-            for skipped in expansion.skipped:
-                log.warning("link %d: skipped event %s: %s", link.id, skipped.uid, skipped.detail)
-            accepted = len(expansion.instances) - len(plan.rejected)
-            state = SyncState(
-                fetched.validators.etag,
-                fetched.validators.last_modified,
-                None,
-                calendar_tz,
-                timezones,
-                now,
-            )
-            self.store.replace_events(link.id, events, state)
-            return calendar, accepted, rejected
-
-        calendar, accepted, rejected = await asyncio.to_thread(prepare)
-        for reason, count in rejected.items():
-            self.metrics.rejected_events.labels(reason).inc(count)
-        self.reconciler.set_link_calendar(link.id, self._link_calendar(link, calendar))
-        return accepted, rejected
-
-    def _link_calendar(self, link: Link, calendar: icalendar.Calendar) -> LinkCalendar:
-        return LinkCalendar(
-            (link.pbx, link.extension), calendar, self._zone(link), tuple(_owners(link))
+    async def _sync(self, state: _LinkState) -> SyncOutcome:
+        link = state.link
+        fetched = await asyncio.wait_for(
+            state.source.fetch(state.validators), timeout=self.config.sync_timeout
         )
+        now = self.clock.now()
+        stale = self._expansion_stale(link.id, now)
+        if isinstance(fetched, Fetched):
+            digest = hashlib.sha256(fetched.body).hexdigest()
+            if digest == state.digest and not stale:
+                state.validators = fetched.validators
+                return SyncOutcome("unchanged")
+            parser = self.reconciler.parser_for(link.pbx)
+            work = await self._in_worker(self._work_on_fetched, link, fetched, now, parser)
+        elif stale:
+            parser = self.reconciler.parser_for(link.pbx)
+            work = await self._in_worker(self._work_on_stored, link, now, parser)
+            digest = state.digest
+        else:
+            return SyncOutcome("unchanged")
+        self.reconciler.set_link_instances(
+            link.id, LinkInstances(_key(link), work.instances, work.since, work.until)
+        )
+        for reason, count in work.rejected.items():
+            self.metrics.rejected_events.labels(reason).inc(count)
+        message = f"{work.skipped} events skipped (unreadable)" if work.skipped else ""
+        if work.store_error is not None:
+            self.store_health.failed("save-events", work.store_error)
+            state.validators, state.digest = None, None  # read and save again next time
+            message = f"calendar followed, but not saved: {work.store_error}"
+        else:
+            self.store_health.succeeded()
+            if isinstance(fetched, Fetched):
+                state.validators, state.digest = fetched.validators, digest
+        return SyncOutcome("changed", work.accepted, work.rejected, message)
 
-    def _zone(self, link: Link) -> ZoneInfo:
-        name = link.settings.get("timezone") or self.config.timezone
-        return ZoneInfo(str(name))
+    def _expansion_stale(self, link_id: int, now: datetime) -> bool:
+        """True when the link has no instances, or they no longer cover the horizon."""
+        current = self.reconciler.link_instances(link_id)
+        horizon = timedelta(days=self.config.horizon_days)
+        return current is None or current.until < now + horizon or current.since > now - PAST
+
+    async def _in_worker(self, function: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        if self._stopping.is_set():
+            raise Stopped
+        return await loop.run_in_executor(self._executor, lambda: function(*args))
+
+    # -- in a worker thread -------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        if self._stopping.is_set():
+            raise Stopped
+
+    def _work_on_fetched(
+        self, link: Link, fetched: Fetched, now: datetime, parser: TitleParser
+    ) -> _Work:
+        limits = self.config.limits
+        count = count_events(fetched.body)
+        if count > limits.max_events:
+            raise OverLimit(
+                f"the calendar has {count} events, more than the limit of "
+                f"{limits.max_events} ([sync] max_events)"
+            )
+        calendar = parse_calendar(fetched.body, source=f"link {link.id}")
+        self._checkpoint()
+        events, timezones, calendar_tz = split_calendar(calendar)
+        expansion, since, until = self._expand(link, calendar, now)
+        work = self._classified(expansion, since, until, now, parser, link)
+        state = SyncState(
+            fetched.validators.etag,
+            fetched.validators.last_modified,
+            None,
+            calendar_tz,
+            timezones,
+            now,
+        )
+        try:
+            # the expansion first: a crash between the two writes only costs a re-read
+            self.store.save_expansion(link.id, self._record(work, now))
+            self.store.replace_events(link.id, events, state)
+        except StoreError as exc:
+            work.store_error = exc
+        return work
+
+    def _work_on_stored(self, link: Link, now: datetime, parser: TitleParser) -> _Work:
+        events, state = self.store.load_events(link.id)
+        if state is None:
+            raise CalendarUnavailable("no events stored yet")
+        calendar = join_calendar(
+            events, state.timezones, state.calendar_tz, source=f"link {link.id}"
+        )
+        expansion, since, until = self._expand(link, calendar, now)
+        work = self._classified(expansion, since, until, now, parser, link)
+        try:
+            self.store.save_expansion(link.id, self._record(work, now))
+        except StoreError as exc:
+            work.store_error = exc
+        return work
+
+    def _expand(
+        self, link: Link, calendar: object, now: datetime
+    ) -> tuple[Expansion, datetime, datetime]:
+        since = now - PAST
+        until = now + 2 * timedelta(days=self.config.horizon_days)
+        expansion = expand_calendar(
+            calendar,  # type: ignore[arg-type]
+            since,
+            until,
+            _zone(link, self.config.timezone),
+            owner_emails=_owners(link),
+            limits=self.config.limits,
+            checkpoint=self._checkpoint,
+        )
+        return expansion, since, until
+
+    def _classified(
+        self,
+        expansion: Expansion,
+        since: datetime,
+        until: datetime,
+        now: datetime,
+        parser: TitleParser,
+        link: Link,
+    ) -> _Work:
+        """Count what the sync log reports: instances ahead that forward, or why not."""
+        work = _Work(tuple(expansion.instances), since, until, skipped=len(expansion.skipped))
+        end = now + timedelta(days=self.config.horizon_days)
+        for instance in expansion.instances:
+            if instance.end <= now or instance.start >= end:
+                continue
+            parsed = parser.parse(instance.title)
+            if isinstance(parsed, Rejection):
+                work.rejected[parsed.reason.value] += 1
+            else:
+                work.accepted += 1
+        for skipped in expansion.skipped[:_SKIPPED_LOGGED]:
+            log.warning("link %d: skipped event %s: %s", link.id, skipped.uid, skipped.detail)
+        if len(expansion.skipped) > _SKIPPED_LOGGED:
+            more = len(expansion.skipped) - _SKIPPED_LOGGED
+            log.warning("link %d: %d more events skipped", link.id, more)
+        return work
+
+    @staticmethod
+    def _record(work: _Work, now: datetime) -> ExpansionRecord:
+        return ExpansionRecord(work.since, work.until, work.instances, now)
+
+
+def _key(link: Link) -> tuple[str, str]:
+    return (link.pbx, link.extension)
+
+
+def _zone(link: Link, default: str) -> ZoneInfo:
+    name = str(link.settings.get("timezone") or default)
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise InputError(f"time zone {name[:64]!r} is not an IANA zone") from exc
 
 
 def _owners(link: Link) -> list[str]:
     owners = link.settings.get("owner_emails") or []
     return [str(o) for o in owners] if isinstance(owners, list) else []
+
+
+def _one_line(value: object) -> str:
+    return " ".join(str(value).split())[:300]

@@ -1,10 +1,12 @@
 """The Reconciler with an in-memory PBX and a clock the test moves by hand.
 
 ``FakePbx`` implements the ``Pbx`` protocol over a dict and records every call; it can
-be switched "down" (``PbxUnavailable``) or made to refuse (``PbxActionFailed``).
-Most tests drive one pass of the loop at a time with ``step`` (``Reconciler._step``:
-``run`` is that pass plus sleeping for the returned number of seconds), so the clock is
-fully under the test's control; ``test_run_wakes_at_the_boundary`` runs the real loop.
+be switched "down" (``PbxUnavailable``), made to refuse the whole batch
+(``PbxActionFailed``) or single extensions (``ApplyResult.refused``), and it reports the
+extensions that exist on it. Most tests drive one pass of the loop at a time with
+``step`` (``Reconciler._step``: ``run`` is that pass plus sleeping for the returned
+number of seconds), so the clock is fully under the test's control;
+``test_run_wakes_at_the_boundary`` runs the real loop.
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pbxcal.core.ical import parse_calendar
+from pbxcal.core.ical import expand_calendar, parse_calendar
 from pbxcal.core.policy import NumberPolicy
 from pbxcal.errors import PbxActionFailed, PbxUnavailable
-from pbxcal.pbx import ForwardingState
+from pbxcal.pbx import ApplyResult, ForwardingState
 from pbxcal.service.clock import SystemClock
 from pbxcal.service.metrics import Metrics
-from pbxcal.service.reconciler import LinkCalendar, Reconciler
+from pbxcal.service.reconciler import LinkInstances, PbxSettings, Reconciler
 
 pytestmark = pytest.mark.timeout(30)
 
 T0 = datetime(2026, 3, 30, 7, 0, tzinfo=UTC)
 S = timedelta(seconds=1)
+#: Extensions that exist on the fake PBX unless a test says otherwise.
+EXTENSIONS = frozenset({"100", "101", "201", "202"})
 
 
 class FakeClock:
@@ -48,10 +52,13 @@ class FakePbx:
     def __init__(self, name: str = "main", state: ForwardingState | None = None) -> None:
         self.name = name
         self.state: ForwardingState = dict(state or {})
+        self.extensions = EXTENSIONS
         self.down = False
         self.refuse = False
+        self.refuse_extensions: set[str] = set()
         self.reads = 0
         self.applied: list[dict[str, tuple[str, ...]]] = []
+        self.changed = asyncio.Event()
 
     async def read_applied(self) -> ForwardingState:
         if self.down:
@@ -59,20 +66,29 @@ class FakePbx:
         self.reads += 1
         return dict(self.state)
 
-    async def apply(self, changes: Mapping[str, Sequence[str]]) -> None:
+    async def read_extensions(self) -> frozenset[str]:
+        if self.down:
+            raise PbxUnavailable(f"{self.name}: not connected")
+        return self.extensions
+
+    async def apply(self, changes: Mapping[str, Sequence[str]]) -> ApplyResult:
         if self.down:
             raise PbxUnavailable(f"{self.name}: not connected")
         if self.refuse:
             raise PbxActionFailed(f"{self.name}: DBPut: Failed to update entry")
-        self.applied.append({ext: tuple(t) for ext, t in changes.items()})
-        for ext, targets in changes.items():
+        refused = {e: "DBPut: Failed to update entry" for e in changes if e in self.refuse_extensions}
+        done = {ext: tuple(t) for ext, t in changes.items() if ext not in refused}
+        self.applied.append(done)
+        for ext, targets in done.items():
             if targets:
-                self.state[ext] = tuple(targets)
+                self.state[ext] = targets
             else:
                 self.state.pop(ext, None)
+        self.changed.set()
+        return ApplyResult(refused=refused)
 
 
-def ics(*events: tuple[str, datetime, datetime]) -> LinkCalendar:
+def ics(*events: tuple[str, datetime, datetime], key: tuple[str, str] = ("main", "100")) -> LinkInstances:
     def stamp(moment: datetime) -> str:
         return moment.strftime("%Y%m%dT%H%M%SZ")
 
@@ -82,11 +98,13 @@ def ics(*events: tuple[str, datetime, datetime]) -> LinkCalendar:
         for i, (title, start, end) in enumerate(events)
     )
     text = f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\n{body}END:VCALENDAR\r\n"
-    return LinkCalendar(("main", "100"), parse_calendar(text), ZoneInfo("UTC"))
+    since, until = T0 - timedelta(days=30), T0 + timedelta(days=60)
+    expansion = expand_calendar(parse_calendar(text), since, until, ZoneInfo("UTC"))
+    return LinkInstances(key, tuple(expansion.instances), since, until)
 
 
-def at(link: LinkCalendar, ext: str, pbx: str = "main") -> LinkCalendar:
-    return LinkCalendar((pbx, ext), link.calendar, link.zone)
+def at(link: LinkInstances, ext: str, pbx: str = "main") -> LinkInstances:
+    return LinkInstances((pbx, ext), link.instances, link.since, link.until)
 
 
 def make(clock: FakeClock, *pbxes: FakePbx, **kwargs: object) -> tuple[Reconciler, Metrics]:
@@ -115,7 +133,7 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
 async def test_applies_and_clears_exactly_at_the_boundaries() -> None:
     clock, pbx = FakeClock(T0), FakePbx()
     rec, metrics = make(clock, pbx)
-    rec.set_link_calendar(1, ics(("201", T0 + 10 * S, T0 + 20 * S)))
+    rec.set_link_instances(1, ics(("201", T0 + 10 * S, T0 + 20 * S)))
 
     wait = await step(rec)
     assert pbx.state == {} and pbx.applied == []
@@ -153,7 +171,7 @@ async def test_applies_and_clears_exactly_at_the_boundaries() -> None:
 async def test_overlapping_windows_ring_in_parallel_and_adjacent_ones_switch() -> None:
     clock, pbx = FakeClock(T0), FakePbx()
     rec, _ = make(clock, pbx)
-    rec.set_link_calendar(
+    rec.set_link_instances(
         1,
         ics(
             ("201", T0, T0 + 20 * S),
@@ -180,7 +198,7 @@ async def test_converges_after_pbx_connected_with_stale_state() -> None:
     # left behind by a crash: a window that ended, and one for an unlinked extension
     pbx = FakePbx(state={"100": ("999",), "300": ("201",)})
     rec, _ = make(clock, pbx)
-    rec.set_link_calendar(1, ics(("201", T0 - 60 * S, T0 + 60 * S)))
+    rec.set_link_instances(1, ics(("201", T0 - 60 * S, T0 + 60 * S)))
     await step(rec)
     assert pbx.state == {"100": ("201",)}
     assert pbx.applied == [{"100": ("201",), "300": ()}]
@@ -205,7 +223,7 @@ async def test_window_that_ended_while_down_is_cleared_on_first_pass() -> None:
     clock = FakeClock(T0 + 120 * S)
     pbx = FakePbx(state={"100": ("201",)})
     rec, _ = make(clock, pbx)
-    rec.set_link_calendar(1, ics(("201", T0, T0 + 60 * S)))
+    rec.set_link_instances(1, ics(("201", T0, T0 + 60 * S)))
     await step(rec)
     assert pbx.state == {}
     assert rec.first_pass.is_set()
@@ -214,7 +232,7 @@ async def test_window_that_ended_while_down_is_cleared_on_first_pass() -> None:
 async def test_pbx_unavailable_keeps_the_change_pending_until_it_returns() -> None:
     clock, pbx = FakeClock(T0), FakePbx()
     rec, _ = make(clock, pbx)
-    rec.set_link_calendar(1, ics(("201", T0 + 10 * S, T0 + 20 * S)))
+    rec.set_link_instances(1, ics(("201", T0 + 10 * S, T0 + 20 * S)))
     await step(rec)
     pbx.down = True
     clock.set(T0 + 10 * S)
@@ -236,7 +254,7 @@ async def test_pbx_unavailable_keeps_the_change_pending_until_it_returns() -> No
 async def test_pbx_back_without_reconnect_callback_still_gets_the_difference() -> None:
     clock, pbx = FakeClock(T0), FakePbx()
     rec, _ = make(clock, pbx)
-    rec.set_link_calendar(1, ics(("201", T0 - 10 * S, T0 + 20 * S)))
+    rec.set_link_instances(1, ics(("201", T0 - 10 * S, T0 + 20 * S)))
     pbx.down = True
     await step(rec)
     assert rec.first_pass.is_set()  # one try counts as the first pass
@@ -249,7 +267,7 @@ async def test_pbx_back_without_reconnect_callback_still_gets_the_difference() -
 async def test_refused_change_is_retried_shortly() -> None:
     clock, pbx = FakeClock(T0), FakePbx()
     rec, _ = make(clock, pbx)
-    rec.set_link_calendar(1, ics(("201", T0 - 10 * S, T0 + 3600 * S)))
+    rec.set_link_instances(1, ics(("201", T0 - 10 * S, T0 + 3600 * S)))
     pbx.refuse = True
     wait = await step(rec)
     assert pbx.state == {}
@@ -263,8 +281,8 @@ async def test_refused_change_is_retried_shortly() -> None:
 async def test_removing_a_link_clears_its_forwarding() -> None:
     clock, pbx = FakeClock(T0), FakePbx()
     rec, _ = make(clock, pbx)
-    rec.set_link_calendar(1, ics(("201", T0 - 10 * S, T0 + 60 * S)))
-    rec.set_link_calendar(2, at(ics(("202", T0 - 10 * S, T0 + 60 * S)), "101"))
+    rec.set_link_instances(1, ics(("201", T0 - 10 * S, T0 + 60 * S)))
+    rec.set_link_instances(2, at(ics(("202", T0 - 10 * S, T0 + 60 * S)), "101"))
     await step(rec)
     assert pbx.state == {"100": ("201",), "101": ("202",)}
     rec.remove_link(1)
@@ -279,11 +297,11 @@ async def test_removing_a_link_clears_its_forwarding() -> None:
 async def test_two_links_on_one_extension_merge_and_moving_a_link_clears_the_old() -> None:
     clock, pbx = FakeClock(T0), FakePbx()
     rec, _ = make(clock, pbx)
-    rec.set_link_calendar(1, ics(("201", T0 - 10 * S, T0 + 60 * S)))
-    rec.set_link_calendar(2, ics(("202", T0 - 10 * S, T0 + 60 * S)))
+    rec.set_link_instances(1, ics(("201", T0 - 10 * S, T0 + 60 * S)))
+    rec.set_link_instances(2, ics(("202", T0 - 10 * S, T0 + 60 * S)))
     await step(rec)
     assert pbx.state == {"100": ("201", "202")}
-    rec.set_link_calendar(2, at(ics(("202", T0 - 10 * S, T0 + 60 * S)), "101"))
+    rec.set_link_instances(2, at(ics(("202", T0 - 10 * S, T0 + 60 * S)), "101"))
     await step(rec)
     assert pbx.state == {"100": ("201",), "101": ("202",)}
 
@@ -291,9 +309,9 @@ async def test_two_links_on_one_extension_merge_and_moving_a_link_clears_the_old
 async def test_calendar_change_takes_effect_at_once_and_replaces_old_boundaries() -> None:
     clock, pbx = FakeClock(T0), FakePbx()
     rec, _ = make(clock, pbx)
-    rec.set_link_calendar(1, ics(("201", T0 - 10 * S, T0 + 60 * S)))
+    rec.set_link_instances(1, ics(("201", T0 - 10 * S, T0 + 60 * S)))
     await step(rec)
-    rec.set_link_calendar(1, ics(("202", T0 - 10 * S, T0 + 30 * S)))
+    rec.set_link_instances(1, ics(("202", T0 - 10 * S, T0 + 30 * S)))
     await step(rec)
     assert pbx.state == {"100": ("202",)}
     clock.set(T0 + 30 * S)
@@ -309,8 +327,8 @@ async def test_each_pbx_is_reconciled_on_its_own() -> None:
     clock, a, b = FakeClock(T0), FakePbx("a"), FakePbx("b")
     rec, _ = make(clock, a, b)
     cal = ics(("201", T0 - 10 * S, T0 + 60 * S))
-    rec.set_link_calendar(1, at(cal, "100", "a"))
-    rec.set_link_calendar(2, at(cal, "100", "b"))
+    rec.set_link_instances(1, at(cal, "100", "a"))
+    rec.set_link_instances(2, at(cal, "100", "b"))
     b.down = True
     await step(rec)
     assert a.state == {"100": ("201",)} and b.state == {}
@@ -329,7 +347,7 @@ async def test_on_applied_gets_the_new_state() -> None:
         saved.append((name, state))
 
     rec, _ = make(clock, pbx, on_applied=on_applied)
-    rec.set_link_calendar(1, ics(("201", T0 - 10 * S, T0 + 60 * S)))
+    rec.set_link_instances(1, ics(("201", T0 - 10 * S, T0 + 60 * S)))
     await step(rec)
     assert saved == [("main", {"100": ("201",)})]
 
@@ -341,20 +359,15 @@ async def test_run_wakes_at_the_boundary() -> None:
     loop = asyncio.get_running_loop()
     rec, _ = make(FakeClock(T0), pbx, on_tick=lambda: ticks.append(loop.time()))
     rec.clock = SystemClock()
-    start = datetime.now(UTC) + timedelta(milliseconds=400)
-    # iCalendar has whole seconds: shift the calendar so the boundary lands at ``start``
-    base = start.replace(microsecond=0)
-    link = ics(("201", base + 1 * S, base + 3600 * S))
+    # iCalendar has whole seconds: the boundary is the next whole second at least 0.3 s away
+    boundary = (datetime.now(UTC) + timedelta(milliseconds=1300)).replace(microsecond=0)
     task = asyncio.create_task(rec.run())
     try:
-        await asyncio.sleep(0.05)
-        rec.set_link_calendar(1, link)
-        boundary = base + 1 * S
-        while not pbx.state:
-            assert datetime.now(UTC) < boundary + 2 * S, "boundary missed"
-            await asyncio.sleep(0.002)
-        lag = (datetime.now(UTC) - boundary).total_seconds()
-        assert 0.0 <= lag < 0.05, lag
+        rec.set_link_instances(1, ics(("201", boundary, boundary + 3600 * S)))
+        await asyncio.wait_for(pbx.changed.wait(), timeout=5)
+        applied_at = datetime.now(UTC)
+        assert applied_at >= boundary  # never early
+        assert pbx.state == {"100": ("201",)}
         assert len(ticks) < 10  # no polling in between
     finally:
         task.cancel()
@@ -365,7 +378,7 @@ async def test_run_wakes_at_the_boundary() -> None:
 async def test_an_outage_is_logged_once_and_its_end_once(caplog: pytest.LogCaptureFixture) -> None:
     clock, pbx = FakeClock(T0), FakePbx()
     rec, _ = make(clock, pbx)
-    rec.set_link_calendar(1, ics(("201", T0 + 10 * S, T0 + 20 * S)))
+    rec.set_link_instances(1, ics(("201", T0 + 10 * S, T0 + 20 * S)))
     await step(rec)
     pbx.down = True
     with caplog.at_level(logging.INFO, logger="pbxcal.service.reconciler"):
@@ -379,3 +392,98 @@ async def test_an_outage_is_logged_once_and_its_end_once(caplog: pytest.LogCaptu
     assert sum("unavailable" in m for m in messages) == 1
     assert sum("reachable again" in m for m in messages) == 1
     assert pbx.state == {"100": ("201",)}
+
+
+async def test_a_refused_extension_does_not_hold_back_the_others() -> None:
+    """Issue #7.1: one bad item refuses that extension only, and only it is retried."""
+    clock, pbx = FakeClock(T0), FakePbx()
+    pbx.refuse_extensions = {"100"}
+    rec, metrics = make(clock, pbx)
+    rec.set_link_instances(1, ics(("201", T0 - 10 * S, T0 + 3600 * S)))
+    rec.set_link_instances(2, at(ics(("202", T0 - 10 * S, T0 + 3600 * S)), "101"))
+    wait = await step(rec)
+    assert pbx.state == {"101": ("202",)}
+    assert rec.refused("main") == {"100": "DBPut: Failed to update entry"}
+    assert sample(metrics, "pbxcal_forwarding_changes_total", change="refused") == 1
+    assert 0 < wait <= 5.0
+    pbx.refuse_extensions = set()
+    clock.set(T0 + wait * S)
+    await step(rec)  # the retry is due now
+    await step(rec)
+    assert pbx.state == {"100": ("201",), "101": ("202",)}
+    assert pbx.applied[-1] == {"100": ("201",)}  # only the refused one was sent again
+    assert rec.refused("main") == {}
+
+
+async def test_extension_targets_must_exist_on_the_pbx() -> None:
+    """Issue #7.2: digits that look like an extension but are none are not dialled."""
+    clock, pbx = FakeClock(T0), FakePbx()
+    rec, _ = make(clock, pbx)
+    rec.set_link_instances(1, ics(("118218", T0 - 10 * S, T0 + 60 * S)))
+    rec.set_link_instances(2, at(ics(("1888", T0 - 10 * S, T0 + 60 * S)), "101"))
+    await step(rec)
+    assert pbx.state == {}
+    plan = rec.plan_for(("main", "100"))
+    assert plan is None or not plan.windows
+
+    # an extension that the PBX really has becomes known on its next (re)connect
+    pbx.extensions = EXTENSIONS | {"118218"}
+    rec.pbx_connected("main")
+    await step(rec)
+    assert pbx.state == {"100": ("118218",)}
+
+
+async def test_configured_extensions_count_without_discovery() -> None:
+    clock, pbx = FakeClock(T0), FakePbx()
+    pbx.extensions = frozenset()
+    settings = {"main": PbxSettings(extensions=frozenset({"333"}), discover_extensions=False)}
+    rec, _ = make(clock, pbx, settings=settings)
+    rec.set_link_instances(1, ics(("333", T0 - 10 * S, T0 + 60 * S), ("201", T0, T0 + 9 * S)))
+    await step(rec)
+    assert pbx.state == {"100": ("333",)}
+
+
+async def test_periodic_readback_repairs_a_key_deleted_behind_our_back() -> None:
+    """Issue #7.7: a forwarding removed in Asterisk by someone else comes back."""
+    clock, pbx = FakeClock(T0), FakePbx()
+    settings = {"main": PbxSettings(readback_interval=timedelta(seconds=30))}
+    rec, _ = make(clock, pbx, settings=settings)
+    rec.set_link_instances(1, ics(("201", T0 - 10 * S, T0 + 3600 * S)))
+    wait = await step(rec)
+    assert pbx.state == {"100": ("201",)}
+    assert wait <= 30.0  # the read-back is a timer too
+    del pbx.state["100"]  # `database del pbxcal fwd/100` on the Asterisk console
+    clock.set(T0 + 29 * S)
+    await step(rec)
+    assert pbx.state == {}
+    clock.set(T0 + 30 * S)
+    await step(rec)
+    assert pbx.state == {"100": ("201",)}
+
+
+async def test_a_link_not_read_yet_leaves_its_extension_alone() -> None:
+    """Issue #7.7: store lost and calendar unreachable at start: live forwardings stay."""
+    clock = FakeClock(T0)
+    pbx = FakePbx(state={"100": ("201",), "300": ("202",)})
+    rec, _ = make(clock, pbx)
+    rec.set_link_unknown(1, ("main", "100"))
+    await step(rec)
+    assert pbx.state == {"100": ("201",)}  # 300 has no link at all: cleared
+    clock.set(T0 + 10 * S)
+    await step(rec)
+    assert pbx.state == {"100": ("201",)}
+    assert rec.unknown_links == 1
+    rec.set_link_instances(1, ics(("Lunch", T0, T0 + 60 * S)))  # first successful read
+    await step(rec)
+    assert pbx.state == {}
+    assert rec.unknown_links == 0
+
+
+async def test_each_future_boundary_is_held_once() -> None:
+    clock, pbx = FakeClock(T0), FakePbx()
+    rec, _ = make(clock, pbx)
+    link = ics(("201", T0 + 10 * S, T0 + 20 * S))
+    for _ in range(5):  # the same calendar read again and again
+        rec.set_link_instances(1, link)
+        await step(rec)
+    assert len(rec._boundaries) == 2

@@ -1,0 +1,267 @@
+"""CalendarSync with a fake calendar source, a real SQLite store and a fake PBX.
+
+The source is a queue of answers (a document, "not modified", an exception, or a hang);
+the store is real (``tmp_path``), optionally wrapped to fail its writes. Each test drives
+``sync_link`` directly, so nothing depends on the schedule's timing, except the tests of
+the schedule itself, which look at its entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pbxcal.calendars import Fetched, NotModified, Validators
+from pbxcal.config import Config
+from pbxcal.core.ical import ExpansionLimits
+from pbxcal.core.policy import NumberPolicy
+from pbxcal.errors import StoreError
+from pbxcal.service.metrics import Metrics
+from pbxcal.service.reconciler import Reconciler
+from pbxcal.service.sync import CalendarSync
+from pbxcal.store import Link, Store
+
+from .test_reconciler import FakeClock, FakePbx, sample
+
+pytestmark = pytest.mark.timeout(30)
+
+NOW = datetime(2026, 3, 30, 7, 0, tzinfo=UTC)
+
+
+def stamp(moment: datetime) -> str:
+    return moment.strftime("%Y%m%dT%H%M%SZ")
+
+
+def calendar(*events: tuple[str, int, int], uid: bool = True, extra: str = "") -> bytes:
+    """A document whose events start/end ``minutes`` after NOW."""
+    body = ""
+    for i, (title, start, end) in enumerate(events):
+        body += "BEGIN:VEVENT\r\n" + (f"UID:e{i}@test\r\n" if uid else "")
+        body += f"DTSTAMP:{stamp(NOW)}\r\n"
+        body += f"DTSTART:{stamp(NOW + timedelta(minutes=start))}\r\n"
+        body += f"DTEND:{stamp(NOW + timedelta(minutes=end))}\r\nSUMMARY:{title}\r\n"
+        body += extra + "END:VEVENT\r\n"
+    return f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\n{body}END:VCALENDAR\r\n".encode()
+
+
+class FakeSource:
+    """A calendar source answering from a queue; ``hang`` makes the next fetch hang."""
+
+    provider = "fake"
+
+    def __init__(self) -> None:
+        self.answers: list[Fetched | NotModified | BaseException] = []
+        self.previous: list[Validators | None] = []
+        self.hang = False
+
+    def push(self, answer: bytes | NotModified | BaseException, etag: str | None = None) -> None:
+        self.answers.append(
+            Fetched(answer, Validators(etag=etag)) if isinstance(answer, bytes) else answer
+        )
+
+    async def fetch(self, previous: Validators | None) -> Fetched | NotModified:
+        self.previous.append(previous)
+        if self.hang:
+            await asyncio.Event().wait()
+        answer = self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+class FailingWrites:
+    """A store whose writes fail while ``failing`` is set (reads still work)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.failing = False
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.store, name)
+        if name in {"save_expansion", "replace_events", "log_sync"}:
+
+            def write(*args: Any, **kwargs: Any) -> Any:
+                if self.failing:
+                    raise StoreError(f"{self.store!r}: attempt to write a readonly database")
+                return attribute(*args, **kwargs)
+
+            return write
+        return attribute
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(f"sqlite:///{tmp_path / 'store.sqlite3'}") as opened:
+        yield opened
+
+
+class World:
+    def __init__(self, store: Any, **config: Any) -> None:
+        self.clock = FakeClock(NOW)
+        self.pbx = FakePbx()
+        self.metrics = Metrics()
+        self.reconciler = Reconciler(
+            {"main": self.pbx}, NumberPolicy.default("NL"), self.clock, self.metrics
+        )
+        self.source = FakeSource()
+        self.store = store
+        self.config = Config(**{"sync_interval": 3600.0, "timezone": "UTC", **config})
+        self.sync = CalendarSync(
+            store,
+            self.reconciler,
+            self.metrics,
+            self.clock,
+            self.config,
+            httpx.AsyncClient(),
+            source_factory=lambda link: self.source,
+        )
+
+    def link(self, source: str = "/cal.ics", extension: str = "100") -> Link:
+        link: Link = self.store.add_link(extension, "main", "ics", source)
+        self.sync.set_links([link])
+        return link
+
+    def log(self, link: Link) -> list[Any]:
+        return list(self.store.sync_log(link.id, 50))
+
+
+async def test_a_new_version_reaches_the_reconciler_and_the_log(store: Store) -> None:
+    world = World(store)
+    link = world.link()
+    world.source.push(calendar(("201", -10, 60), ("Lunch", 0, 30), ("0900 1234567", 0, 5)))
+    assert await world.sync.sync_link(link.id) == "changed"
+    instances = world.reconciler.link_instances(link.id)
+    assert instances is not None and len(instances.instances) == 3
+    entry = world.log(link)[0]
+    assert (entry.result, entry.accepted) == ("changed", 1)
+    assert entry.rejected == {"not-a-number": 1, "blocked-by-policy": 1}
+    assert store.load_expansions()[link.id].instances == instances.instances
+
+
+async def test_an_unchanged_body_without_validators_costs_nothing(store: Store) -> None:
+    world = World(store)
+    link = world.link()
+    body = calendar(("201", -10, 60))
+    world.source.push(body)
+    world.source.push(body)
+    await world.sync.sync_link(link.id)
+    first = world.reconciler.link_instances(link.id)
+    assert await world.sync.sync_link(link.id) == "unchanged"
+    assert world.reconciler.link_instances(link.id) is first  # no replan
+    assert len(world.log(link)) == 1  # no write
+
+
+async def test_not_modified_is_unchanged_and_sends_the_validators(store: Store) -> None:
+    world = World(store)
+    link = world.link()
+    world.source.push(calendar(("201", -10, 60)), etag='"v1"')
+    world.source.push(NotModified())
+    await world.sync.sync_link(link.id)
+    assert await world.sync.sync_link(link.id) == "unchanged"
+    assert world.source.previous[-1] == Validators(etag='"v1"')
+
+
+async def test_events_without_uid_are_stored_not_refused(store: Store) -> None:
+    """Issue #7.4: two events without a UID made the store raise 'appears twice'."""
+    world = World(store)
+    link = world.link()
+    world.source.push(calendar(("201", -10, 60), ("202", 0, 30), uid=False))
+    assert await world.sync.sync_link(link.id) == "changed"
+    events, _ = store.load_events(link.id)
+    assert len(events) == 2 and all(e.uid.startswith("pbxcal-") for e in events)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError("boom"), ValueError("Invalid IPv6 URL"), KeyError("x"), OSError(5, "EIO")],
+)
+async def test_every_error_ends_as_a_logged_counted_result(store: Store, error: Exception) -> None:
+    """Issue #7.4/#7.7: nothing escapes a link's sync; it is counted and sync-logged."""
+    world = World(store)
+    link = world.link()
+    world.source.push(error)
+    assert await world.sync.sync_link(link.id) == "error"
+    assert sample(world.metrics, "pbxcal_calendar_syncs_total", provider="fake", result="error")
+    entry = world.log(link)[0]
+    assert entry.result == "error" and type(error).__name__ in entry.message
+
+
+async def test_a_source_that_cannot_be_built_is_an_invalid_link(store: Store) -> None:
+    world = World(store)
+
+    def broken(link: Link) -> FakeSource:
+        raise ValueError("Invalid IPv6 URL")
+
+    world.sync.source_factory = broken
+    link = world.link(source="https://[bad/cal.ics")
+    assert await world.sync.sync_link(link.id) == "invalid"
+    assert "unusable calendar source" in world.log(link)[0].message
+
+
+async def test_a_hanging_source_times_out_and_keeps_the_last_events(store: Store) -> None:
+    world = World(store, sync_timeout=0.05)
+    link = world.link()
+    world.source.push(calendar(("201", -10, 60)))
+    await world.sync.sync_link(link.id)
+    before = world.reconciler.link_instances(link.id)
+    world.source.hang = True
+    assert await world.sync.sync_link(link.id) == "unavailable"
+    assert world.reconciler.link_instances(link.id) is before
+
+
+async def test_a_calendar_over_the_event_cap_keeps_its_last_good_plan(store: Store) -> None:
+    """Issue #7.3: a link over its cap says so in plain words and keeps the last plan."""
+    world = World(store, limits=ExpansionLimits(max_events=3))
+    link = world.link()
+    world.source.push(calendar(("201", -10, 60)))
+    world.source.push(calendar(*[("202", i, i + 1) for i in range(10)]))
+    await world.sync.sync_link(link.id)
+    before = world.reconciler.link_instances(link.id)
+    assert await world.sync.sync_link(link.id) == "over-limit"
+    assert world.reconciler.link_instances(link.id) is before
+    assert "10 events, more than the limit of 3" in world.log(link)[0].message
+
+
+async def test_an_endless_secondly_rule_is_capped(store: Store) -> None:
+    world = World(store, limits=ExpansionLimits(max_instances_per_event=100))
+    link = world.link()
+    world.source.push(calendar(("201", 0, 1), extra="RRULE:FREQ=SECONDLY\r\n"))
+    assert await world.sync.sync_link(link.id) == "changed"
+    instances = world.reconciler.link_instances(link.id)
+    assert instances is not None and len(instances.instances) <= 100
+
+
+async def test_an_unwritable_store_still_follows_the_calendar(store: Store) -> None:
+    """Issue #7.7: the plan in memory follows the calendar; the write is retried."""
+    failing = FailingWrites(store)
+    world = World(failing)
+    link = world.link()
+    body = calendar(("201", -10, 60))
+    failing.failing = True
+    world.source.push(body)
+    assert await world.sync.sync_link(link.id) == "changed"
+    assert world.reconciler.link_instances(link.id) is not None
+    assert not world.sync.store_health.writable
+    assert sample(world.metrics, "pbxcal_store_writable") == 0
+    failing.failing = False
+    world.source.push(body)  # the same body: not "unchanged", because it was never saved
+    assert await world.sync.sync_link(link.id) == "changed"
+    assert world.sync.store_health.writable
+    assert link.id in store.load_expansions()
+
+
+async def test_a_link_is_scheduled_once_however_often_it_is_set(store: Store) -> None:
+    """Issue #9.1 (from #8.5): a link added at run time was fetched twice per interval."""
+    world = World(store)
+    link = world.link()
+    for _ in range(3):
+        world.sync.set_links([link])
+    entries = [e for e in world.sync._due if e[2] == link.id]
+    live = [e for e in entries if e[1] == world.sync._links[link.id].generation]
+    assert len(live) == 1
