@@ -2,8 +2,11 @@
 
 Pure functions and constants: the AstDB family and key of a forwarding, the custom
 device name of its BLF state, and the validators every value passes before an adapter
-sends it. Validation is an allow-list (digits, ``+``, ``&``), so CR/LF, spaces,
-colons and anything else that could smuggle a header onto the AMI wire is refused.
+sends it. Validation is the core's wire rule (``pbxcal.core.wire``: an extension is 1-15
+ASCII digits, a number is E.164), so whatever the core accepts as a ``Target`` the wire
+accepts, and CR/LF, spaces, colons, non-ASCII digits and anything else that could
+smuggle a header onto the AMI wire is refused. Which digit strings *are* extensions is
+the number policy's business, not this module's.
 
 Must not do I/O or import asyncio. Start reading at ``validate_forwarding``.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from pbxcal.core.wire import is_wire_extension, is_wire_target
 from pbxcal.errors import UnsafeValue
 
 #: The AstDB family pbxcal owns. Nothing outside it is ever written.
@@ -27,8 +31,6 @@ DEVICE_PREFIX = "Custom:pbxcal"
 STATE_ACTIVE = "INUSE"
 STATE_INACTIVE = "NOT_INUSE"
 
-DEFAULT_EXTENSION_PATTERN = r"^[0-9]{2,6}$"
-_TARGET_RE = re.compile(r"^\+?[0-9]{2,15}$")
 _VALUE_RE = re.compile(r"^[0-9+&]+$")
 #: Asterisk reads an AMI line into a 1 KiB buffer; a longer ``Val:`` line would be cut.
 MAX_VALUE_LENGTH = 900
@@ -41,29 +43,28 @@ def _show(value: object) -> str:
     return text if len(text) <= _SHOW else text[: _SHOW - 3] + "..."
 
 
-def validate_extension(ext: str, pattern: str = DEFAULT_EXTENSION_PATTERN) -> str:
-    """Return ``ext`` if it is a safe extension matching ``pattern``; else ``UnsafeValue``.
+def validate_extension(ext: object) -> str:
+    """Return ``ext`` if it is an extension by the wire rule; else ``UnsafeValue``.
 
-    The digits-only check applies whatever ``pattern`` says, because the extension ends
-    up in an AstDB key and a device name on the AMI wire.
+    The extension ends up in an AstDB key and a device name on the AMI wire.
     """
     if not isinstance(ext, str):
         raise UnsafeValue(f"extension {_show(ext)} is not a string")
-    if not ext.isascii() or not ext.isdigit() or re.fullmatch(pattern, ext) is None:
-        raise UnsafeValue(f"extension {_show(ext)} does not match {pattern}")
+    if not is_wire_extension(ext):
+        raise UnsafeValue(f"extension {_show(ext)} is not 1 to 15 ASCII digits")
     return ext
 
 
 def validate_targets(targets: Iterable[str]) -> tuple[str, ...]:
     """Return the targets sorted and de-duplicated, or raise ``UnsafeValue``.
 
-    Each target is an extension or an E.164 number: ``^\\+?[0-9]{2,15}$``.
+    Each target is an extension or an E.164 number by the wire rule.
     """
     if isinstance(targets, str):
         raise UnsafeValue(f"targets {_show(targets)} must be a sequence, not a string")
     checked: set[str] = set()
     for target in targets:
-        if not isinstance(target, str) or _TARGET_RE.fullmatch(target) is None:
+        if not is_wire_target(target):
             raise UnsafeValue(f"target {_show(target)} is not a number or extension")
         checked.add(target)
     result = tuple(sorted(checked))
@@ -76,11 +77,9 @@ def validate_targets(targets: Iterable[str]) -> tuple[str, ...]:
     return result
 
 
-def validate_forwarding(
-    ext: str, targets: Sequence[str], pattern: str = DEFAULT_EXTENSION_PATTERN
-) -> tuple[str, tuple[str, ...]]:
+def validate_forwarding(ext: object, targets: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     """Validate one forwarding (an empty ``targets`` means clear it)."""
-    return validate_extension(ext, pattern), validate_targets(targets)
+    return validate_extension(ext), validate_targets(targets)
 
 
 def join_targets(targets: Sequence[str]) -> str:
@@ -108,7 +107,7 @@ def ext_from_key(key: str) -> str | None:
     for prefix in (f"/{FAMILY}/{FWD_PREFIX}", FWD_PREFIX):
         if key.startswith(prefix):
             ext = key[len(prefix) :]
-            return ext if ext.isascii() and ext.isdigit() else None
+            return ext if is_wire_extension(ext) else None
     return None
 
 
