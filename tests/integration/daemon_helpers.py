@@ -163,12 +163,15 @@ class DaemonRun:
         secret: str | None = None,
         interval: float = 1,
         extra_env: dict[str, str] | None = None,
+        pbx_extra: str = "",
+        sync_extra: str = "",
+        store: str | None = None,
     ) -> None:
         self.work = work
         self.ast = ast
         self.listen = f"127.0.0.1:{free_port()}"
         self.config = work / "pbxcal.toml"
-        self.store = f"sqlite:///{work / 'pbxcal.sqlite3'}"
+        self.store = store or f"sqlite:///{work / 'pbxcal.sqlite3'}"
         self.log_path = work / "pbxcal.log"
         self.extra_env = extra_env or {}
         secret_file = work / "ami.secret"
@@ -176,10 +179,10 @@ class DaemonRun:
         secret_file.chmod(0o600)
         text = (
             f'[pbxcal]\nregion = "NL"\ntimezone = "UTC"\n\n[http]\nlisten = "{self.listen}"\n\n'
-            f"[sync]\ninterval = {interval}\n\n"
+            f"[sync]\ninterval = {interval}\n{sync_extra}\n"
             f'[pbx.main]\nhost = "{ast.ami_host}"\nport = {ast.ami_port}\n'
             f'username = "{ast.ami_username}"\nsecret_file = "{secret_file}"\n'
-            "ping_interval = 1\nping_timeout = 1\nbackoff_max = 1\n"
+            "ping_interval = 1\nping_timeout = 1\nbackoff_max = 1\n" + pbx_extra
         )
         for link in links:
             text += f'\n[[link]]\nextension = "{link.extension}"\nsource = "{link.calendar}"\n'
