@@ -228,7 +228,13 @@ def test_corrupt_calendar_keeps_last_known_events(
     print("links list says:", link["last_result"], "-", link["message"])
     assert daemon.metric("pbxcal_calendar_syncs_total", **invalid) > before
     # the last known events keep driving the forwarding, through further reads too
-    time.sleep(2.5)
+    seen = daemon.metric("pbxcal_calendar_syncs_total", **invalid)
+    wait_for(
+        lambda: daemon.metric("pbxcal_calendar_syncs_total", **invalid),
+        lambda n: n >= seen + 2,
+        5,
+        what="two more reads of the corrupt calendar",
+    )
     assert forwarding(ast, "100") == "201"
     assert blf(ast, "100") == "INUSE"
     # the other link is unaffected: it still follows its calendar
