@@ -4,6 +4,10 @@ Pure data plus one decision function. The policy is on by default: only numbers 
 configured countries and of "ordinary" types may be targets; premium rate, shared cost,
 emergency numbers (also when they look like an extension, e.g. 112) and everything else
 are refused. ``NumberPolicy.default(region)`` is what a fresh install gets.
+
+The "dialled regions" are the policy's region plus its allowed countries (not the ``*``
+wildcard): an emergency or short service number of any of them is treated as one.
+Must not do I/O. Start reading at ``NumberPolicy``; ``targets.parse_title`` applies it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from dataclasses import dataclass, field
 
 import phonenumbers
 from phonenumbers import PhoneNumberType, shortnumberinfo
+
+from pbxcal.core.wire import is_wire_extension
 
 #: Config names of phonenumbers' number types, in the order the docs list them.
 NUMBER_TYPES: dict[str, int] = {
@@ -65,13 +71,48 @@ class NumberPolicy:
         return cls(region=region.upper(), allowed_countries=frozenset({region.upper()}))
 
     def is_extension(self, digits: str) -> bool:
-        """True when ``digits`` is an internal extension by the configured pattern."""
-        return self._extension_re.fullmatch(digits) is not None
+        """True when ``digits`` has the shape of an internal extension.
+
+        It must be ASCII digits that fit the wire (``core.wire``) and fully match the
+        configured pattern, whatever the pattern says (``\\d`` would match "١٢٣").
+        Shape only: whether the extension exists is for ``targets.parse_title``.
+        """
+        return is_wire_extension(digits) and self._extension_re.fullmatch(digits) is not None
+
+    @property
+    def dialled_regions(self) -> frozenset[str]:
+        """The policy's region and its allowed countries (without the ``*`` wildcard)."""
+        return frozenset({self.region} | (self.allowed_countries - {ANY_COUNTRY}))
 
     def is_emergency(self, digits: str) -> bool:
-        """True when ``digits`` is an emergency short number in any region we dial in."""
-        regions = {self.region} | (self.allowed_countries - {ANY_COUNTRY})
-        return any(shortnumberinfo.is_emergency_number(digits, r) for r in regions)
+        """True when ``digits`` is exactly an emergency short number in a dialled region."""
+        return any(shortnumberinfo.is_emergency_number(digits, r) for r in self.dialled_regions)
+
+    def connects_to_emergency(self, digits: str) -> bool:
+        """True when dialling ``digits`` reaches an emergency service in a dialled region.
+
+        Wider than ``is_emergency``: in most regions a longer string that starts with
+        an emergency number connects too ("1120" reaches 112, "9110" reaches 911).
+        """
+        return any(
+            shortnumberinfo.connects_to_emergency_number(digits, r) for r in self.dialled_regions
+        )
+
+    def short_number(self, digits: str) -> tuple[str, int] | None:
+        """``(region, ShortNumberCost)`` when ``digits`` is a valid short number there.
+
+        Short numbers are service codes (directory enquiries, premium services,
+        helplines) that a PBX's outbound route would dial; ``None`` when ``digits`` is
+        one in no dialled region.
+        """
+        for region in sorted(self.dialled_regions):
+            try:
+                number = phonenumbers.parse(digits, region)
+            except phonenumbers.NumberParseException:
+                continue
+            if shortnumberinfo.is_valid_short_number_for_region(number, region):
+                return region, shortnumberinfo.expected_cost_for_region(number, region)
+        return None
 
     def allows_country(self, region_code: str | None) -> bool:
         if ANY_COUNTRY in self.allowed_countries:

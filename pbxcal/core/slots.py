@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from pbxcal.core.ical import EventInstance
 from pbxcal.core.policy import NumberPolicy
-from pbxcal.core.targets import Reason, Rejection, parse_title
+from pbxcal.core.targets import Reason, Rejection, TitleParser
 
 #: A local wall-clock period on one day, ``start < end`` (``end`` may be 24:00 as None).
 LocalPeriod = tuple[time, time | None]
@@ -60,10 +60,11 @@ def busy_intervals(
     instances: Iterable[EventInstance], policy: NumberPolicy
 ) -> list[tuple[datetime, datetime]]:
     """Busy time: opaque instances that are not forwarding appointments, merged."""
+    parser = TitleParser(policy)
     spans = sorted(
         (i.start, i.end)
         for i in instances
-        if not i.transparent and i.end > i.start and _is_meeting(i.title, policy)
+        if not i.transparent and i.end > i.start and _is_meeting(i.title, parser)
     )
     merged: list[tuple[datetime, datetime]] = []
     for start, end in spans:
@@ -74,9 +75,9 @@ def busy_intervals(
     return merged
 
 
-def _is_meeting(title: str, policy: NumberPolicy) -> bool:
+def _is_meeting(title: str, parser: TitleParser) -> bool:
     """A title that reads as a phone number or extension is routing, not a meeting."""
-    parsed = parse_title(title, policy)
+    parsed = parser.parse(title)
     return isinstance(parsed, Rejection) and parsed.reason == Reason.NOT_A_NUMBER
 
 

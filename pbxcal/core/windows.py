@@ -11,6 +11,10 @@ instance is accepted when, at its start, the distinct targets already ringing pl
 own stay within ``policy.max_targets``; otherwise it is rejected as
 ``too-many-targets``. Because every earlier-accepted instance started no later, the
 moment it starts is the busiest moment of its whole duration, so one check suffices.
+
+Titles repeat (a weekly appointment, the same mobile number every day), so titles are
+parsed through a memoising ``targets.TitleParser``: pass one (per policy and PBX) to
+reuse it across calls; it also carries the PBX's known extensions. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from datetime import datetime
 
 from pbxcal.core.ical import EventInstance
 from pbxcal.core.policy import NumberPolicy
-from pbxcal.core.targets import Reason, Rejection, parse_title
+from pbxcal.core.targets import Reason, Rejection, TitleParser
 
 
 @dataclass(frozen=True)
@@ -72,15 +76,23 @@ def plan_windows(
     start: datetime,
     end: datetime,
     policy: NumberPolicy,
+    *,
+    parser: TitleParser | None = None,
 ) -> Plan:
-    """Plan the forwarding windows of one extension from its event instances."""
+    """Plan the forwarding windows of one extension from its event instances.
+
+    ``parser`` parses the titles (its policy should be ``policy``; the limit on parallel
+    targets is ``policy.max_targets``); without one, a fresh ``TitleParser(policy)``
+    is used, i.e. no known extensions.
+    """
+    parse = (parser or TitleParser(policy)).parse
     accepted: list[tuple[EventInstance, str]] = []
     rejected: list[RejectedEvent] = []
     candidates: list[tuple[EventInstance, str]] = []
     for instance in instances:
         if instance.end <= start or instance.start >= end or instance.end <= instance.start:
             continue
-        parsed = parse_title(instance.title, policy)
+        parsed = parse(instance.title)
         if isinstance(parsed, Rejection):
             rejected.append(_rejected(instance, parsed.reason, parsed.detail))
         else:
