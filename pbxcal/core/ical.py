@@ -1,55 +1,91 @@
 """iCalendar data → concrete event instances in a time range (pure: bytes in, values out).
 
 ``parse_calendar(data)`` turns bytes into an ``icalendar.Calendar`` (``InputError`` on
-garbage). ``expand_calendar(calendar, start, end, default_tz)`` expands recurrences
-ourselves (never trusting a server's expansion) with ``recurring-ical-events``: RRULE,
-RDATE, EXDATE, RECURRENCE-ID overrides and RANGE=THISANDFUTURE. It returns every
-instance that overlaps ``[start, end)`` with its times in UTC:
+garbage, with a line number but never the document's content: the file might be a
+secret). ``count_events(data)`` counts VEVENTs without parsing, so a caller refuses an
+oversized document before paying for it. ``expand_calendar(calendar, start, end,
+default_tz)`` expands recurrences ourselves (never trusting a server's expansion) and
+returns every instance that overlaps ``[start, end)`` with its times in UTC:
 
+* single events (no RRULE/RDATE/EXDATE, no overrides sharing their UID) are read
+  directly; repeating ones go through ``recurrence`` (recurring-ical-events: RRULE,
+  RDATE, EXDATE, RECURRENCE-ID overrides and RANGE=THISANDFUTURE), lazily;
 * all-day events are whole local days in the calendar's zone (a 25-hour day on the DST
   change stays 25 hours); floating times are read in the calendar's zone;
-* the calendar's zone is its ``X-WR-TIMEZONE`` if any, else ``default_tz``;
-* DURATION instead of DTEND, and Outlook's Windows zone names, are understood;
+* the calendar's zone is its ``X-WR-TIMEZONE`` if that is a real zone, else
+  ``default_tz``; DURATION instead of DTEND and Outlook's Windows zone names work;
 * cancelled events and cancelled instances are dropped, and so are events the owner
-  (one of ``owner_emails``) declined;
-* an event that cannot be read is reported in ``Expansion.skipped``, never raised, so
-  one bad entry does not hide the rest of the calendar.
+  (one of ``owner_emails``) declined.
+
+Bounded work (``ExpansionLimits``): more than ``max_events`` VEVENTs, more than
+``max_instances_per_link`` occurrences, or repeat rules that would need too many
+occurrences to expand, raise ``OverLimit`` for the whole calendar; an event with more
+than ``max_instances_per_event`` occurrences in the range, or one that cannot be read
+(bad zone, ``INTERVAL=0``, year 1 to 9999, ``DURATION:P99999999W``, ...), is reported
+in ``Expansion.skipped`` in plain words and the other events still count. Nothing
+else is raised for any calendar. ``checkpoint()`` is called every ~1,000 events or
+instances so a caller can abort (it raises; that exception passes through).
+
+Must not do I/O (zone data aside) or read the clock. Start reading at
+``expand_calendar``; one event's reading is in ``vevent``, repeat rules in
+``recurrence``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import icalendar
-import recurring_ical_events
-import x_wr_timezone
 
+from pbxcal.core.recurrence import occurrences, rule_problem, rule_work
+from pbxcal.core.vevent import EventInstance, event_problem, instance_of, one_line, safe_zone
 from pbxcal.errors import InputError
+
+__all__ = [
+    "EventInstance",
+    "Expansion",
+    "ExpansionLimits",
+    "OverLimit",
+    "SkippedEvent",
+    "calendar_timezone",
+    "count_events",
+    "expand_calendar",
+    "parse_calendar",
+]
 
 #: How far around the requested range we ask the expander, so that floating and
 #: all-day instances whose zone shifts them across the edge are not missed.
 _EXPANSION_MARGIN = timedelta(days=2)
+#: ``checkpoint()`` is called after this many events or instances.
+_CHECKPOINT_EVERY = 1000
+#: Repeat rules: occurrences generated from DTSTART that one event, and one calendar,
+#: may cost, as multiples of the per-event and per-link caps (about 2 µs each).
+_RULE_WORK_PER_EVENT = 50
+_RULE_WORK_PER_LINK = 80
 
 
 @dataclass(frozen=True)
-class EventInstance:
-    """One occurrence of a calendar event, times in UTC, ``start <= end``."""
+class ExpansionLimits:
+    """How much one calendar may cost to expand (``[sync]`` options of the config)."""
 
-    uid: str
-    start: datetime
-    end: datetime
-    title: str
-    transparent: bool = False
-    all_day: bool = False
+    max_events: int = 20_000  # VEVENTs per calendar document
+    max_instances_per_event: int = 5_000  # per event over the expanded range
+    max_instances_per_link: int = 50_000  # per calendar over the expanded range
+
+
+class OverLimit(InputError):
+    """A whole calendar is over one of the ``ExpansionLimits``; the message says which."""
 
 
 @dataclass(frozen=True)
 class SkippedEvent:
-    """An event that could not be read, with a one-line reason."""
+    """An event that could not be read, with a one-line reason in plain words."""
 
     uid: str
     detail: str
@@ -63,26 +99,53 @@ class Expansion:
     skipped: list[SkippedEvent] = field(default_factory=list)
 
 
-def parse_calendar(data: bytes | str, *, source: str = "calendar") -> icalendar.Calendar:
-    """Parse iCalendar data; raise ``InputError`` naming ``source`` when it is not one."""
+_FOLD = re.compile(rb"\r?\n[ \t]")
+_BEGIN_VEVENT = re.compile(
+    rb"^[ \t]*BEGIN[ \t]*:[ \t]*VEVENT[ \t]*\r?$", re.IGNORECASE | re.MULTILINE
+)
+_CONTENT_LINE = re.compile(r"[A-Za-z0-9-]+[;:]")
+
+
+def count_events(data: bytes | str) -> int:
+    """How many ``BEGIN:VEVENT`` lines ``data`` has (folded lines included), unparsed."""
+    raw = data.encode("utf-8", "replace") if isinstance(data, str) else data
+    return sum(1 for _ in _BEGIN_VEVENT.finditer(_FOLD.sub(b"", raw)))
+
+
+def parse_calendar(
+    data: bytes | str, *, source: str = "calendar", limits: ExpansionLimits | None = None
+) -> icalendar.Calendar:
+    """Parse iCalendar data; raise ``InputError`` naming ``source`` when it is not one.
+
+    The message says where the data stops being iCalendar (a line number), never what
+    is written there. With ``limits``, a document with more than ``limits.max_events``
+    VEVENTs raises ``OverLimit`` before it is parsed.
+    """
+    if limits is not None:
+        check_event_count(data, limits, source=source)
     try:
         calendar = icalendar.Calendar.from_ical(data)
-    except (ValueError, IndexError, KeyError, TypeError) as exc:
-        raise InputError(f"{source}: not valid iCalendar data: {_one_line(exc)}") from exc
+    except Exception:  # noqa: BLE001 - icalendar raises many kinds; its text holds the data
+        raise InputError(f"{source}: not valid iCalendar data{_where(data)}") from None
     if not isinstance(calendar, icalendar.Calendar) or calendar.name != "VCALENDAR":
-        raise InputError(f"{source}: not valid iCalendar data: no VCALENDAR")
+        raise InputError(f"{source}: not valid iCalendar data (no VCALENDAR)")
     return calendar
+
+
+def check_event_count(
+    data: bytes | str, limits: ExpansionLimits, *, source: str = "calendar"
+) -> int:
+    """``count_events(data)``, or ``OverLimit`` when that is over ``limits.max_events``."""
+    count = count_events(data)
+    if count > limits.max_events:
+        raise OverLimit(_too_many_events(source, count, limits))
+    return count
 
 
 def calendar_timezone(calendar: icalendar.Calendar) -> ZoneInfo | None:
     """The zone the calendar names for itself (``X-WR-TIMEZONE``), if it is a real one."""
     name = calendar.get("X-WR-TIMEZONE")
-    if not name:
-        return None
-    try:
-        return ZoneInfo(str(name).strip())
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
+    return safe_zone(name) if name else None
 
 
 def expand_calendar(
@@ -92,152 +155,181 @@ def expand_calendar(
     default_tz: tzinfo,
     *,
     owner_emails: Iterable[str] = (),
+    limits: ExpansionLimits = ExpansionLimits(),
+    checkpoint: Callable[[], None] | None = None,
 ) -> Expansion:
     """Every instance of every event in ``calendar`` that overlaps ``[start, end)``."""
     _require_aware(start, "start")
     _require_aware(end, "end")
-    zone = calendar_timezone(calendar) or default_tz
+    own_zone = calendar_timezone(calendar)
+    zone = own_zone or default_tz
     owners = {e.lower().removeprefix("mailto:") for e in owner_emails}
-    usable, skipped = _usable_parts(calendar)
-    try:
-        standard = x_wr_timezone.to_standard(usable)
-        components = recurring_ical_events.of(standard, skip_bad_series=True).between(
-            (start - _EXPANSION_MARGIN).astimezone(zone),
-            (end + _EXPANSION_MARGIN).astimezone(zone),
-        )
-    except Exception as exc:  # noqa: BLE001 - the library raises many kinds on bad data
-        return Expansion([], [*skipped, SkippedEvent("*", f"cannot expand: {_one_line(exc)}")])
-    instances: list[EventInstance] = []
-    for component in components:
-        try:
-            instance = _instance(component, zone, owners)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            uid = str(component.get("UID", "?"))
-            skipped.append(SkippedEvent(uid, _one_line(exc)))
-            continue
-        if instance is not None and instance.end > start and instance.start < end:
-            instances.append(instance)
-    instances.sort(key=lambda i: (i.start, i.end, i.uid))
-    return Expansion(instances, skipped)
-
-
-def _instance(component: Any, zone: tzinfo, owners: set[str]) -> EventInstance | None:
-    if component.name != "VEVENT":
-        return None
-    if str(component.get("STATUS", "")).upper() == "CANCELLED":
-        return None
-    if owners and _declined_by(component, owners):
-        return None
-    raw_start = component.get("DTSTART")
-    if raw_start is None:
-        raise ValueError("event has no DTSTART")
-    start_value = raw_start.dt
-    all_day = not isinstance(start_value, datetime)
-    start = _to_utc(start_value, zone)
-    end = _to_utc(_end_value(component, start_value), zone)
-    if end < start:
-        raise ValueError("event ends before it starts")
-    title = str(component.get("SUMMARY", ""))
-    transparent = _is_transparent(component)
-    return EventInstance(str(component.get("UID", "")), start, end, title, transparent, all_day)
-
-
-def _end_value(component: Any, start_value: date) -> date:
-    if component.get("DTEND") is not None:
-        end_value: date = component["DTEND"].dt
-        return end_value
-    if component.get("DURATION") is not None:
-        duration: timedelta = component["DURATION"].dt
-        return start_value + duration
-    if isinstance(start_value, datetime):
-        return start_value
-    return start_value + timedelta(days=1)
-
-
-def _to_utc(value: date, zone: tzinfo) -> datetime:
-    if isinstance(value, datetime):
-        local = value if value.tzinfo is not None else value.replace(tzinfo=zone)
-    else:
-        local = datetime.combine(value, time(0), tzinfo=zone)
-    return local.astimezone(UTC)
-
-
-def _is_transparent(component: Any) -> bool:
-    if str(component.get("TRANSP", "OPAQUE")).upper() == "TRANSPARENT":
-        return True
-    busy = str(component.get("X-MICROSOFT-CDO-BUSYSTATUS", "")).upper()
-    return busy == "FREE"
-
-
-def _declined_by(component: Any, owners: set[str]) -> bool:
-    attendees = component.get("ATTENDEE")
-    if attendees is None:
-        return False
-    if not isinstance(attendees, list):
-        attendees = [attendees]
-    for attendee in attendees:
-        email = str(attendee).lower().removeprefix("mailto:")
-        if email in owners and str(attendee.params.get("PARTSTAT", "")).upper() == "DECLINED":
-            return True
-    return False
-
-
-def _usable_parts(calendar: icalendar.Calendar) -> tuple[icalendar.Calendar, list[SkippedEvent]]:
-    """A copy of ``calendar`` without the events that cannot be expanded, and why.
-
-    The expander would raise on an event without a readable DTSTART (losing the whole
-    calendar), silently swap a DTEND that lies before DTSTART, and fail on an unknown
-    X-WR-TIMEZONE; such events are left out and reported, the zone is dropped.
-    """
-    usable = icalendar.Calendar()
-    for name, value in calendar.property_items(recursive=False):
-        if name not in ("BEGIN", "END") and not (
-            name == "X-WR-TIMEZONE" and calendar_timezone(calendar) is None
-        ):
-            usable.add(name, value, encode=False)
-    skipped = []
-    for component in calendar.subcomponents:
-        problem = _event_problem(component) if component.name == "VEVENT" else None
-        if problem is None:
-            usable.add_component(component)
+    events = [c for c in calendar.subcomponents if getattr(c, "name", None) == "VEVENT"]
+    if len(events) > limits.max_events:
+        raise OverLimit(_too_many_events("calendar", len(events), limits))
+    run = _Run(limits, checkpoint)
+    uids = Counter(str(c.get("UID", "")) for c in events)
+    repeating: dict[str, list[Any]] = {}
+    for component in events:
+        run.tick()
+        uid = str(component.get("UID", ""))
+        problem = event_problem(component)
+        if problem is not None:
+            run.skip(uid or "?", problem)
+        elif uids[uid] == 1 and not _repeats(component):
+            run.count_instances(1)
+            run.add(component, uid, zone, owners, start, end)
         else:
-            skipped.append(SkippedEvent(str(component.get("UID", "?")), problem))
-    return usable, skipped
+            repeating.setdefault(uid, []).append(component)
+    lo = (start - _EXPANSION_MARGIN).astimezone(zone)
+    hi = (end + _EXPANSION_MARGIN).astimezone(zone)
+    for uid, components in repeating.items():
+        run.expand(uid, components, lo, hi, own_zone, zone, owners, start, end)
+    run.instances.sort(key=lambda i: (i.start, i.end, i.uid))
+    return Expansion(run.instances, run.skipped)
 
 
-def _event_problem(component: Any) -> str | None:
-    errors = getattr(component, "errors", None)
-    if errors:
-        return _one_line("; ".join(f"{name}: {message}" for name, message in errors))
-    try:
-        raw_start = component.get("DTSTART")
-        if raw_start is None:
-            return "event has no DTSTART"
-        start = raw_start.dt
-        if not isinstance(start, date):
-            return "DTSTART is not a date or date-time"
-        raw_end = component.get("DTEND")
-        if raw_end is not None:
-            end = raw_end.dt
-            if not isinstance(end, date) or isinstance(end, datetime) != isinstance(
-                start, datetime
-            ):
-                return "DTEND is not of the same kind as DTSTART"
-            if isinstance(start, datetime) and (start.tzinfo is None) != (
-                getattr(end, "tzinfo", None) is None
-            ):
-                return "DTSTART and DTEND mix floating and zoned times"
-            if end < start:
-                return "event ends before it starts"
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        return _one_line(exc)
-    return None
+class _Run:
+    """The running state of one ``expand_calendar`` call: results, counts, checkpoints."""
+
+    def __init__(self, limits: ExpansionLimits, checkpoint: Callable[[], None] | None) -> None:
+        self.limits = limits
+        self.checkpoint = checkpoint
+        self.instances: list[EventInstance] = []
+        self.skipped: list[SkippedEvent] = []
+        self.produced = 0
+        self.rule_work = 0
+        self._ticks = 0
+
+    def tick(self) -> None:
+        self._ticks += 1
+        if self.checkpoint is not None and self._ticks % _CHECKPOINT_EVERY == 0:
+            self.checkpoint()
+
+    def skip(self, uid: str, detail: str) -> None:
+        self.skipped.append(SkippedEvent(uid, detail))
+
+    def count_instances(self, n: int) -> None:
+        self.produced += n
+        if self.produced > self.limits.max_instances_per_link:
+            raise OverLimit(
+                f"the calendar has more than {self.limits.max_instances_per_link} "
+                "appointments in the planning range (limit max_instances_per_link)"
+            )
+
+    def add(
+        self,
+        component: Any,
+        uid: str,
+        zone: tzinfo,
+        owners: set[str],
+        start: datetime,
+        end: datetime,
+    ) -> None:
+        try:
+            instance = instance_of(component, zone, owners)
+        except OverflowError:
+            self.skip(uid or "?", "the event's dates are out of range")
+            return
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            self.skip(uid or "?", one_line(exc))
+            return
+        if instance is not None and instance.end > start and instance.start < end:
+            self.instances.append(instance)
+
+    def expand(
+        self,
+        uid: str,
+        components: list[Any],
+        lo: datetime,
+        hi: datetime,
+        own_zone: ZoneInfo | None,
+        zone: tzinfo,
+        owners: set[str],
+        start: datetime,
+        end: datetime,
+    ) -> None:
+        shown = uid or "?"
+        problem = rule_problem(components)
+        if problem is not None:
+            self.skip(shown, problem)
+            return
+        per_event = self.limits.max_instances_per_event
+        try:
+            work = rule_work(components, hi)
+        except Exception as exc:  # noqa: BLE001 - any unreadable rule skips only this event
+            self.skip(shown, f"cannot read the repeat rule: {one_line(exc)}")
+            return
+        if work > _RULE_WORK_PER_EVENT * per_event:
+            self.skip(
+                shown,
+                f"repeats too often (about {work} times from its start to the end of the "
+                f"planning range; at most {_RULE_WORK_PER_EVENT * per_event} are expanded)",
+            )
+            return
+        self.rule_work += work
+        if self.rule_work > _RULE_WORK_PER_LINK * self.limits.max_instances_per_link:
+            raise OverLimit(
+                "the calendar's repeating appointments repeat too often to expand "
+                f"(more than {_RULE_WORK_PER_LINK * self.limits.max_instances_per_link} "
+                "occurrences; limit max_instances_per_link)"
+            )
+        found: list[EventInstance] = []
+        count = 0
+        zone_name = own_zone.key if own_zone is not None else None
+        iterator = occurrences(components, lo, hi, zone_name)
+        while True:
+            try:  # only the expander's own errors are caught: a checkpoint's pass through
+                occurrence = next(iterator, None)
+            except Exception as exc:  # noqa: BLE001 - the expander raises many kinds
+                self.skip(shown, f"cannot expand this event: {one_line(exc)}")
+                return
+            if occurrence is None:
+                break
+            count += 1
+            self.tick()
+            self.count_instances(1)
+            if count > per_event:
+                self.skip(
+                    shown,
+                    f"has more than {per_event} occurrences in the planning range "
+                    "(limit max_instances_per_event)",
+                )
+                return
+            try:
+                instance = instance_of(occurrence, zone, owners)
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+                self.skip(shown, one_line(exc))
+                continue
+            if instance is not None and instance.end > start and instance.start < end:
+                found.append(instance)
+        self.instances.extend(found)
+
+
+def _repeats(component: Any) -> bool:
+    return any(
+        component.get(name) is not None for name in ("RRULE", "RDATE", "EXDATE", "RECURRENCE-ID")
+    )
+
+
+def _too_many_events(source: str, count: int, limits: ExpansionLimits) -> str:
+    return (
+        f"{source}: {count} events, more than the limit of {limits.max_events} "
+        "(max_events); the calendar is not read"
+    )
+
+
+def _where(data: bytes | str) -> str:
+    """`` (line N)`` for the first line that is not an iCalendar content line."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    for number, line in enumerate(text.splitlines(), start=1):
+        if number == 1 and line.strip().upper() != "BEGIN:VCALENDAR":
+            return " (line 1: it does not start with BEGIN:VCALENDAR)"
+        if line and line[0] not in " \t" and _CONTENT_LINE.match(line) is None:
+            return f" (line {number})"
+    return " (its BEGIN/END structure or a value is broken)" if text.strip() else " (empty)"
 
 
 def _require_aware(value: datetime, name: str) -> None:
     if value.tzinfo is None:
         raise ValueError(f"{name} must be timezone-aware")
-
-
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split())[:300]
