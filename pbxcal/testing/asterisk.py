@@ -7,10 +7,13 @@ one isolated Asterisk from that root: its own directory inside the chroot
 (``/srv/pbxcal/<name>-<random>``) with its own config, AstDB, sockets and logs, AMI and
 SIP on free loopback ports. Several sandboxes can share one root.
 
-The sandbox uses the files an admin installs, unchanged: ``contrib/asterisk/
-extensions_pbxcal.conf`` and ``contrib/asterisk/manager.d/pbxcal.conf`` (only its
-``secret`` line is replaced). Around them it writes a test dialplan and PJSIP endpoints
-100, 201, 202, 300 and ``pstn`` (the PSTN stand-in; ``_+X.`` is routed to it).
+The sandbox uses the files an admin installs, unchanged: ``extensions_pbxcal.conf`` and
+``manager.d/pbxcal.conf`` (only its ``secret`` line is replaced). They are package data
+of ``pbxcal.pbx`` (``pbxcal/pbx/asterisk/``, found with ``importlib.resources``, so an
+installed pbxcal needs no source checkout); ``contrib/asterisk/`` links to that one copy
+for admins. Around them it writes a test dialplan and PJSIP endpoints 100, 201, 202, 300
+and ``pstn`` (the PSTN stand-in: E.164 numbers *and* any other digit string that is not
+an internal extension are routed to it, as a real trunk route would).
 
 This module must not be imported by the daemon, and never talks to anything but
 loopback and the Debian mirror. Needs root (chroot) and ``debootstrap``. Start reading
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import importlib.resources
 import os
 import re
 import secrets
@@ -34,6 +38,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from types import TracebackType
 
@@ -62,7 +67,8 @@ DEFAULT_ENDPOINTS: tuple[str, ...] = ("100", "201", "202", "300", "pstn")
 _DIE_WITH_PARENT: tuple[str, ...] = (
     ("setpriv", "--pdeathsig", "TERM") if shutil.which("setpriv") else ()
 )
-CONTRIB_DIR = Path(__file__).resolve().parents[2] / "contrib" / "asterisk"
+#: The Asterisk config files pbxcal ships (package data; ``contrib/asterisk`` links here).
+CONTRIB_DIR: Traversable = importlib.resources.files("pbxcal.pbx") / "asterisk"
 SHIPPED_SECRET_LINE = re.compile(r"^secret\s*=.*$", re.MULTILINE)
 
 # Loaded explicitly (autoload=no): boot in about a second, no network probing.
@@ -362,7 +368,7 @@ class AsteriskSandbox:
         name: str = "pbxcal-test",
         *,
         endpoints: Sequence[str] = DEFAULT_ENDPOINTS,
-        contrib_dir: Path | None = None,
+        contrib_dir: Traversable | None = None,
         boot_timeout: float = 60.0,
         keep: bool = False,
     ) -> None:
@@ -387,6 +393,7 @@ class AsteriskSandbox:
         self._inside = Path("/srv/pbxcal") / f"{name}-{secrets.token_hex(4)}"
         self._proc: subprocess.Popen[bytes] | None = None
         self._prepared = False
+        self._started_at = 0.0
 
     # -- paths ---------------------------------------------------------------------
 
@@ -430,8 +437,12 @@ class AsteriskSandbox:
     ) -> None:
         self.close()
 
-    def start(self) -> None:
-        """Start Asterisk and wait until it is FullyBooted and AMI accepts connections."""
+    def start(self, *, wait: bool = True) -> None:
+        """Start Asterisk and wait until it is FullyBooted and AMI accepts connections.
+
+        ``wait=False`` returns as soon as the process is started (e.g. to watch a client
+        reconnect while Asterisk boots); call ``wait_ready()`` afterwards.
+        """
         _require_root()
         if self.running:
             return
@@ -450,6 +461,16 @@ class AsteriskSandbox:
             )  # fmt: skip
         finally:
             console.close()
+        self._started_at = started
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait until the started Asterisk is FullyBooted and AMI accepts connections.
+
+        Safe from a worker thread (it only runs ``asterisk -rx`` and connects).
+        """
+        started = self._started_at
         try:
             self._wait_booted(started + self.boot_timeout)
         except BaseException:
@@ -562,7 +583,7 @@ class AsteriskSandbox:
         """The shipped manager.d/pbxcal.conf with only its secret line replaced."""
         source = self.contrib_dir / "manager.d" / "pbxcal.conf"
         try:
-            shipped = source.read_text()
+            shipped = source.read_text(encoding="utf-8")
         except OSError as exc:
             raise SandboxError(f"cannot read {source}: {exc}") from exc
         if len(SHIPPED_SECRET_LINE.findall(shipped)) != 1:
@@ -583,7 +604,8 @@ class AsteriskSandbox:
         self.rtp_start = 30000 + 2 * secrets.randbelow(4900)
         extensions = self.contrib_dir / "extensions_pbxcal.conf"
         if not extensions.is_file():
-            raise SandboxError(f"missing {extensions}: run from a pbxcal source checkout")
+            raise SandboxError(f"missing {extensions}: pbxcal's package data is incomplete; "
+                               "reinstall pbxcal")
         files = {
             "asterisk.conf": self._asterisk_conf(),
             "modules.conf": "[modules]\nautoload = no\n"
@@ -596,7 +618,7 @@ class AsteriskSandbox:
             "rtp.conf": f"[general]\nrtpstart = {self.rtp_start}\n"
             f"rtpend = {self.rtp_start + 199}\nicesupport = no\n",
             "extensions.conf": self._extensions_conf(),
-            "extensions_pbxcal.conf": extensions.read_text(),
+            "extensions_pbxcal.conf": extensions.read_text(encoding="utf-8"),
             "cdr.conf": "[general]\nenable = no\n",
             "cel.conf": "[general]\nenable = no\n",
         }
@@ -684,6 +706,7 @@ writeprotect = yes
 
 [globals]
 PBXCAL_OUTBOUND_CONTEXT = {self.phones_context}
+PBXCAL_INTERNAL_CONTEXT = pbxcal-test-internal
 PBXCAL_DIAL_TIMEOUT = 30
 
 #include "extensions_pbxcal.conf"
@@ -701,9 +724,13 @@ exten => _XXX,1,Gosub(pbxcal-forward,s,1(${{EXTEN}}))
  same => n,Dial(PJSIP/${{EXTEN}},30)
  same => n(unanswered),Hangup()
 
-; The PSTN: every E.164 number goes to the "pstn" endpoint (the user part carries it).
+; The PSTN: every E.164 number goes to the "pstn" endpoint (the user part carries it),
+; and so does every other digit string that is not an internal extension (national
+; numbers, short codes like 118218 or 1120), as a real outbound route would send them.
 [pbxcal-test-outbound]
 exten => _+X.,1,Dial(PJSIP/${{EXTEN}}@pstn,30)
+ same => n,Hangup()
+exten => _X.,1,Dial(PJSIP/${{EXTEN}}@pstn,30)
  same => n,Hangup()
 """
 
