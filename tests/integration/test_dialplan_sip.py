@@ -2,7 +2,13 @@
 
 pyVoIP phones register over UDP on 127.0.0.1 as 100 (the forwarded extension), 201 and
 202 (targets), 300 (the caller) and pstn (stand-in for the trunk: every +E.164 number
-lands there). AstDB is written with the sandbox's CLI, as pbxcal would over AMI.
+lands there, and so does every other digit string that is not an internal extension,
+as a real trunk route would). AstDB is written with the sandbox's CLI, as pbxcal would
+over AMI.
+
+"Did not ring" is shown without sleeping: the subroutine logs the complete dial string
+("pbxcal: 100 forwarded, dialling ...") before its one Dial(), so once that line is in
+Asterisk's log, or once the phone the call ended up at rings, nothing else can ring.
 """
 
 from __future__ import annotations
@@ -145,6 +151,25 @@ def set_forward(asterisk: AsteriskSandbox, ext: str, targets: str) -> None:
     assert "Updated database successfully" in out, out
 
 
+class AsteriskLog:
+    """Lines Asterisk logs from now on (its messages.log, verbose level 3)."""
+
+    def __init__(self, asterisk: AsteriskSandbox) -> None:
+        self.path = Path(asterisk.log_path)
+        self.offset = self.path.stat().st_size
+
+    def text(self) -> str:
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            return handle.read().decode(errors="replace")
+
+    def dialled(self, ext: str) -> str:
+        """Wait for the subroutine's dial string for ``ext`` and return it."""
+        marker = f"app_verbose.c: pbxcal: {ext} forwarded, dialling "
+        wait_for(f"{ext} forwarded", lambda: marker in self.text())
+        return self.text().split(marker, 1)[1].split("\n", 1)[0].strip()
+
+
 def answer_and_finish(caller_call: VoIPCall, callee_call: VoIPCall) -> None:
     callee_call.answer()
     wait_for("caller sees the answer", lambda: caller_call.state == CallState.ANSWERED)
@@ -176,6 +201,34 @@ def test_forwarding_rings_all_targets_in_parallel(
     wait_for("pstn stops ringing", lambda: pstn_call.call_id in phones["pstn"].cancelled)
 
 
+def test_extension_shaped_target_that_is_no_extension_never_reaches_the_trunk(
+    pbx: AsteriskSandbox, phones: dict[str, TestPhone]
+) -> None:
+    """Issue #7 item 2: "118218" (premium rate in France) looks like an extension."""
+    # The trap is real: dialled like any number, 118218 leaves through the trunk.
+    direct = phones["300"].call("118218")
+    wait_for("118218 at the PSTN", lambda: any(
+        request_user(c) == "118218" for c in phones["pstn"].ringing()))
+    answer_and_finish(direct, phones["pstn"].ringing()[0])
+    phones["pstn"].reset()
+
+    set_forward(pbx, "100", "118218&201&+31612345678")
+    log = AsteriskLog(pbx)
+    call = phones["300"].call("100")
+    wait_for(
+        "201 and pstn ringing at once",
+        lambda: bool(phones["201"].ringing()) and bool(phones["pstn"].ringing()),
+    )
+    # Extensions in the internal-only context, E.164 in the outbound one, one Dial().
+    assert log.dialled("100") == (
+        "Local/118218@pbxcal-test-internal/n&Local/201@pbxcal-test-internal/n"
+        "&Local/+31612345678@pbxcal-test-phones/n")
+    # Dial() requests every channel before any rings: the 118218 leg was refused.
+    assert [request_user(c) for c in phones["pstn"].incoming] == ["+31612345678"]
+    answer_and_finish(call, phones["201"].ringing()[0])
+    assert [request_user(c) for c in phones["pstn"].incoming] == ["+31612345678"]
+
+
 def test_first_answer_wins_the_other_stops_ringing(
     pbx: AsteriskSandbox, phones: dict[str, TestPhone]
 ) -> None:
@@ -199,9 +252,11 @@ def test_without_forwarding_the_extension_rings_itself(
 ) -> None:
     set_forward(pbx, "100", "201")
     assert "Database entry removed" in pbx.cli("database del pbxcal fwd/100")
+    log = AsteriskLog(pbx)
     call = phones["300"].call("100")
     wait_for("100 ringing", lambda: bool(phones["100"].ringing()))
-    time.sleep(1.0)
+    # 100's own Dial runs only after the subroutine returned without forwarding.
+    assert "forwarded, dialling" not in log.text()
     assert not phones["201"].incoming, "201 must not ring once the forwarding is gone"
     answer_and_finish(call, phones["100"].ringing()[0])
 
@@ -211,14 +266,14 @@ def test_mutual_forwarding_does_not_loop(
 ) -> None:
     set_forward(pbx, "100", "201")
     set_forward(pbx, "201", "100")
+    log = AsteriskLog(pbx)
     call = phones["300"].call("100")
+    # A loop would forward again and again and 201's own phone would never be dialled.
     wait_for("201 ringing", lambda: bool(phones["201"].ringing()))
-    # Caller leg, Local;1 + Local;2 towards 201, the PJSIP leg to 201: four at most.
-    counts = []
-    for _ in range(15):
-        counts.append(active_channels(pbx))
-        time.sleep(0.1)
-    assert max(counts) <= 4, f"channel count grows: {counts}"
+    assert log.dialled("100") == "Local/201@pbxcal-test-internal/n"
+    assert "pbxcal: 201 forwarded" not in log.text()  # 100 is in the chain: skipped
+    # Caller leg, Local;1 + Local;2 towards 201, the PJSIP leg to 201: four.
+    assert active_channels(pbx) <= 4
     assert not phones["100"].incoming, "100 is forwarded away; the loop must not ring it"
     assert len(phones["201"].incoming) == 1
     answer_and_finish(call, phones["201"].ringing()[0])
@@ -227,9 +282,11 @@ def test_mutual_forwarding_does_not_loop(
 def test_forwarding_follows_a_chain(pbx: AsteriskSandbox, phones: dict[str, TestPhone]) -> None:
     set_forward(pbx, "100", "201")
     set_forward(pbx, "201", "202")
+    log = AsteriskLog(pbx)
     call = phones["300"].call("100")
     wait_for("202 ringing", lambda: bool(phones["202"].ringing()))
-    time.sleep(0.5)
+    assert log.dialled("100") == "Local/201@pbxcal-test-internal/n"
+    assert log.dialled("201") == "Local/202@pbxcal-test-internal/n"
     assert not phones["201"].incoming and not phones["100"].incoming
     answer_and_finish(call, phones["202"].ringing()[0])
 
@@ -238,9 +295,10 @@ def test_target_equal_to_caller_is_skipped(
     pbx: AsteriskSandbox, phones: dict[str, TestPhone]
 ) -> None:
     set_forward(pbx, "100", "300&201")
+    log = AsteriskLog(pbx)
     call = phones["300"].call("100")
     wait_for("201 ringing", lambda: bool(phones["201"].ringing()))
-    time.sleep(1.0)
+    assert log.dialled("100") == "Local/201@pbxcal-test-internal/n"  # 300 is not in it
     assert not phones["300"].incoming, "the caller must not be called back"
     assert not phones["100"].incoming
     answer_and_finish(call, phones["201"].ringing()[0])
@@ -258,12 +316,14 @@ def test_only_target_is_the_caller_rings_the_extension(
 
 def test_malformed_value_is_ignored(pbx: AsteriskSandbox, phones: dict[str, TestPhone]) -> None:
     set_forward(pbx, "100", "201&PJSIP/202")
+    log = AsteriskLog(pbx)
     call = phones["300"].call("100")
     wait_for("100 ringing", lambda: bool(phones["100"].ringing()))
-    time.sleep(0.5)
+    # Logged before the subroutine returned and 100's own Dial ran.
+    assert "malformed pbxcal/fwd/100" in log.text()
+    assert "forwarded, dialling" not in log.text()
     assert not phones["201"].incoming and not phones["202"].incoming
     answer_and_finish(call, phones["100"].ringing()[0])
-    assert "malformed pbxcal/fwd/100" in Path(pbx.log_path).read_text()
 
 
 # --------------------------------------------------------------------------- AMI user
