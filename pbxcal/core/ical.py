@@ -43,7 +43,13 @@ from zoneinfo import ZoneInfo
 
 import icalendar
 
-from pbxcal.core.recurrence import occurrences, rule_problem, rule_work
+from pbxcal.core.recurrence import (
+    RuleTooCostly,
+    StepBudget,
+    occurrences,
+    rule_problem,
+    rule_work,
+)
 from pbxcal.core.vevent import EventInstance, event_problem, instance_of, one_line, safe_zone
 from pbxcal.errors import InputError
 
@@ -68,6 +74,11 @@ _CHECKPOINT_EVERY = 1000
 #: may cost, as multiples of the per-event and per-link caps (about 2 µs each).
 _RULE_WORK_PER_EVENT = 50
 _RULE_WORK_PER_LINK = 80
+#: Interpreter calls (about 0.5 µs each, counted) that expanding one filtered repeat
+#: rule, and all of a calendar's, may take: a rule whose filters never match again
+#: would otherwise walk to the year 9999.
+_STEPS_PER_EVENT = 500_000
+_STEPS_PER_LINK = 5_000_000
 
 
 @dataclass(frozen=True)
@@ -199,6 +210,7 @@ class _Run:
         self.skipped: list[SkippedEvent] = []
         self.produced = 0
         self.rule_work = 0
+        self.steps = StepBudget(_STEPS_PER_EVENT, _STEPS_PER_LINK)
         self._ticks = 0
 
     def tick(self) -> None:
@@ -277,10 +289,22 @@ class _Run:
         found: list[EventInstance] = []
         count = 0
         zone_name = own_zone.key if own_zone is not None else None
-        iterator = occurrences(components, lo, hi, zone_name)
+        iterator = occurrences(components, lo, hi, zone_name, self.steps)
         while True:
             try:  # only the expander's own errors are caught: a checkpoint's pass through
                 occurrence = next(iterator, None)
+            except RuleTooCostly:
+                if self.steps.exhausted():
+                    raise OverLimit(
+                        "the calendar's repeating appointments take too long to expand "
+                        "(their repeat rules match too rarely)"
+                    ) from None
+                self.skip(
+                    shown,
+                    "its repeat rule matches too rarely to expand (no occurrence found "
+                    "within the work allowed for one event)",
+                )
+                return
             except Exception as exc:  # noqa: BLE001 - the expander raises many kinds
                 self.skip(shown, f"cannot expand this event: {one_line(exc)}")
                 return

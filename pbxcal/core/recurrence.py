@@ -9,9 +9,18 @@
   expander generates from DTSTART up to ``until`` (dateutil always starts counting at
   DTSTART), so an event with ``FREQ=SECONDLY`` and no end is refused before a single
   occurrence is made;
-* ``occurrences(components, start, end, calendar_zone)`` – a generator over the
-  occurrences in ``[start, end]`` (recurring-ical-events, one series at a time), so the
-  caller stops at its cap without a list of everything ever being built.
+* ``occurrences(components, start, end, calendar_zone, budget)`` – a generator over
+  the occurrences in ``[start, end]`` (recurring-ical-events, one series at a time), so
+  the caller stops at its cap without a list of everything ever being built.
+
+dateutil looks for the first occurrence after the range before it stops, and a rule
+whose filters never match again (``FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30``, a BYSETPOS
+past the set, an INTERVAL that never meets its BYMONTH) makes it walk to the year 9999
+— seconds per event, inside one library call. Rules with such filters therefore run
+under a ``StepBudget``: a per-thread profile hook counts the interpreter's calls while
+the expander works on that event and raises ``RuleTooCostly`` when they run out.
+Plain rules (every period yields an occurrence) run without it; their cost is what
+``rule_work`` estimates.
 
 Pure: no I/O, no clock. Start reading at ``occurrences``.
 """
@@ -19,8 +28,10 @@ Pure: no I/O, no clock. Start reading at ``occurrences``.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, time, timedelta
+from types import FrameType
 from typing import Any
 
 import icalendar
@@ -51,6 +62,23 @@ _EXPANDING: dict[str, tuple[int, dict[int, int]]] = {
 }
 
 
+class RuleTooCostly(Exception):
+    """The expander used up an event's ``StepBudget`` (its rule matches too rarely)."""
+
+
+class StepBudget:
+    """Interpreter calls the expander may make: per event, and for the whole calendar."""
+
+    def __init__(self, per_event: int, total: int) -> None:
+        self.per_event = per_event
+        self.total = total
+        self.used = 0
+
+    def exhausted(self) -> bool:
+        """True when the whole calendar's budget is spent."""
+        return self.used > self.total
+
+
 def rule_problem(components: Sequence[Any]) -> str | None:
     """Why the repeat rules of ``components`` can never be expanded, or ``None``."""
     for component in components:
@@ -76,13 +104,70 @@ def rule_work(components: Sequence[Any], until: datetime) -> int:
 
 
 def occurrences(
-    components: Sequence[Any], start: datetime, end: datetime, calendar_zone: str | None
+    components: Sequence[Any],
+    start: datetime,
+    end: datetime,
+    calendar_zone: str | None,
+    budget: StepBudget | None = None,
 ) -> Iterator[Any]:
     """The occurrences of ``components`` (one UID) in ``[start, end]``, one by one.
 
     Each is a VEVENT component with that occurrence's DTSTART/DTEND. Floating and
-    all-day times follow ``calendar_zone`` (a checked X-WR-TIMEZONE) when given.
+    all-day times follow ``calendar_zone`` (a checked X-WR-TIMEZONE) when given. With
+    ``budget``, rules with filters run counted (``RuleTooCostly`` when it runs out).
     """
+    found = _occurrences(components, start, end, calendar_zone)
+    if budget is None or not any(_filters(rule) for c in components for rule in _rules(c)):
+        yield from found
+        return
+    left = budget.per_event
+    while True:
+        steps = _Steps(left)
+        previous = sys.getprofile()
+        sys.setprofile(steps)
+        try:
+            occurrence = next(found, None)
+        finally:
+            sys.setprofile(previous)
+            budget.used += steps.count
+            left -= steps.count
+        if occurrence is None:
+            return
+        yield occurrence
+
+
+class _Steps:
+    """A profile hook that counts calls and raises ``RuleTooCostly`` past ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def __call__(self, frame: FrameType, event: str, arg: object) -> None:
+        self.count += 1
+        if self.count > self.limit:
+            raise RuleTooCostly
+
+
+#: BY parts that never filter: each period of the rule's FREQ rank above the given one
+#: has an occurrence for every value (BYDAY only for WEEKLY).
+_NEVER_FILTERS: dict[str, tuple[int, ...]] = {
+    "BYSECOND": (1, 2, 3, 4, 5, 6),
+    "BYMINUTE": (2, 3, 4, 5, 6),
+    "BYHOUR": (3, 4, 5, 6),
+    "BYDAY": (4,),
+}
+
+
+def _filters(rule: Any) -> bool:
+    """True when a period of ``rule`` may have no occurrence (so dateutil may spin)."""
+    _, rank = _PERIOD.get(str(rule["FREQ"][0]).upper(), (None, 0))
+    return any(name.startswith("BY") and rank not in _NEVER_FILTERS.get(name, ()) for name in rule)
+
+
+def _occurrences(
+    components: Sequence[Any], start: datetime, end: datetime, calendar_zone: str | None
+) -> Iterator[Any]:
     calendar = icalendar.Calendar()
     if calendar_zone is not None:
         calendar.add("X-WR-TIMEZONE", calendar_zone)
