@@ -1,6 +1,12 @@
-"""Test helpers that run real components on one machine (shipped like structlog's ``testing``).
+"""Test helpers for users of pbxcal's ports (shipped like structlog's ``testing``).
 
-``pbxcal.testing.asterisk`` builds a cached Debian sid root with Asterisk in it and runs
-isolated Asterisk instances from it on loopback ports. Nothing here is imported by the
-daemon; start reading at ``AsteriskSandbox``.
+* ``pbxcal.testing.fakes``: ``FakePbx`` (the ``Pbx`` port in memory: records applies,
+  refuses chosen extensions, can be unavailable, waits for the next apply as an event)
+  and ``FakeClock`` (the clock port, moved by hand).
+* ``pbxcal.testing.asterisk``: builds a cached Debian sid root with Asterisk in it and
+  runs isolated Asterisk instances from it on loopback ports, with the config files
+  pbxcal ships.
+
+Nothing here is imported by the daemon; start reading at ``FakePbx`` or
+``AsteriskSandbox``.
 """
