@@ -1,0 +1,270 @@
+"""Bounded, fault-contained expansion (issue #7 items 3, 5, 6; issue #8 item 3).
+
+* one bad event is skipped with its reason in plain words; the others still count;
+* a document that is not iCalendar is a one-line ``InputError`` that never echoes it;
+* limits: events per document (``count_events`` before parsing), occurrences per event
+  (skipped), occurrences per calendar (``OverLimit``); ``checkpoint`` lets a caller abort;
+* single events are read without recurring-ical-events.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from pbxcal.core import recurrence
+from pbxcal.core.ical import (
+    EventInstance,
+    Expansion,
+    ExpansionLimits,
+    OverLimit,
+    count_events,
+    expand_calendar,
+    parse_calendar,
+)
+from pbxcal.errors import InputError
+
+HOSTILE = Path(__file__).resolve().parents[1] / "data" / "hostile"
+AMS = ZoneInfo("Europe/Amsterdam")
+START = datetime(2026, 3, 30, tzinfo=UTC)
+END = START + timedelta(days=14)
+GOOD = EventInstance(
+    "good@test",
+    datetime(2026, 3, 30, 9, tzinfo=UTC),
+    datetime(2026, 3, 30, 10, tzinfo=UTC),
+    "0612345678",
+)
+
+
+def _expand(data: bytes | str, **kwargs: object) -> Expansion:
+    return expand_calendar(parse_calendar(data), START, END, AMS, **kwargs)  # type: ignore[arg-type]
+
+
+def _event(uid: str, body: str) -> str:
+    return f"BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20260301T000000Z\r\n{body}END:VEVENT\r\n"
+
+
+def _calendar(*events: str, header: str = "") -> str:
+    return (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//pbxcal//tests//EN\r\n"
+        + header
+        + "".join(events)
+        + "END:VCALENDAR\r\n"
+    )
+
+
+def _single(n: int, title: str = "333") -> str:
+    start = START + timedelta(hours=n)
+    return _event(
+        f"s{n}",
+        f"DTSTART:{start:%Y%m%dT%H%M%SZ}\r\nDTEND:{start + timedelta(minutes=30):%Y%m%dT%H%M%SZ}"
+        f"\r\nSUMMARY:{title}\r\n",
+    )
+
+
+# -- issue #7 item 5: every fuzz finding ends as a skipped event, the rest still count ----
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("interval_zero.ics", "the repeat rule (RRULE) has an INTERVAL below 1"),
+        ("year_1_to_9999.ics", "event starts in the year 1 (only 1900-8999)"),
+        ("duration_huge.ics", "event lasts too long (beyond the year 8999)"),
+        ("secondly_forever.ics", "repeats too often"),
+        ("never_matches_again.ics", "its repeat rule matches too rarely to expand"),
+    ],
+)
+def test_a_bad_event_is_skipped_with_its_reason_and_the_others_count(
+    name: str, reason: str
+) -> None:
+    result = _expand((HOSTILE / name).read_bytes())
+    assert result.instances == [GOOD]
+    assert [s.uid for s in result.skipped] == ["bad@test"]
+    assert result.skipped[0].detail.startswith(reason), result.skipped[0].detail
+
+
+@pytest.mark.parametrize(
+    "name", ["x_wr_timezone_directory.ics", "zone_name_256.ics", "tzid_directory.ics"]
+)
+def test_a_zone_name_that_is_no_zone_is_not_an_error(name: str) -> None:
+    # "Europe" is a directory of the zone database and 256 characters are too long a
+    # file name: such names are unknown zones (floating time in the calendar's zone),
+    # as "Mars/Base" always was, instead of losing the whole document.
+    result = _expand((HOSTILE / name).read_bytes())
+    assert GOOD in result.instances
+    assert result.skipped == []
+    for instance in result.instances:
+        if instance.uid == "bad@test":  # read as floating time in the default zone
+            assert instance.start == datetime(2026, 3, 30, 9, tzinfo=UTC)
+
+
+def test_a_broken_vtimezone_document_is_one_input_error() -> None:
+    with pytest.raises(InputError) as caught:
+        parse_calendar((HOSTILE / "broken_vtimezone.ics").read_bytes(), source="cal.ics")
+    assert str(caught.value).startswith("cal.ics: not valid iCalendar data")
+    assert "\n" not in str(caught.value)
+
+
+def test_the_expansion_limits_are_the_plan_defaults() -> None:
+    limits = ExpansionLimits()
+    assert (limits.max_events, limits.max_instances_per_event) == (20_000, 5_000)
+    assert limits.max_instances_per_link == 50_000
+
+
+# -- issue #7 item 6: an unparsable document is never echoed ------------------------------
+
+
+def test_parse_error_never_echoes_the_document() -> None:
+    secret = (HOSTILE / "not_a_calendar.secret").read_bytes()
+    with pytest.raises(InputError) as caught:
+        parse_calendar(secret, source="/etc/pbxcal/ami.secret")
+    message = str(caught.value)
+    assert "s3cr3t" not in message and "password" not in message
+    assert message == (
+        "/etc/pbxcal/ami.secret: not valid iCalendar data "
+        "(line 1: it does not start with BEGIN:VCALENDAR)"
+    )
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        ("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nhunter2 is the secret\r\nEND:VCALENDAR\r\n", "line 3"),
+        (b"BEGIN:VCALENDAR\r\nSUMMARY;X=\xff\xfe:secret\r\n", "not valid iCalendar data"),
+        ("BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nSUMMARY:secret\r\n", "not valid iCalendar data"),
+        ("", "empty"),
+    ],
+)
+def test_parse_error_says_where_not_what(data: str | bytes, where: str) -> None:
+    with pytest.raises(InputError) as caught:
+        parse_calendar(data)
+    assert where in str(caught.value)
+    assert "secret" not in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+# -- issue #7 item 3: bounded work ----------------------------------------------------------
+
+
+def test_count_events_counts_without_parsing_also_folded_and_lowercase() -> None:
+    assert count_events(_calendar(_single(1), _single(2))) == 2
+    assert count_events(b"begin:vevent\r\nBEGIN:VEV\r\n ENT\r\nBEGIN:VEVENTX\r\n") == 2
+    assert count_events(b"not a calendar") == 0
+    assert count_events("BEGIN:VEVENT\nSUMMARY:BEGIN:VEVENT\n") == 1
+
+
+def test_too_many_events_are_refused_before_parsing() -> None:
+    data = _calendar(*(_single(n) for n in range(11)))
+    with pytest.raises(OverLimit) as caught:
+        parse_calendar(data, source="big.ics", limits=ExpansionLimits(max_events=10))
+    assert str(caught.value) == (
+        "big.ics: 11 events, more than the limit of 10 (max_events); the calendar is not read"
+    )
+    assert isinstance(caught.value, InputError)
+    # and expand_calendar refuses the parsed document too
+    with pytest.raises(OverLimit):
+        _expand(data, limits=ExpansionLimits(max_events=10))
+
+
+def test_an_event_over_its_cap_is_skipped_and_the_rest_counts() -> None:
+    hourly = _event(
+        "hourly",
+        "DTSTART:20260330T000000Z\r\nDTEND:20260330T003000Z\r\nRRULE:FREQ=HOURLY\r\n"
+        "SUMMARY:201\r\n",
+    )
+    result = _expand(
+        _calendar(hourly, _single(3)), limits=ExpansionLimits(max_instances_per_event=100)
+    )
+    assert [i.uid for i in result.instances] == ["s3"]
+    assert [(s.uid, s.detail) for s in result.skipped] == [
+        (
+            "hourly",
+            "has more than 100 occurrences in the planning range (limit max_instances_per_event)",
+        )
+    ]
+
+
+def test_a_calendar_over_its_cap_raises_over_limit_in_plain_words() -> None:
+    data = _calendar(*(_single(n) for n in range(30)))
+    with pytest.raises(OverLimit) as caught:
+        _expand(data, limits=ExpansionLimits(max_instances_per_link=20))
+    assert str(caught.value) == (
+        "the calendar has more than 20 appointments in the planning range "
+        "(limit max_instances_per_link)"
+    )
+    assert len(_expand(data, limits=ExpansionLimits(max_instances_per_link=30)).instances) == 30
+
+
+def test_secondly_forever_never_generates_an_occurrence(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[object] = []
+    real = recurrence._occurrences
+
+    def counting(*args: object) -> object:
+        for occurrence in real(*args):  # type: ignore[arg-type]
+            made.append(occurrence)
+            yield occurrence
+
+    monkeypatch.setattr(recurrence, "_occurrences", counting)
+    result = _expand((HOSTILE / "secondly_forever.ics").read_bytes())
+    assert made == []
+    assert result.instances == [GOOD]
+
+
+def test_checkpoint_is_called_every_thousand_and_can_abort() -> None:
+    class Stop(Exception):
+        pass
+
+    calls = 0
+
+    def checkpoint() -> None:
+        nonlocal calls
+        calls += 1
+
+    many = _calendar(*(_single(n % 300) for n in range(2500)))
+    _expand(many, checkpoint=checkpoint)
+    assert calls >= 2
+
+    def abort() -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        _expand(many, checkpoint=abort)
+    daily = _event(
+        "d",
+        "DTSTART:20260101T090000Z\r\nDTEND:20260101T093000Z\r\nRRULE:FREQ=MINUTELY\r\n"
+        "SUMMARY:201\r\n",
+    )
+    with pytest.raises(Stop):  # also inside one event's occurrences
+        expand_calendar(
+            parse_calendar(_calendar(daily)),
+            START,
+            START + timedelta(hours=30),
+            AMS,
+            checkpoint=abort,
+        )
+
+
+# -- issue #8 item 3: single events without recurring-ical-events ------------------------
+
+
+def test_single_events_do_not_go_through_the_expander(monkeypatch: pytest.MonkeyPatch) -> None:
+    groups: list[list[object]] = []
+    real = recurrence._occurrences
+
+    def spying(components: list[object], *args: object) -> object:
+        groups.append(components)
+        yield from real(components, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(recurrence, "_occurrences", spying)
+    weekly = _event(
+        "w",
+        "DTSTART:20260330T120000Z\r\nDTEND:20260330T130000Z\r\nRRULE:FREQ=WEEKLY;COUNT=3\r\n"
+        "SUMMARY:201\r\n",
+    )
+    result = _expand(_calendar(_single(1), _single(2), weekly))
+    assert [str(c.get("UID")) for group in groups for c in group] == ["w"]  # type: ignore[attr-defined]
+    assert [i.uid for i in result.instances] == ["s1", "s2", "w", "w"]
