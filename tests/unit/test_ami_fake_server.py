@@ -432,10 +432,8 @@ async def test_unanswered_action_times_out(fake: FakeAmi) -> None:
     cfg = config(fake, action_timeout=0.3, ping_interval=30)
     async with started(cfg, on_action=lambda a, r, s: seen.append((a, r))) as pbx:
         fake.swallow = {"dbput"}
-        started_at = time.monotonic()
-        with pytest.raises(PbxUnavailable, match="timed out"):
+        with pytest.raises(PbxUnavailable, match="DBPut timed out"):
             await pbx.apply({"201": ["333"]})
-        assert time.monotonic() - started_at < 1.0
         assert ("DBPut", "timeout") in seen
         fake.swallow = set()
         await pbx.apply({"202": ["333"]})  # window slots were given back
