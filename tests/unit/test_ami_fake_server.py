@@ -331,6 +331,15 @@ async def test_wrong_secret_in_the_background_knocks_at_the_cap(
         await pbx.close()
 
 
+async def test_secret_with_a_line_break_is_never_sent_nor_shown(fake: FakeAmi) -> None:
+    pbx = AmiPbx(config(fake, secret="hunter2\r\nAction: Originate"))
+    with pytest.raises(PbxAuthFailed) as info:
+        await pbx.start()
+    assert "hunter2" not in str(info.value) and "Originate" not in str(info.value)
+    assert b"hunter2" not in fake.raw and fake.logins == 0
+    await pbx.close()
+
+
 def test_secret_never_in_repr(fake: FakeAmi) -> None:
     cfg = config(fake, secret="hunter2")
     assert "hunter2" not in repr(cfg)

@@ -397,6 +397,11 @@ class AmiPbx:
                 session.close(exc)
             self._observe("Login", _result(exc), started)
             raise map_error(exc, config, "AMI connect and login") from exc
+        except UnsafeValue as exc:  # a line break in the username or secret
+            if session is not None:
+                session.close(None)
+            raise PbxAuthFailed(f"{config.where}: AMI login as {config.username[:40]!r} "
+                                f"not sent: {exc}") from exc
         except BaseException:
             if session is not None:
                 session.close(None)

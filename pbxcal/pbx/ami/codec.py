@@ -137,9 +137,9 @@ class MessageParser:
         return [parse_message(block) for block in blocks if block.strip(_EOL)]
 
 
-def _unsafe(kind: str, text: str) -> UnsafeValue:
-    shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
-    return UnsafeValue(f"AMI {kind} {shown} contains a line break or NUL")
+def _unsafe(name: str) -> UnsafeValue:
+    # Never the value itself: it may be a secret.
+    return UnsafeValue(f"AMI header {name!r} has a value with a line break or NUL")
 
 
 def encode_action(action: str, action_id: str,
@@ -166,8 +166,8 @@ def encode_action(action: str, action_id: str,
             raise UnsafeValue(f"AMI action {action[:40]!r} is not a plain name")
         for name, value in [("ActionID", action_id), *items]:
             if _UNSAFE.search(value) is not None:
-                raise _unsafe(name, value)
-        raise _unsafe("action", body)  # pragma: no cover - one of the above matched
+                raise _unsafe(name)
+        raise _unsafe("Action")
     if _NAME.fullmatch(action) is None:
         raise UnsafeValue(f"AMI action {action[:40]!r} is not a plain name")
     return (body + "\r\n\r\n").encode()
