@@ -20,6 +20,7 @@ import pytest
 from pbxcal.errors import PbxAuthFailed, PbxUnavailable
 from pbxcal.pbx import ApplyResult, Pbx
 from pbxcal.pbx.ami import AmiConfig, AmiPbx
+from pbxcal.pbx.ami.session import AmiSession, Step
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -554,3 +555,38 @@ async def test_answers_split_across_reads_and_concurrent_batches(fake: FakeAmi) 
         )
         applied = await pbx.read_applied()
         assert len(applied) == 80 and applied["500"] == ("+31612345678",)
+
+
+async def test_session_batch_settles_an_unencodable_step_unsent(fake: FakeAmi) -> None:
+    """Defence in depth below the adapter's validation: the codec refuses, per step."""
+    session = await AmiSession.connect("127.0.0.1", fake.port)
+    try:
+        await session.login("pbxcal", "s3cret")
+        steps = [Step("DBPut", (("Family", "pbxcal"), ("Key", f"fwd/{n}"), ("Val", val)), tag=n)
+                 for n, val in (("201", "333"), ("202", "3\r\nAction: Originate"), ("203", "4"))]
+        batch = session.start_batch(steps, window=1)
+        async with asyncio.timeout(5):
+            await batch.done
+        assert batch.problems[0] is None and batch.problems[2] is None
+        assert batch.problems[1] is not None and "line break" in batch.problems[1]
+        assert "Originate" not in batch.problems[1] and b"Originate" not in fake.raw
+        assert fake.db == {"/pbxcal/fwd/201": "333", "/pbxcal/fwd/203": "4"}
+    finally:
+        await session.logoff(1.0)
+
+
+async def test_a_peer_that_is_not_asterisk_is_unavailable(fake: FakeAmi) -> None:
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+
+    server = await asyncio.start_server(http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        pbx = AmiPbx(config(fake, port=port))
+        with pytest.raises(PbxUnavailable, match="banner"):
+            await pbx.start(retry=False)
+        await pbx.close()
+    finally:
+        server.close()
+        await server.wait_closed()
