@@ -85,7 +85,7 @@ def plan_windows(
     targets is ``policy.max_targets``); without one, a fresh ``TitleParser(policy)``
     is used, i.e. no known extensions.
     """
-    parse = (parser or TitleParser(policy)).parse
+    parse = (parser if parser is not None else TitleParser(policy)).parse
     accepted: list[tuple[EventInstance, str]] = []
     rejected: list[RejectedEvent] = []
     candidates: list[tuple[EventInstance, str]] = []
