@@ -415,8 +415,9 @@ class Reconciler:
                 log.info("PBX %s reachable again; applying the difference", name)
             if readback and changes and not _due_only(changes, due, name):
                 log.info("PBX %s: repairing %d forwardings after read-back", name, len(changes))
+            for ext in set(exts) - set(changes):  # nothing to do there any more
+                state.refused.pop(ext, None)
             if not changes:
-                state.refused.clear()
                 return False
             result = await pbx.apply(changes)
         except PbxUnavailable as exc:

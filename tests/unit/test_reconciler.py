@@ -98,7 +98,8 @@ def ics(*events: tuple[str, datetime, datetime], key: tuple[str, str] = ("main",
         for i, (title, start, end) in enumerate(events)
     )
     text = f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\n{body}END:VCALENDAR\r\n"
-    since, until = T0 - timedelta(days=30), T0 + timedelta(days=60)
+    moments = [m for _, start, end in events for m in (start, end)] or [T0]
+    since, until = min(moments) - timedelta(days=30), max(moments) + timedelta(days=60)
     expansion = expand_calendar(parse_calendar(text), since, until, ZoneInfo("UTC"))
     return LinkInstances(key, tuple(expansion.instances), since, until)
 
