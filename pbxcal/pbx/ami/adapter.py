@@ -416,6 +416,9 @@ class AmiPbx:
                         "going ahead", config.where)
         except SessionClosed as exc:
             raise map_error(exc, config, "AMI login") from exc
+        except BaseException:  # cancelled (close() while connecting): leave nothing open
+            session.close(None)
+            raise
         session.start_keepalive(config.ping_interval, config.ping_timeout)
         self._session = session
         self._connected_event.set()
