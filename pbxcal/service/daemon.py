@@ -72,7 +72,6 @@ def ami_config(pbx: PbxConfig, config: Config) -> AmiConfig:
         ping_interval=pbx.ping_interval,
         ping_timeout=pbx.ping_timeout,
         backoff_max=pbx.backoff_max,
-        extension_pattern=config.policy.extension_pattern,
         device_state=pbx.device_state,
     )
 

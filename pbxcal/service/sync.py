@@ -42,6 +42,7 @@ from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
+import icalendar
 
 from pbxcal.calendars import CalendarSource, Fetched, Validators
 from pbxcal.calendars.ics import source_for
@@ -333,6 +334,7 @@ class CalendarSync:
         )
         now = self.clock.now()
         stale = self._expansion_stale(link.id, now)
+        digest: str | None
         if isinstance(fetched, Fetched):
             digest = hashlib.sha256(fetched.body).hexdigest()
             if digest == state.digest and not stale:
@@ -427,12 +429,12 @@ class CalendarSync:
         return work
 
     def _expand(
-        self, link: Link, calendar: object, now: datetime
+        self, link: Link, calendar: icalendar.Calendar, now: datetime
     ) -> tuple[Expansion, datetime, datetime]:
         since = now - PAST
         until = now + 2 * timedelta(days=self.config.horizon_days)
         expansion = expand_calendar(
-            calendar,  # type: ignore[arg-type]
+            calendar,
             since,
             until,
             _zone(link, self.config.timezone),
