@@ -293,7 +293,7 @@ class CalendarSync:
             outcome = SyncOutcome("store-error", message=str(exc))
         except Stopped:
             return "stopped"
-        except Exception as exc:  # noqa: BLE001 - one link's failure must never escape its task
+        except Exception as exc:
             outcome = SyncOutcome("error", message=f"{type(exc).__name__}: {_one_line(exc)}")
             log.debug("link %d: unexpected sync error", link_id, exc_info=True)
         provider = state.source.provider

@@ -40,6 +40,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def syncs(daemon: DaemonRun, result: str) -> float:
+    return daemon.metric("pbxcal_calendar_syncs_total", provider="ics-file", result=result)
+
+
 def start(daemons: list[DaemonRun], daemon: DaemonRun) -> DaemonRun:
     daemons.append(daemon)
     daemon.start()
@@ -110,13 +114,13 @@ def test_hostile_calendars_are_capped_and_sigterm_is_honoured(
     start(daemons, daemon)
     wait_forwarding(ast, "100", "201", timeout=10)
     wait_for(
-        lambda: daemon.metric("pbxcal_calendar_syncs_total", provider="ics-file", result="over-limit"),
+        lambda: syncs(daemon, "over-limit"),
         lambda n: n >= 1,
         30,
         what="the 100,000-event calendar refused as over the limit",
     )
     wait_for(
-        lambda: daemon.metric("pbxcal_calendar_syncs_total", provider="ics-file", result="changed"),
+        lambda: syncs(daemon, "changed"),
         lambda n: n >= 2,
         30,
         what="the SECONDLY calendar read (its event skipped)",
@@ -161,7 +165,7 @@ def test_store_lost_and_calendar_unreachable_leaves_the_pbx_alone(
     daemon.start()
     daemon.wait_ready()
     wait_for(
-        lambda: daemon.metric("pbxcal_calendar_syncs_total", provider="ics-file", result="unavailable"),
+        lambda: syncs(daemon, "unavailable"),
         lambda n: n >= 2,
         10,
         what="two failed reads of the calendar",
@@ -213,7 +217,7 @@ def test_a_full_store_keeps_forwardings_following_the_calendar(
     write_calendar(cal, events)
     wait_forwarding(ast, "100", "202", timeout=10)  # followed all the same
     wait_for(lambda: daemon.http("/readyz")[0], lambda s: s == 503, 10, what="readyz 503")
-    status, body = daemon.http("/readyz")
+    _, body = daemon.http("/readyz")
     assert json.loads(body)["store_writable"] is False
     assert daemon.metric("pbxcal_store_writable") == 0
     daemon.check_alive()

@@ -76,7 +76,9 @@ class FakePbx:
             raise PbxUnavailable(f"{self.name}: not connected")
         if self.refuse:
             raise PbxActionFailed(f"{self.name}: DBPut: Failed to update entry")
-        refused = {e: "DBPut: Failed to update entry" for e in changes if e in self.refuse_extensions}
+        refused = {
+            e: "DBPut: Failed to update entry" for e in changes if e in self.refuse_extensions
+        }
         done = {ext: tuple(t) for ext, t in changes.items() if ext not in refused}
         self.applied.append(done)
         for ext, targets in done.items():
@@ -88,7 +90,9 @@ class FakePbx:
         return ApplyResult(refused=refused)
 
 
-def ics(*events: tuple[str, datetime, datetime], key: tuple[str, str] = ("main", "100")) -> LinkInstances:
+def ics(
+    *events: tuple[str, datetime, datetime], key: tuple[str, str] = ("main", "100")
+) -> LinkInstances:
     def stamp(moment: datetime) -> str:
         return moment.strftime("%Y%m%dT%H%M%SZ")
 

@@ -47,7 +47,8 @@ def calendar(*events: tuple[str, int, int], uid: bool = True, extra: str = "") -
         body += f"DTSTART:{stamp(NOW + timedelta(minutes=start))}\r\n"
         body += f"DTEND:{stamp(NOW + timedelta(minutes=end))}\r\nSUMMARY:{title}\r\n"
         body += extra + "END:VEVENT\r\n"
-    return f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\n{body}END:VCALENDAR\r\n".encode()
+    head = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\n"
+    return f"{head}{body}END:VCALENDAR\r\n".encode()
 
 
 class FakeSource:
