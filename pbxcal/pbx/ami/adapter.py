@@ -109,9 +109,6 @@ class AmiConfig:
     backoff_max: float = 30.0
     #: Retry interval after a refused TCP connection or a "not now" login answer (cheap).
     fast_retry: float = 0.25
-    #: Ignored. The wire rule is syntax only (``pbxcal.core.wire``); the number policy
-    #: decides what an extension is. Kept so existing callers still construct this.
-    extension_pattern: str = ""
     #: Most actions in flight at once on the connection.
     window: int = 256
     #: How long to wait after login for ``FullyBooted`` before going ahead anyway.
