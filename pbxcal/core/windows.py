@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from pbxcal.core.ical import EventInstance
 from pbxcal.core.policy import NumberPolicy
@@ -88,21 +89,28 @@ def plan_windows(
     parse = (parser if parser is not None else TitleParser(policy)).parse
     accepted: list[tuple[EventInstance, str]] = []
     rejected: list[RejectedEvent] = []
-    candidates: list[tuple[EventInstance, str]] = []
-    for instance in instances:
+    # (start, end, uid, target, index, instance): sorts natively, index breaks full ties
+    candidates: list[tuple[datetime, datetime, str, str, int, EventInstance]] = []
+    for index, instance in enumerate(instances):
         if instance.end <= start or instance.start >= end or instance.end <= instance.start:
             continue
         parsed = parse(instance.title)
         if isinstance(parsed, Rejection):
-            rejected.append(_rejected(instance, parsed.reason, parsed.detail))
+            rejected.append(
+                RejectedEvent(
+                    instance.uid, instance.start, instance.title, parsed.reason, parsed.detail
+                )
+            )
         else:
-            candidates.append((instance, parsed.value))
-    candidates.sort(key=lambda pair: (pair[0].start, pair[0].end, pair[0].uid, pair[1]))
+            candidates.append(
+                (instance.start, instance.end, instance.uid, parsed.value, index, instance)
+            )
+    candidates.sort()
 
     ringing: Counter[str] = Counter()
     ending: list[tuple[datetime, int, str]] = []  # heap of (end, seq, target)
-    for seq, (instance, target) in enumerate(candidates):
-        while ending and ending[0][0] <= instance.start:
+    for seq, (begins, ends, _, target, _, instance) in enumerate(candidates):
+        while ending and ending[0][0] <= begins:
             _, _, gone = heapq.heappop(ending)
             ringing[gone] -= 1
             if ringing[gone] == 0:
@@ -112,7 +120,7 @@ def plan_windows(
             rejected.append(_rejected(instance, Reason.TOO_MANY_TARGETS, detail))
             continue
         ringing[target] += 1
-        heapq.heappush(ending, (instance.end, seq, target))
+        heapq.heappush(ending, (ends, seq, target))
         accepted.append((instance, target))
 
     rejected.sort(key=lambda r: (r.start, r.uid, r.title))
@@ -122,23 +130,39 @@ def plan_windows(
 def _sweep(
     accepted: list[tuple[EventInstance, str]], start: datetime, end: datetime
 ) -> tuple[Window, ...]:
-    deltas: dict[datetime, Counter[str]] = {}
+    # Plain dicts and counts, and a new target tuple only when the set of targets
+    # changes: this loop runs for every boundary of every instance.
+    deltas: dict[datetime, dict[str, int]] = {}
     for instance, target in accepted:
-        deltas.setdefault(max(instance.start, start), Counter())[target] += 1
-        deltas.setdefault(min(instance.end, end), Counter())[target] -= 1
-    windows: list[Window] = []
-    active: Counter[str] = Counter()
-    moments = sorted(deltas)
-    for here, following in itertools.pairwise(moments):
-        active.update(deltas[here])
-        targets = tuple(sorted(t for t, n in active.items() if n > 0))
+        for moment, step in ((max(instance.start, start), 1), (min(instance.end, end), -1)):
+            at = deltas.get(moment)
+            if at is None:
+                deltas[moment] = {target: step}
+            else:
+                at[target] = at.get(target, 0) + step
+    spans: list[list[Any]] = []  # [start, end, targets], merged as we go
+    active: dict[str, int] = {}
+    targets: tuple[str, ...] = ()
+    for here, following in itertools.pairwise(sorted(deltas)):
+        changed = False
+        for target, step in deltas[here].items():
+            if step:
+                count = active.get(target, 0) + step
+                if count:
+                    changed = changed or target not in active
+                    active[target] = count
+                else:
+                    del active[target]
+                    changed = True
+        if changed:
+            targets = tuple(sorted(active))
         if not targets:
             continue
-        if windows and windows[-1].end == here and windows[-1].targets == targets:
-            windows[-1] = Window(windows[-1].start, following, targets)
+        if spans and spans[-1][1] == here and spans[-1][2] == targets:
+            spans[-1][1] = following
         else:
-            windows.append(Window(here, following, targets))
-    return tuple(windows)
+            spans.append([here, following, targets])
+    return tuple(Window(s, e, t) for s, e, t in spans)
 
 
 def _rejected(instance: EventInstance, reason: Reason, detail: str) -> RejectedEvent:
