@@ -7,6 +7,15 @@ Run: ``.venv/bin/python bench/bench_core.py [--repeat N]``
   parse + expand_calendar + plan_windows over the 90 days.
 * slots: one agent calendar with 1,000 busy events over 31 days; parse + expand alone
   (baseline) vs parse + expand + busy_intervals + free_slots over the 31 days.
+* plan_windows alone over the plan calendar's already-expanded instances (17,813):
+  every title parsed (``parse_title`` per instance, the old way; baseline) vs a fresh
+  memoising ``TitleParser`` per call, and vs one kept across calls (the daemon's way).
+* hostile calendars, time and peak memory (tracemalloc, separate run): one
+  ``RRULE:FREQ=SECONDLY`` event without end over a 14-day horizon, against the capped
+  path as baseline (the same event with ``COUNT`` = max_instances_per_event, i.e.
+  exactly the cap expanded); and a 100,000-event document refused by
+  ``count_events`` before parsing, against parse + expand of a document at the
+  ``max_events`` cap (20,000 events) as baseline. Goal: each ≤ 10 s and ≤ 400 MiB.
 
 Prints the median wall time per call of ``--repeat`` runs (default 3; ~1 min).
 """
@@ -17,15 +26,24 @@ import argparse
 import random
 import statistics
 import time
+import tracemalloc
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from zoneinfo import ZoneInfo
 
-from pbxcal.core.ical import expand_calendar, parse_calendar
+from pbxcal.core.ical import (
+    Expansion,
+    ExpansionLimits,
+    OverLimit,
+    check_event_count,
+    expand_calendar,
+    parse_calendar,
+)
 from pbxcal.core.policy import NumberPolicy
-from pbxcal.core.slots import AvailabilityRules, busy_intervals, free_slots
-from pbxcal.core.windows import plan_windows
+from pbxcal.core.slots import AvailabilityRules, Slot, busy_intervals, free_slots
+from pbxcal.core.targets import Rejection, Target, TitleParser, parse_title
+from pbxcal.core.windows import Plan, plan_windows
 
 AMS = ZoneInfo("Europe/Amsterdam")
 START = datetime(2026, 3, 2, tzinfo=UTC)  # spans the spring DST change
@@ -120,6 +138,30 @@ def slots_calendar(rng: random.Random, events: int = 1000) -> bytes:
     )
 
 
+class UnmemoisedParser(TitleParser):
+    """Parses every title again, as ``plan_windows`` did before the cache."""
+
+    def parse(self, title: str) -> Target | Rejection:
+        return parse_title(title, self.policy, self.known_extensions)
+
+
+def secondly_calendar(count: int | None) -> bytes:
+    extra = "RRULE:FREQ=SECONDLY" + (f";COUNT={count}" if count else "") + "\r\n"
+    return _calendar(
+        [_event("secondly@bench", START + timedelta(days=1), 1, "333", extra)]
+        + [_event(f"s{n}@bench", START + timedelta(hours=n), 30, "0612345678") for n in range(50)]
+    )
+
+
+def peak_mib(call: Callable[[], object]) -> float:
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
 def median_seconds(call: Callable[[], object], repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -142,11 +184,11 @@ def main() -> None:
     def parse_only() -> object:
         return parse_calendar(big)
 
-    def plan_90() -> object:
+    def plan_90() -> tuple[Expansion, Plan]:
         expansion = expand_calendar(parse_calendar(big), START, end90, AMS)
         return expansion, plan_windows(expansion.instances, START, end90, policy)
 
-    expansion, plan = plan_90()  # type: ignore[misc]
+    expansion, plan = plan_90()
     print(
         f"plan calendar: {big.count(b'BEGIN:VEVENT')} VEVENTs, {len(big) / 1e6:.1f} MB, "
         f"{len(expansion.instances)} instances in 90 days, {len(plan.windows)} windows, "
@@ -172,7 +214,7 @@ def main() -> None:
     def expand_agent() -> object:
         return expand_calendar(parse_calendar(agent), lo, hi, AMS)
 
-    def slots_31() -> object:
+    def slots_31() -> list[Slot]:
         instances = expand_calendar(parse_calendar(agent), lo, hi, AMS).instances
         return free_slots(busy_intervals(instances, policy), rules, first_day, last_day, now)
 
@@ -180,7 +222,66 @@ def main() -> None:
     print(
         f"slots calendar: {agent.count(b'BEGIN:VEVENT')} VEVENTs, "
         f"{len(slots)} free slots in 31 days"
-    )  # type: ignore[arg-type]
+    )
+
+    instances = expansion.instances
+    kept = TitleParser(policy)
+
+    def plan_unmemoised() -> object:
+        return plan_windows(instances, START, end90, policy, parser=UnmemoisedParser(policy))
+
+    def plan_memoised() -> object:
+        return plan_windows(instances, START, end90, policy)
+
+    def plan_kept_parser() -> object:
+        return plan_windows(instances, START, end90, policy, parser=kept)
+
+    assert plan_unmemoised() == plan_memoised() == plan_kept_parser()
+
+    limits = ExpansionLimits()
+    horizon = START + timedelta(days=14)
+    forever = secondly_calendar(None)
+    capped = secondly_calendar(limits.max_instances_per_event)
+    at_cap = plan_calendar(random.Random(7), singles=limits.max_events, recurring=0)
+    huge = plan_calendar(random.Random(8), singles=100_000, recurring=0)
+
+    def expand_secondly(data: bytes) -> Callable[[], Expansion]:
+        def run() -> Expansion:
+            return expand_calendar(parse_calendar(data), START, horizon, AMS, limits=limits)
+
+        return run
+
+    def refuse_huge() -> object:
+        try:
+            check_event_count(huge, limits, source="huge.ics")
+        except OverLimit as exc:
+            return exc
+        raise AssertionError("100,000 events were not refused")
+
+    def read_at_cap() -> object:
+        calendar = parse_calendar(at_cap, limits=limits)
+        return expand_calendar(calendar, START, end90, AMS, limits=limits)
+
+    skipped = expand_secondly(forever)().skipped
+    print(f"hostile: FREQ=SECONDLY over 14 days -> skipped: {skipped[0].detail}")
+    print(f"hostile: 100,000 events ({len(huge) / 1e6:.0f} MB) -> {refuse_huge()}")
+
+    hostile = [
+        (
+            "SECONDLY, no end, 14 days",
+            "COUNT=cap",
+            expand_secondly(capped),
+            "no end (skipped)",
+            expand_secondly(forever),
+        ),
+        (
+            "100,000 events",
+            "20,000 read",
+            read_at_cap,
+            "refused",
+            refuse_huge,
+        ),
+    ]
 
     rows = [
         (
@@ -197,6 +298,20 @@ def main() -> None:
             "parse+expand+busy+free_slots",
             median_seconds(slots_31, repeat),
         ),
+        (
+            "plan_windows: 17,813 instances",
+            "unmemoised",
+            median_seconds(plan_unmemoised, repeat),
+            "memoised (fresh TitleParser)",
+            median_seconds(plan_memoised, repeat),
+        ),
+        (
+            "plan_windows: 17,813 instances",
+            "unmemoised",
+            median_seconds(plan_unmemoised, repeat),
+            "memoised (kept TitleParser)",
+            median_seconds(plan_kept_parser, repeat),
+        ),
     ]
     print(f"\nmedian of {repeat} runs per call")
     print(f"{'workload':30} {'baseline':>14} {'s':>8}   {'measured':>30} {'s':>8} {'ratio':>6}")
@@ -204,6 +319,18 @@ def main() -> None:
         print(
             f"{name:30} {base_name:>14} {base:8.3f}   {what:>30} {measured:8.3f} "
             f"{measured / base:6.1f}x"
+        )
+    print("\nhostile calendars (goal: each <= 10 s and <= 400 MiB; memory: tracemalloc peak)")
+    print(
+        f"{'workload':30} {'baseline':>14} {'s':>8} {'MiB':>7}   {'measured':>18} "
+        f"{'s':>8} {'MiB':>7}"
+    )
+    for name, base_name, base_call, what, call in hostile:
+        base_s, base_mib = median_seconds(base_call, repeat), peak_mib(base_call)
+        s, mib = median_seconds(call, repeat), peak_mib(call)
+        print(
+            f"{name:30} {base_name:>14} {base_s:8.3f} {base_mib:7.1f}   {what:>18} "
+            f"{s:8.3f} {mib:7.1f}"
         )
 
 
