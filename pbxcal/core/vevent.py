@@ -5,16 +5,16 @@ The pieces ``ical.expand_calendar`` uses on each event:
 * ``safe_zone(name)`` – a zone name from a calendar becomes a ``ZoneInfo`` or ``None``;
   names like "Europe" (a directory), 256-character names or path tricks never raise;
 * ``event_problem(component)`` – why an event cannot be expanded at all (no DTSTART,
-  ends before it starts, dates outside the years 1900-8999, an absurd DURATION), or
-  ``None``;
+  a TZID that names no zone, ends before it starts, dates outside the years
+  1900-8999, an absurd DURATION), or ``None``;
 * ``instance_of(component, zone, owners)`` – an event (or one occurrence of it, as
   recurring-ical-events hands it over) read into an ``EventInstance`` in UTC.
 
 icalendar looks up every ``TZID=`` while it parses, and its zoneinfo provider lets
 ``IsADirectoryError``/``OSError`` escape for such names, losing the whole document for
 one event; importing this module installs a provider that answers "unknown zone"
-instead (the event then reads as floating time, like any other unknown zone). That is
-the only process-wide effect; nothing here reads files except through ``ZoneInfo``.
+instead, and ``event_problem`` then skips that one event. That is the only
+process-wide effect; nothing here reads files except through ``ZoneInfo``.
 Start reading at ``instance_of``.
 """
 
@@ -84,6 +84,9 @@ def event_problem(component: Any) -> str | None:
         start = raw_start.dt
         if not isinstance(start, date):
             return "DTSTART is not a date or date-time"
+        unknown = _unknown_zone(raw_start) or _unknown_zone(component.get("DTEND"))
+        if unknown is not None:
+            return f"the event's time zone {unknown} does not exist"
         if not FIRST_YEAR <= start.year <= LAST_YEAR:
             return f"event starts in the year {start.year} (only {FIRST_YEAR}-{LAST_YEAR})"
         raw_end = component.get("DTEND")
@@ -110,6 +113,17 @@ def event_problem(component: Any) -> str | None:
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         return one_line(exc)
     return None
+
+
+def _unknown_zone(prop: Any) -> str | None:
+    """The TZID ``prop`` names when no zone of that name was found (it reads as naive)."""
+    if prop is None or not isinstance(getattr(prop, "dt", None), datetime):
+        return None
+    name = getattr(prop, "params", {}).get("TZID")
+    if not name or prop.dt.tzinfo is not None:
+        return None
+    text = repr(str(name))
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def instance_of(component: Any, zone: tzinfo, owners: set[str]) -> EventInstance | None:

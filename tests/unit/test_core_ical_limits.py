@@ -76,6 +76,11 @@ def _single(n: int, title: str = "333") -> str:
         ("duration_huge.ics", "event lasts too long (beyond the year 8999)"),
         ("secondly_forever.ics", "repeats too often"),
         ("never_matches_again.ics", "its repeat rule matches too rarely to expand"),
+        ("tzid_directory.ics", "the event's time zone 'Europe' does not exist"),
+        (
+            "zone_name_256.ics",
+            "the event's time zone 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA... does",
+        ),
     ],
 )
 def test_a_bad_event_is_skipped_with_its_reason_and_the_others_count(
@@ -87,19 +92,28 @@ def test_a_bad_event_is_skipped_with_its_reason_and_the_others_count(
     assert result.skipped[0].detail.startswith(reason), result.skipped[0].detail
 
 
-@pytest.mark.parametrize(
-    "name", ["x_wr_timezone_directory.ics", "zone_name_256.ics", "tzid_directory.ics"]
-)
-def test_a_zone_name_that_is_no_zone_is_not_an_error(name: str) -> None:
-    # "Europe" is a directory of the zone database and 256 characters are too long a
-    # file name: such names are unknown zones (floating time in the calendar's zone),
-    # as "Mars/Base" always was, instead of losing the whole document.
-    result = _expand((HOSTILE / name).read_bytes())
-    assert GOOD in result.instances
+def test_a_calendar_zone_that_is_no_zone_falls_back_to_the_default() -> None:
+    # "Europe" is a directory of the zone database: as an X-WR-TIMEZONE it is ignored
+    # (the default zone applies), as any unknown X-WR-TIMEZONE always was.
+    result = _expand((HOSTILE / "x_wr_timezone_directory.ics").read_bytes())
+    assert result.instances == [GOOD]
     assert result.skipped == []
-    for instance in result.instances:
-        if instance.uid == "bad@test":  # read as floating time in the default zone
-            assert instance.start == datetime(2026, 3, 30, 9, tzinfo=UTC)
+
+
+def test_unknown_tzid_skips_only_its_event() -> None:
+    text = _calendar(
+        _single(1),
+        _event("mars", "DTSTART;TZID=Mars/Base:20260330T110000\r\nSUMMARY:333\r\n"),
+        _event("vtz", "DTSTART;TZID=Custom:20260330T110000\r\nSUMMARY:333\r\n"),
+        header="BEGIN:VTIMEZONE\r\nTZID:Custom\r\nBEGIN:STANDARD\r\n"
+        "DTSTART:19700101T000000\r\nTZOFFSETFROM:+0200\r\nTZOFFSETTO:+0200\r\n"
+        "END:STANDARD\r\nEND:VTIMEZONE\r\n",
+    )
+    result = _expand(text)
+    assert [(i.uid, i.start.hour) for i in result.instances] == [("s1", 1), ("vtz", 9)]
+    assert [(s.uid, s.detail) for s in result.skipped] == [
+        ("mars", "the event's time zone 'Mars/Base' does not exist")
+    ]
 
 
 def test_a_broken_vtimezone_document_is_one_input_error() -> None:
