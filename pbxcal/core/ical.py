@@ -188,7 +188,6 @@ def expand_calendar(
         if problem is not None:
             run.skip(uid or "?", problem)
         elif uids[uid] == 1 and not _repeats(component):
-            run.count_instances(1)
             run.add(component, uid, zone, owners, start, end)
         else:
             repeating.setdefault(uid, []).append(component)
@@ -247,6 +246,7 @@ class _Run:
             self.skip(uid or "?", one_line(exc))
             return
         if instance is not None and instance.end > start and instance.start < end:
+            self.count_instances(1)
             self.instances.append(instance)
 
     def expand(

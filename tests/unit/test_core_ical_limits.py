@@ -282,3 +282,10 @@ def test_single_events_do_not_go_through_the_expander(monkeypatch: pytest.Monkey
     result = _expand(_calendar(_single(1), _single(2), weekly))
     assert [str(c.get("UID")) for group in groups for c in group] == ["w"]  # type: ignore[attr-defined]
     assert [i.uid for i in result.instances] == ["s1", "s2", "w", "w"]
+
+
+def test_events_outside_the_range_do_not_count_against_the_calendar_cap() -> None:
+    later = [_single(24 * 30 + n) for n in range(30)]  # a month after the range
+    data = _calendar(_single(1), *later)
+    result = _expand(data, limits=ExpansionLimits(max_instances_per_link=5))
+    assert [i.uid for i in result.instances] == ["s1"]
