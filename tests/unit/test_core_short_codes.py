@@ -206,3 +206,19 @@ def test_title_parser_cache_is_bounded() -> None:
     assert "x" * 10_000 not in parser._cache
     with pytest.raises(ValueError):
         TitleParser(NL, max_entries=0)
+
+
+def test_the_configured_pattern_never_sees_more_than_fifteen_digits() -> None:
+    # A pattern like (1+)+0 backtracks exponentially: a 30-digit title cost 28 s.
+    # The wire rule (at most 15 ASCII digits) is checked before the pattern runs.
+    seen: list[str] = []
+
+    class Spy:
+        def fullmatch(self, text: str) -> None:
+            seen.append(text)
+
+    policy = _policy(extension_pattern=r"(1+)+0")
+    object.__setattr__(policy, "_extension_re", Spy())
+    for title in ("1" * 30, "1" * 16, "١" * 5, "1" * 15):
+        parse_title(title, policy)
+    assert seen == ["1" * 15]
