@@ -50,7 +50,7 @@ def check_source(value: str) -> str | None:
     if scheme not in URL_SCHEMES:
         return (
             f"scheme {scheme[:20]!r} is not supported "
-            "(a file path, file://, http(s):// or webcal(s):// URL)"
+            "(only file paths and file://, http(s)/webcal(s) URLs)"
         )
     return _check_http_url(value)
 

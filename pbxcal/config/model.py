@@ -1,0 +1,113 @@
+"""The validated configuration as typed values, and the one default store location.
+
+``Config`` (with ``PbxConfig`` per ``[pbx.NAME]`` and ``LinkConfig`` per ``[[link]]``)
+is what ``pbxcal.config.load_config`` returns; every field has its schema default, so
+``Config()`` is what runs without a file. ``default_store_url`` is where the CLI *and*
+the service keep their SQLite store when ``[store] url`` is not set, so a link added
+with ``pbxcal links add`` is seen by the running service.
+
+Must not read files (``default_store_url`` only looks at its argument). Start at ``Config``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from pbxcal.config.schema import (
+    DEFAULT_LISTEN,
+    DEFAULT_REGION,
+    DEFAULT_SYNC_INTERVAL,
+    DEFAULT_TIMEZONE,
+)
+from pbxcal.core.ical import ExpansionLimits
+from pbxcal.core.policy import NumberPolicy
+
+#: The service's state directory: ``StateDirectory=pbxcal`` in ``systemd/pbxcal.service``
+#: (with ``DynamicUser=yes`` a link to ``/var/lib/private/pbxcal``).
+DEFAULT_STATE_DIRECTORY = Path("/var/lib/pbxcal")
+STORE_FILE_NAME = "pbxcal.sqlite3"
+
+
+def default_store_path(state_directory: str | None = None) -> Path:
+    """The SQLite file used when ``[store] url`` is not set.
+
+    ``state_directory`` is systemd's ``$STATE_DIRECTORY`` (the first of a ``:`` list)
+    when the service runs; everywhere else — the CLI, a service started by hand — it is
+    ``/var/lib/pbxcal``, the same directory, so both sides use one store.
+    """
+    first = state_directory.split(":")[0] if state_directory else ""
+    return (Path(first) if first else DEFAULT_STATE_DIRECTORY) / STORE_FILE_NAME
+
+
+def default_store_url(state_directory: str | None = None) -> str:
+    """``sqlite:///`` URL of ``default_store_path(state_directory)``."""
+    return f"sqlite:///{default_store_path(state_directory)}"
+
+
+@dataclass(frozen=True)
+class PbxConfig:
+    """One Asterisk reached over AMI (``[pbx.NAME]``)."""
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 5038
+    username: str = "pbxcal"
+    secret_file: str | None = None
+    secret_credential: str | None = None
+    action_timeout: float = 5.0
+    ping_interval: float = 10.0
+    ping_timeout: float = 5.0
+    backoff_max: float = 30.0
+    device_state: bool = True
+    #: Extensions that exist on this PBX, from the config (ranges expanded).
+    extensions: frozenset[str] = frozenset()
+    #: Read the existing extensions from Asterisk on every (re)connect.
+    discover_extensions: bool = True
+    #: Seconds between read-backs of the PBX that repair drift.
+    readback_interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """A calendar declared in the config file that drives one extension."""
+
+    extension: str
+    source: str
+    pbx: str
+    timezone: str | None = None
+    owner_emails: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    region: str = DEFAULT_REGION
+    timezone: str = DEFAULT_TIMEZONE
+    policy: NumberPolicy = field(default_factory=lambda: NumberPolicy.default(DEFAULT_REGION))
+    store_url: str | None = None
+    listen: str = DEFAULT_LISTEN
+    sync_interval: float = DEFAULT_SYNC_INTERVAL
+    sync_timeout: float = 30.0
+    max_calendar_bytes: int = 20_000_000
+    horizon_days: int = 14
+    limits: ExpansionLimits = field(default_factory=ExpansionLimits)
+    pbxes: dict[str, PbxConfig] = field(default_factory=dict)
+    links: tuple[LinkConfig, ...] = ()
+    source: str = "(defaults)"
+    #: One-line warnings about valid but risky settings (``check-config`` prints them).
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def default(cls) -> Config:
+        return cls()
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def store_url_or_default(self, state_directory: str | None = None) -> str:
+        """``[store] url``, else ``default_store_url(state_directory)``."""
+        return self.store_url or default_store_url(state_directory)
