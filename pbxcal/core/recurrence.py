@@ -76,7 +76,11 @@ class StepBudget:
 
     def exhausted(self) -> bool:
         """True when the whole calendar's budget is spent."""
-        return self.used > self.total
+        return self.used >= self.total
+
+    def for_next_event(self) -> int:
+        """What the next event may use: its own share, at most what the calendar has left."""
+        return min(self.per_event, self.total - self.used)
 
 
 def rule_problem(components: Sequence[Any]) -> str | None:
@@ -120,7 +124,7 @@ def occurrences(
     if budget is None or not any(_filters(rule) for c in components for rule in _rules(c)):
         yield from found
         return
-    left = budget.per_event
+    left = budget.for_next_event()
     while True:
         steps = _Steps(left)
         previous = sys.getprofile()

@@ -289,3 +289,33 @@ def test_events_outside_the_range_do_not_count_against_the_calendar_cap() -> Non
     data = _calendar(_single(1), *later)
     result = _expand(data, limits=ExpansionLimits(max_instances_per_link=5))
     assert [i.uid for i in result.instances] == ["s1"]
+
+
+def test_rarely_matching_rules_share_one_budget_per_calendar(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each of these rules is legal but costly (the next 29 February is far away); no
+    # single one exceeds the per-event budget, together they exceed the calendar's.
+    from pbxcal.core import ical
+
+    monkeypatch.setattr(ical, "_STEPS_PER_EVENT", 10_000_000)
+    leap = [
+        _event(
+            f"leap{n}",
+            "DTSTART:20260301T090000Z\r\nDTEND:20260301T093000Z\r\n"
+            "RRULE:FREQ=DAILY;BYMONTH=2;BYMONTHDAY=29\r\nSUMMARY:201\r\n",
+        )
+        for n in range(4)
+    ]
+    alone = _expand(_calendar(leap[0]))
+    assert alone.skipped == []
+    used = recurrence.StepBudget(10_000_000, 10_000_000)
+    list(recurrence.occurrences(leap_components(leap[0]), START, END, None, used))
+    monkeypatch.setattr(ical, "_STEPS_PER_LINK", used.used * 3)
+    with pytest.raises(OverLimit) as caught:
+        _expand(_calendar(*leap))
+    assert "repeat rules match too rarely" in str(caught.value)
+
+
+def leap_components(event: str) -> list[object]:
+    return list(parse_calendar(_calendar(event)).subcomponents)
