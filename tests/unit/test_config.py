@@ -239,3 +239,265 @@ def test_parse_config_names_its_source() -> None:
         parse_config({"pbxcal": {"region": "XX"}}, "inline.toml")
     assert info.value.problems[0].startswith("inline.toml: [pbxcal] region: ")
     assert str(info.value) == "; ".join(info.value.problems)
+
+
+# --- the schema is the one list of options (issue #8 item 1) --------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_FILE = ROOT / "config" / "pbxcal.example.toml"
+#: Options the example shows with an example value rather than the default.
+EXAMPLE_VALUES = {("pbx.*", "extensions"), ("link", "owner_emails")}
+
+
+def documented_options() -> dict[tuple[str, str], object]:
+    """(section, key) → value of every option written (or commented out) in the example."""
+    import re
+    import tomllib
+
+    header = re.compile(r"^#?\s*\[\[?([A-Za-z0-9_.*-]+)\]\]?\s*$")
+    option = re.compile(r"^#?\s*([a-z_]+)\s*=\s*(.+)$")
+    found: dict[tuple[str, str], object] = {}
+    section = ""
+    for line in EXAMPLE_FILE.read_text(encoding="utf-8").splitlines():
+        if match := header.match(line):
+            name = match.group(1)
+            section = "pbx.*" if name.startswith("pbx.") else name
+        elif (match := option.match(line)) and section:
+            key, value = match.groups()
+            found[(section, key)] = tomllib.loads(f"v = {value}")["v"]
+    return found
+
+
+def test_every_option_is_documented_and_every_documented_option_is_known() -> None:
+    from pbxcal.config import SCHEMA
+
+    known = {(section, o.name) for section, options in SCHEMA.items() for o in options}
+    documented = documented_options()
+    assert set(documented) - known == set(), "documented but unknown"
+    assert known - set(documented) == set(), "known but undocumented"
+    for section, options in SCHEMA.items():
+        for o in options:
+            if o.default is not None and (section, o.name) not in EXAMPLE_VALUES:
+                assert documented[(section, o.name)] == o.default, (section, o.name)
+
+
+def test_the_shipped_example_loads_with_every_option_uncommented(tmp_path: Path) -> None:
+    import json
+
+    tables: dict[str, list[str]] = {}
+    for (section, key), value in documented_options().items():
+        header = {"pbx.*": "[pbx.main]", "link": "[[link]]"}.get(section, f"[{section}]")
+        tables.setdefault(header, []).append(f"{key} = {json.dumps(value)}")
+    config = load_config(
+        write(tmp_path, "\n".join(f"{h}\n" + "\n".join(lines) for h, lines in tables.items()))
+    )
+    assert config.pbxes["main"].extensions == frozenset({"100", *map(str, range(200, 300))})
+    assert config.links[0].source == "https://calendar.example/anna.ics"
+    assert config.warnings == ()
+
+
+def test_device_state_and_the_new_pbx_options_are_accepted_and_typed(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            '[pbx.main]\nsecret_file = "/x"\ndevice_state = false\n'
+            'extensions = ["100", "200-203", "0999"]\ndiscover_extensions = false\n'
+            "readback_interval = 30\n"
+            '[pbxcal]\nextension_pattern = "[0-9]{3,4}"\n',
+        )
+    )
+    pbx = config.pbxes["main"]
+    assert pbx.device_state is False
+    assert pbx.extensions == frozenset({"100", "200", "201", "202", "203", "0999"})
+    assert pbx.discover_extensions is False
+    assert pbx.readback_interval == 30.0 and isinstance(pbx.readback_interval, float)
+    defaults = load_config(write(tmp_path, '[pbx.main]\nsecret_file = "/x"\n')).pbxes["main"]
+    assert (defaults.device_state, defaults.extensions, defaults.discover_extensions) == (
+        True,
+        frozenset(),
+        True,
+    )
+    assert defaults.readback_interval == 60.0
+
+
+@pytest.mark.parametrize(
+    ("extensions", "what"),
+    [
+        ('["100", "abc"]', "'abc' is not an extension"),
+        ('["0100"]', "'0100' is not an extension"),
+        ('["12345678"]', "is not an extension"),
+        ('["299-200"]', "ends before it starts"),
+        ('["100000-999999"]', "more than 100000 extensions"),
+        ('["١٢٣"]', "is not an extension"),
+        ('"100"', "must be a list"),
+        ("[100]", "list of strings"),
+    ],
+)
+def test_bad_extensions_name_the_entry(tmp_path: Path, extensions: str, what: str) -> None:
+    found = problems(tmp_path, f'[pbx.main]\nsecret_file = "/x"\nextensions = {extensions}\n')
+    assert any("[pbx.main] extensions: " in p and what in p for p in found), found
+
+
+def test_readback_interval_is_bounded(tmp_path: Path) -> None:
+    found = problems(tmp_path, '[pbx.main]\nsecret_file = "/x"\nreadback_interval = 1\n')
+    assert any("[pbx.main] readback_interval: must be between 5 and 3600" in p for p in found)
+
+
+def test_expansion_limits_come_from_sync(tmp_path: Path) -> None:
+    from pbxcal.core.ical import ExpansionLimits
+
+    assert Config.default().limits == ExpansionLimits()
+    config = load_config(
+        write(
+            tmp_path,
+            "[sync]\nmax_events = 10\nmax_instances_per_event = 20\nmax_instances_per_link = 30\n",
+        )
+    )
+    assert config.limits == ExpansionLimits(10, 20, 30)
+    found = problems(tmp_path, "[sync]\nmax_instances_per_link = 0\n")
+    assert any("[sync] max_instances_per_link: must be between" in p for p in found)
+
+
+def test_every_option_of_a_section_is_a_field_of_its_dataclass() -> None:
+    import dataclasses
+
+    from pbxcal.config import SCHEMA, LinkConfig, PbxConfig
+
+    pbx_fields = {f.name for f in dataclasses.fields(PbxConfig)} - {"name"}
+    assert pbx_fields == {o.name for o in SCHEMA["pbx.*"]}
+    link_fields = {f.name for f in dataclasses.fields(LinkConfig)}
+    assert link_fields == {o.name for o in SCHEMA["link"]}
+
+
+# --- no traceback for hostile values (issue #7 item 5) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "what"),
+    [
+        ('[pbxcal]\ntimezone = "Europe"\n', "[pbxcal] timezone", "not an IANA time zone"),
+        (f'[pbxcal]\ntimezone = "{"A" * 256}"\n', "[pbxcal] timezone", "not an IANA time zone"),
+        ('[pbxcal]\ntimezone = "../../etc/passwd"\n', "[pbxcal] timezone", "not an IANA"),
+        (
+            '[pbx.main]\nsecret_file = "/x"\n[[link]]\nextension = "100"\nsource = "/a.ics"\n'
+            'timezone = "Europe"\n',
+            "[link #1] timezone",
+            "not an IANA time zone",
+        ),
+        (
+            '[pbxcal]\nextension_pattern = "[0-9]{1,4294967295}"\n',
+            "[pbxcal] extension_pattern",
+            "not a valid regular expression",
+        ),
+        (
+            '[pbxcal]\nextension_pattern = "(1+)+0"\n',
+            "[pbxcal] extension_pattern",
+            "too slow",
+        ),
+        (
+            '[pbx.main]\nsecret_file = "/x"\n[[link]]\nextension = "100"\n'
+            'source = "https://[bad/cal.ics"\n',
+            "[link #1] source",
+            "parse",
+        ),
+        (
+            '[pbx.main]\nsecret_file = "/x"\n[[link]]\nextension = "100"\n'
+            'source = "x\\r\\nAction: Originate"\n',
+            "[link #1] source",
+            "one line",
+        ),
+    ],
+)
+def test_hostile_values_are_one_line_problems(
+    tmp_path: Path, text: str, where: str, what: str
+) -> None:
+    found = problems(tmp_path, text)
+    matching = [p for p in found if f": {where}: " in p]
+    assert matching and any(what in p for p in matching), found
+    assert all(len(p) < 400 for p in found), found
+
+
+def test_deeply_nested_toml_is_one_line(tmp_path: Path) -> None:
+    (line,) = problems(tmp_path, "x = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    assert "nested too deeply" in line
+
+
+def test_huge_and_binary_files_are_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "big.toml"
+    path.write_text("# " + "x" * 2_000_000 + "\n")
+    with pytest.raises(ConfigError, match="larger than"):
+        load_config(path)
+    path.write_bytes(b"region = '\xff'\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path)
+
+
+# --- what the extension pattern costs and admits (issue #7 item 2) --------------------
+
+
+def test_a_slow_pattern_is_found_and_the_probe_stops_at_the_first_slow_length() -> None:
+    import re
+
+    from pbxcal.config.checks import PROBE_LENGTHS, slow_pattern
+
+    calls: list[str] = []
+
+    class FakeTimer:
+        """Every match 'takes' its probe's length in ms."""
+
+        def __init__(self) -> None:
+            self.now = 0.0
+            self.started = False
+
+        def __call__(self) -> float:
+            return self.now
+
+    timer = FakeTimer()
+    regex = re.compile("[0-9]+")
+    original = regex.fullmatch
+
+    class Probe:
+        pattern = regex.pattern
+
+        def fullmatch(self, text: str) -> object:
+            calls.append(text)
+            timer.now += len(text) / 1000  # 12 digits cost 12 ms
+            return original(text)
+
+    slow = slow_pattern(Probe(), budget=0.011, timer=timer)  # type: ignore[arg-type]
+    assert slow is not None and slow[0] == 12
+    # stopped at the first probe over budget (tried twice), nothing longer was tried
+    assert max(len(c) for c in calls) == 12 and len(calls) <= 6 * 2 + 2
+    assert PROBE_LENGTHS[0] < 12 < PROBE_LENGTHS[-1]
+
+
+def test_the_default_pattern_is_fast_and_admits_nothing_risky() -> None:
+    import re
+
+    from pbxcal.config.checks import pattern_warnings, slow_pattern
+    from pbxcal.core.policy import DEFAULT_EXTENSION_PATTERN
+
+    regex = re.compile(DEFAULT_EXTENSION_PATTERN)
+    assert slow_pattern(regex, budget=1.0) is None
+    assert pattern_warnings(regex) == []
+
+
+@pytest.mark.parametrize(
+    ("pattern", "warns"),
+    [
+        ("[0-9]{2,6}", ["leading 0"]),
+        ("[1-9][0-9]{1,7}", ["more than 6 digits"]),
+        ("[0-9]+", ["leading 0", "more than 6 digits"]),
+        ("0?[1-9][0-9]{2}", ["leading 0"]),
+        ("[1-9][0-9]{2}|5555555", ["more than 6 digits"]),
+        ("[2-7][0-9]{2}", []),
+    ],
+)
+def test_check_config_warns_about_patterns_that_switch_the_policy_off(
+    tmp_path: Path, pattern: str, warns: list[str]
+) -> None:
+    config = load_config(write(tmp_path, f'[pbxcal]\nextension_pattern = "{pattern}"\n'))
+    assert len(config.warnings) == len(warns), config.warnings
+    for warning, what in zip(config.warnings, warns, strict=True):
+        assert warning.startswith(f"{tmp_path / 'pbxcal.toml'}: [pbxcal] extension_pattern: ")
+        assert what in warning
