@@ -15,7 +15,11 @@ Run: ``.venv/bin/python bench/bench_core.py [--repeat N]``
   path as baseline (the same event with ``COUNT`` = max_instances_per_event, i.e.
   exactly the cap expanded); and a 100,000-event document refused by
   ``count_events`` before parsing, against parse + expand of a document at the
-  ``max_events`` cap (20,000 events) as baseline. Goal: each ≤ 10 s and ≤ 400 MiB.
+  ``max_events`` cap (20,000 events) as baseline; and 1,000 events whose rule never
+  matches again (``FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30``: dateutil would walk to the
+  year 9999 for each), against the same events with a rule that matches monthly
+  (``FREQ=DAILY;BYMONTHDAY=28``).
+  Goal: each ≤ 10 s and ≤ 400 MiB.
 
 Prints the median wall time per call of ``--repeat`` runs (default 3; ~1 min).
 """
@@ -153,6 +157,16 @@ def secondly_calendar(count: int | None) -> bytes:
     )
 
 
+def rare_rule_calendar(rule: str, events: int = 1000) -> bytes:
+    rule = f"RRULE:{rule}\r\n"
+    return _calendar(
+        [
+            _event(f"rare{n}@bench", START + timedelta(hours=n), 30, "333", rule)
+            for n in range(events)
+        ]
+    )
+
+
 def peak_mib(call: Callable[[], object]) -> float:
     tracemalloc.start()
     try:
@@ -251,6 +265,18 @@ def main() -> None:
 
         return run
 
+    never = rare_rule_calendar("FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30")
+    monthly = rare_rule_calendar("FREQ=DAILY;BYMONTHDAY=28")
+
+    def expand_rare(data: bytes) -> Callable[[], object]:
+        def run() -> object:
+            try:
+                return expand_calendar(parse_calendar(data), START, horizon, AMS, limits=limits)
+            except OverLimit as exc:
+                return exc
+
+        return run
+
     def refuse_huge() -> object:
         try:
             check_event_count(huge, limits, source="huge.ics")
@@ -266,6 +292,7 @@ def main() -> None:
     print(f"hostile: FREQ=SECONDLY over 14 days -> skipped: {skipped[0].detail}")
     print(f"hostile: 100,000 events ({len(huge) / 1e6:.0f} MB) -> {refuse_huge()}")
 
+    print(f"hostile: 1,000 never-matching rules -> {expand_rare(never)()}")
     hostile = [
         (
             "SECONDLY, no end, 14 days",
@@ -280,6 +307,13 @@ def main() -> None:
             read_at_cap,
             "refused",
             refuse_huge,
+        ),
+        (
+            "1,000 rules never matching",
+            "BYMONTHDAY=28",
+            expand_rare(monthly),
+            "Feb 30 rule",
+            expand_rare(never),
         ),
     ]
 

@@ -74,11 +74,12 @@ _CHECKPOINT_EVERY = 1000
 #: may cost, as multiples of the per-event and per-link caps (about 2 µs each).
 _RULE_WORK_PER_EVENT = 50
 _RULE_WORK_PER_LINK = 80
-#: Interpreter calls (about 0.5 µs each, counted) that expanding one filtered repeat
-#: rule, and all of a calendar's, may take: a rule whose filters never match again
-#: would otherwise walk to the year 9999.
+#: Interpreter calls (about 0.5 µs each, counted) that a filtered repeat rule may take
+#: beyond its estimated work to find its next occurrence after the range, per event
+#: and for all of a calendar's: a rule whose filters never match again would
+#: otherwise walk to the year 9999.
 _STEPS_PER_EVENT = 500_000
-_STEPS_PER_LINK = 5_000_000
+_STEPS_PER_LINK = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -289,7 +290,7 @@ class _Run:
         found: list[EventInstance] = []
         count = 0
         zone_name = own_zone.key if own_zone is not None else None
-        iterator = occurrences(components, lo, hi, zone_name, self.steps)
+        iterator = occurrences(components, lo, hi, zone_name, self.steps, work)
         while True:
             try:  # only the expander's own errors are caught: a checkpoint's pass through
                 occurrence = next(iterator, None)

@@ -19,7 +19,7 @@ past the set, an INTERVAL that never meets its BYMONTH) makes it walk to the yea
 — seconds per event, inside one library call. Rules with such filters therefore run
 under a ``StepBudget``: a per-thread profile hook counts the interpreter's calls while
 the expander works on that event and raises ``RuleTooCostly`` when they run out.
-Plain rules (every period yields an occurrence) run without it; their cost is what
+Rules that always match again within a year run without it; their cost is what
 ``rule_work`` estimates.
 
 Pure: no I/O, no clock. Start reading at ``occurrences``.
@@ -67,20 +67,33 @@ class RuleTooCostly(Exception):
 
 
 class StepBudget:
-    """Interpreter calls the expander may make: per event, and for the whole calendar."""
+    """Interpreter calls the expander may make for filtered rules.
 
-    def __init__(self, per_event: int, total: int) -> None:
-        self.per_event = per_event
+    An event may use ``per_occurrence`` calls for each occurrence ``rule_work``
+    estimated (its natural cost up to the end of the range), plus an ``allowance`` to
+    find the first occurrence after the range (where a rule that never matches again
+    spins). What events use beyond their estimate comes out of the calendar's one
+    ``total`` allowance, so many rare rules together are bounded too.
+    """
+
+    def __init__(self, allowance: int, total: int, per_occurrence: int = 50) -> None:
+        self.allowance = allowance
         self.total = total
-        self.used = 0
+        self.per_occurrence = per_occurrence
+        self.overrun = 0
 
     def exhausted(self) -> bool:
-        """True when the whole calendar's budget is spent."""
-        return self.used >= self.total
+        """True when the calendar's allowance is spent."""
+        return self.overrun >= self.total
 
-    def for_next_event(self) -> int:
-        """What the next event may use: its own share, at most what the calendar has left."""
-        return min(self.per_event, self.total - self.used)
+    def limit_for(self, work: int) -> int:
+        """Calls an event with estimated ``work`` may make."""
+        left = max(0, min(self.allowance, self.total - self.overrun))
+        return self.per_occurrence * work + left
+
+    def settle(self, work: int, used: int) -> None:
+        """Book what an event used beyond its estimate against the calendar."""
+        self.overrun += max(0, used - self.per_occurrence * work)
 
 
 def rule_problem(components: Sequence[Any]) -> str | None:
@@ -113,31 +126,36 @@ def occurrences(
     end: datetime,
     calendar_zone: str | None,
     budget: StepBudget | None = None,
+    work: int = 0,
 ) -> Iterator[Any]:
     """The occurrences of ``components`` (one UID) in ``[start, end]``, one by one.
 
     Each is a VEVENT component with that occurrence's DTSTART/DTEND. Floating and
     all-day times follow ``calendar_zone`` (a checked X-WR-TIMEZONE) when given. With
-    ``budget``, rules with filters run counted (``RuleTooCostly`` when it runs out).
+    ``budget``, rules with filters run counted against ``budget.limit_for(work)``
+    (``RuleTooCostly`` when it runs out), ``work`` being ``rule_work``'s estimate.
     """
-    found = _occurrences(components, start, end, calendar_zone)
+    found = _between(_series(components, calendar_zone), start, end)
     if budget is None or not any(_filters(rule) for c in components for rule in _rules(c)):
         yield from found
         return
-    left = budget.for_next_event()
-    while True:
-        steps = _Steps(left)
-        previous = sys.getprofile()
-        sys.setprofile(steps)
-        try:
-            occurrence = next(found, None)
-        finally:
-            sys.setprofile(previous)
-            budget.used += steps.count
-            left -= steps.count
-        if occurrence is None:
-            return
-        yield occurrence
+    limit = budget.limit_for(work)
+    used = 0
+    try:
+        while True:
+            steps = _Steps(limit - used)
+            previous = sys.getprofile()
+            sys.setprofile(steps)
+            try:
+                occurrence = next(found, None)
+            finally:
+                sys.setprofile(previous)
+                used += steps.count
+            if occurrence is None:
+                return
+            yield occurrence
+    finally:
+        budget.settle(work, used)
 
 
 class _Steps:
@@ -153,8 +171,8 @@ class _Steps:
             raise RuleTooCostly
 
 
-#: BY parts that never filter: each period of the rule's FREQ rank above the given one
-#: has an occurrence for every value (BYDAY only for WEEKLY).
+#: BY parts that never filter: each period of a FREQ of these ranks has an occurrence
+#: for every value (BYDAY only for WEEKLY).
 _NEVER_FILTERS: dict[str, tuple[int, ...]] = {
     "BYSECOND": (1, 2, 3, 4, 5, 6),
     "BYMINUTE": (2, 3, 4, 5, 6),
@@ -164,23 +182,42 @@ _NEVER_FILTERS: dict[str, tuple[int, ...]] = {
 
 
 def _filters(rule: Any) -> bool:
-    """True when a period of ``rule`` may have no occurrence (so dateutil may spin)."""
+    """True when ``rule`` may go without an occurrence for very long (so dateutil spins).
+
+    With INTERVAL 1, a single filter always matches again within a year (a weekday,
+    a month, a day of the month, an hour); only combinations (BYMONTH with BYMONTHDAY:
+    30 February), set positions, year days, week numbers and "5th Monday" filters can
+    fail for ever. With a larger INTERVAL any filter can miss every period.
+    """
     _, rank = _PERIOD.get(str(rule["FREQ"][0]).upper(), (None, 0))
-    return any(name.startswith("BY") and rank not in _NEVER_FILTERS.get(name, ()) for name in rule)
+    names = {name for name in rule if name.startswith("BY")}
+    filtering = {name for name in names if rank not in _NEVER_FILTERS.get(name, ())}
+    if not filtering:
+        return False
+    interval = rule.get("INTERVAL") or [1]
+    if interval[0] != 1 or names & {"BYSETPOS", "BYYEARDAY", "BYWEEKNO"}:
+        return True
+    if {"BYMONTH", "BYMONTHDAY"} <= names:
+        return True
+    return "BYDAY" in filtering and any(
+        getattr(day, "relative", None) for day in rule.get("BYDAY", [])
+    )
 
 
-def _occurrences(
-    components: Sequence[Any], start: datetime, end: datetime, calendar_zone: str | None
-) -> Iterator[Any]:
+def _series(components: Sequence[Any], calendar_zone: str | None) -> list[Any]:
+    """recurring-ical-events' series of ``components`` (setting up, not expanding yet)."""
     calendar = icalendar.Calendar()
     if calendar_zone is not None:
         calendar.add("X-WR-TIMEZONE", calendar_zone)
     for component in components:
         calendar.add_component(component)
     standard = x_wr_timezone.to_standard(calendar) if calendar_zone is not None else calendar
-    query = recurring_ical_events.of(standard)
-    for series in query.series:
-        for occurrence in series.between(start, end):
+    return list(recurring_ical_events.of(standard).series)
+
+
+def _between(series: list[Any], start: datetime, end: datetime) -> Iterator[Any]:
+    for one in series:
+        for occurrence in one.between(start, end):
             yield occurrence.as_component(False)
 
 

@@ -215,14 +215,13 @@ def test_a_calendar_over_its_cap_raises_over_limit_in_plain_words() -> None:
 
 def test_secondly_forever_never_generates_an_occurrence(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[object] = []
-    real = recurrence._occurrences
+    real = recurrence._series
 
     def counting(*args: object) -> object:
-        for occurrence in real(*args):  # type: ignore[arg-type]
-            made.append(occurrence)
-            yield occurrence
+        made.append(args)
+        return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(recurrence, "_occurrences", counting)
+    monkeypatch.setattr(recurrence, "_series", counting)
     result = _expand((HOSTILE / "secondly_forever.ics").read_bytes())
     assert made == []
     assert result.instances == [GOOD]
@@ -267,13 +266,13 @@ def test_checkpoint_is_called_every_thousand_and_can_abort() -> None:
 
 def test_single_events_do_not_go_through_the_expander(monkeypatch: pytest.MonkeyPatch) -> None:
     groups: list[list[object]] = []
-    real = recurrence._occurrences
+    real = recurrence._series
 
-    def spying(components: list[object], *args: object) -> object:
+    def spying(components: list[object], zone: str | None) -> object:
         groups.append(components)
-        yield from real(components, *args)  # type: ignore[arg-type]
+        return real(components, zone)
 
-    monkeypatch.setattr(recurrence, "_occurrences", spying)
+    monkeypatch.setattr(recurrence, "_series", spying)
     weekly = _event(
         "w",
         "DTSTART:20260330T120000Z\r\nDTEND:20260330T130000Z\r\nRRULE:FREQ=WEEKLY;COUNT=3\r\n"
@@ -295,10 +294,9 @@ def test_rarely_matching_rules_share_one_budget_per_calendar(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Each of these rules is legal but costly (the next 29 February is far away); no
-    # single one exceeds the per-event budget, together they exceed the calendar's.
+    # single one exceeds its own allowance, together they exceed the calendar's.
     from pbxcal.core import ical
 
-    monkeypatch.setattr(ical, "_STEPS_PER_EVENT", 10_000_000)
     leap = [
         _event(
             f"leap{n}",
@@ -307,15 +305,24 @@ def test_rarely_matching_rules_share_one_budget_per_calendar(
         )
         for n in range(4)
     ]
-    alone = _expand(_calendar(leap[0]))
-    assert alone.skipped == []
-    used = recurrence.StepBudget(10_000_000, 10_000_000)
-    list(recurrence.occurrences(leap_components(leap[0]), START, END, None, used))
-    monkeypatch.setattr(ical, "_STEPS_PER_LINK", used.used * 3)
+    assert _expand(_calendar(*leap)).skipped == []
+    budget = recurrence.StepBudget(10_000_000, 10_000_000)
+    components = list(parse_calendar(_calendar(leap[0])).subcomponents)
+    list(recurrence.occurrences(components, START, END, None, budget, 1))
+    assert budget.overrun > 10_000  # it looked far beyond the range
+    monkeypatch.setattr(ical, "_STEPS_PER_LINK", budget.overrun * 3)
     with pytest.raises(OverLimit) as caught:
         _expand(_calendar(*leap))
     assert "repeat rules match too rarely" in str(caught.value)
 
 
-def leap_components(event: str) -> list[object]:
-    return list(parse_calendar(_calendar(event)).subcomponents)
+def test_a_rule_that_never_matches_again_costs_a_bounded_allowance() -> None:
+    budget = recurrence.StepBudget(50_000, 10_000_000)
+    never = _event(
+        "never",
+        "DTSTART:20260301T090000Z\r\nRRULE:FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30\r\n",
+    )
+    components = list(parse_calendar(_calendar(never)).subcomponents)
+    with pytest.raises(recurrence.RuleTooCostly):
+        list(recurrence.occurrences(components, START, END, None, budget, 10))
+    assert 50_000 <= budget.overrun <= 50_002
