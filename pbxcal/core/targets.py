@@ -114,8 +114,9 @@ class TitleParser:
     """``parse_title`` for one policy and one PBX's extensions, memoised.
 
     The cache is a bounded dict (oldest entries evicted first), so a calendar full of
-    distinct titles costs at most ``max_entries`` results of memory. Not thread-safe
-    for concurrent writers beyond what a dict gives; results are immutable values.
+    distinct titles costs at most ``max_entries`` results of memory. One parser may be
+    shared by threads (the daemon plans in worker threads): results are immutable and
+    a race only costs a parse twice.
     """
 
     def __init__(
@@ -142,7 +143,10 @@ class TitleParser:
         result = parse_title(title, self.policy, self.known_extensions)
         if len(title) <= _MAX_CACHED_TITLE:
             if len(self._cache) >= self.max_entries:
-                del self._cache[next(iter(self._cache))]
+                try:
+                    del self._cache[next(iter(self._cache))]
+                except (KeyError, RuntimeError, StopIteration):  # another thread evicted
+                    pass
             self._cache[title] = result
         return result
 

@@ -222,3 +222,19 @@ def test_the_configured_pattern_never_sees_more_than_fifteen_digits() -> None:
     for title in ("1" * 30, "1" * 16, "١" * 5, "1" * 15):
         parse_title(title, policy)
     assert seen == ["1" * 15]
+
+
+def test_title_parser_shared_by_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    parser = TitleParser(NL, max_entries=16)
+    titles = [f"0612345{n:03d}" for n in range(200)] + ["333", "Lunch", "1120"]
+
+    def parse_all(offset: int) -> list[Target | Rejection]:
+        return [parser.parse(titles[(i + offset) % len(titles)]) for i in range(2000)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(parse_all, range(0, 200, 50)))
+    for offset, got in zip(range(0, 200, 50), results, strict=True):
+        assert got == [parse_title(titles[(i + offset) % len(titles)], NL) for i in range(2000)]
+    assert len(parser) <= 16
