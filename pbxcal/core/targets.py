@@ -30,6 +30,7 @@ when it is built, so one that exists is safe to put on the AMI wire.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -143,10 +144,9 @@ class TitleParser:
         result = parse_title(title, self.policy, self.known_extensions)
         if len(title) <= _MAX_CACHED_TITLE:
             if len(self._cache) >= self.max_entries:
-                try:
+                # another thread may have evicted or added meanwhile: then skip evicting
+                with contextlib.suppress(KeyError, RuntimeError, StopIteration):
                     del self._cache[next(iter(self._cache))]
-                except (KeyError, RuntimeError, StopIteration):  # another thread evicted
-                    pass
             self._cache[title] = result
         return result
 
