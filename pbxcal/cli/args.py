@@ -9,21 +9,43 @@ from __future__ import annotations
 import argparse
 import re
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
-from pbxcal.core.slots import LocalPeriod
+if TYPE_CHECKING:  # the core pulls in icalendar: not at start-up
+    from pbxcal.core.slots import LocalPeriod
 
 _DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _PERIOD = re.compile(r"([0-9]{1,2}):([0-9]{2})-([0-9]{1,2}):([0-9]{2})")
+_ZONE_NAME = re.compile(r"[A-Za-z0-9_+-]{1,64}(/[A-Za-z0-9_+-]{1,64}){0,3}")
+_LINK_ID = re.compile(r"[1-9][0-9]{0,17}")
 
 
 def zone(value: str) -> ZoneInfo:
+    """An IANA zone; "Europe" (a directory), 256-character names and paths are refused."""
+    problem = argparse.ArgumentTypeError(
+        f"{_show(value)} is not an IANA time zone like Europe/Amsterdam"
+    )
+    if _ZONE_NAME.fullmatch(value) is None:
+        raise problem
     try:
         return ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not an IANA time zone like Europe/Amsterdam"
-        ) from exc
+    except (KeyError, ValueError, OSError, UnicodeError):  # ZoneInfoNotFoundError: KeyError
+        raise problem from None
+
+
+def link_id(value: str) -> int:
+    """A link id: a positive integer that fits the store's 64-bit column."""
+    if _LINK_ID.fullmatch(value.strip()) is None:
+        raise argparse.ArgumentTypeError(f"{_show(value)} is not a link id (see: links list)")
+    return int(value)
+
+
+def _show(value: str) -> str:
+    from pbxcal.core.redact import printable
+
+    text = printable(value)
+    return repr(text if len(text) <= 60 else text[:60] + "…")
 
 
 #: Calendars and time zones make no sense outside these years (and overflow near 1/9999).

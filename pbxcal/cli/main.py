@@ -1,23 +1,29 @@
 """Entry point of the ``pbxcal`` console script.
 
 ``main(argv)`` builds one argparse parser with a sub-command per task and turns every
-pbxcal error into a one-line message on stderr and exit status 2 — never a traceback.
-The commands themselves live in ``offline.py`` (plan, slots, check-config) and the
-other modules of this package.
+pbxcal error into a one-line message on stderr and exit status 2 — never a traceback
+(an unexpected exception is one line too, exit 1, with the traceback only when
+``PBXCAL_DEBUG=1``). The commands live in ``offline.py`` (plan, slots, check-config),
+``links.py`` and ``service_commands.py`` (run, apply, pbx-status).
+
+Imports here stay light (argparse and the command modules, which import the core,
+store and service inside their handlers): ``pbxcal --version`` takes about 0.1 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from pbxcal import __version__
-from pbxcal.cli import offline, service_commands
+from pbxcal.cli import links, offline, service_commands
 from pbxcal.errors import ConfigError, PbxcalError
 
 EXIT_USAGE = 2
+EXIT_INTERNAL = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     offline.add_slots(sub)
     offline.add_check_config(sub)
     service_commands.add_run(sub)
-    service_commands.add_links(sub)
+    links.add_links(sub)
     service_commands.add_apply(sub)
     service_commands.add_pbx_status(sub)
     return parser
@@ -57,11 +63,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"pbxcal: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     except PbxcalError as exc:
-        print(f"pbxcal: error: {exc}", file=sys.stderr)
+        print(f"pbxcal: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the last line of defence: never a traceback
+        if os.environ.get("PBXCAL_DEBUG") == "1":
+            raise
+        print(
+            f"pbxcal: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
+            "(PBXCAL_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
     return code
+
+
+def _one_line(text: str) -> str:
+    """A message as one printable line, URLs redacted (a message may quote a source)."""
+    from pbxcal.cli.links import shown_message
+
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return shown_message(first)[:500]
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
 """``pbxcal plan``, ``pbxcal slots`` and ``pbxcal check-config``: dry runs, no network.
 
 These read iCalendar files, run the pure core and print JSON (``--json``) or a short
-table. The JSON shapes are contracts (see the design guide); change them only by
-adding fields.
+table. The JSON shapes are contracts (see docs/architecture.md); change them only by
+adding fields. ``plan`` knows which extensions exist from ``--extensions`` or the
+config's ``[pbx.X] extensions`` (``known_extensions``); calendars are expanded under
+the config's ``[sync]`` limits. ``check-config`` also checks the machine
+(``pbxcal.config.audit``) and prints warnings on stderr.
+
+The core is imported inside the handlers, so ``pbxcal --version`` stays fast. Must not
+touch the network or a store. Start reading at ``run_plan``.
 """
 
 from __future__ import annotations
@@ -13,16 +19,17 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from pbxcal.cli import args as parse
-from pbxcal.config import Config, load_config
-from pbxcal.core.ical import EventInstance, expand_calendar, parse_calendar
-from pbxcal.core.policy import NumberPolicy
-from pbxcal.core.slots import AvailabilityRules, LocalPeriod, busy_intervals, free_slots
-from pbxcal.core.windows import plan_windows
 from pbxcal.errors import InputError
+
+if TYPE_CHECKING:
+    from pbxcal.config import Config
+    from pbxcal.core.ical import EventInstance, ExpansionLimits
+    from pbxcal.core.policy import NumberPolicy
+    from pbxcal.core.slots import LocalPeriod
 
 #: A calendar file larger than this is refused rather than read into memory.
 MAX_ICS_BYTES = 50_000_000
@@ -54,6 +61,13 @@ def add_plan(sub: Any) -> None:
         type=parse.moment,
         metavar="ISO",
         help="end of the range (exclusive), same formats as --from",
+    )
+    p.add_argument(
+        "--extensions",
+        metavar="LIST",
+        help='extensions that exist on the PBX, e.g. "100,200-299" (default: the '
+        "config's [pbx.X] extensions; with neither, every title that matches the "
+        "extension pattern counts as one)",
     )
     p.add_argument("--json", action="store_true", help="print the JSON object of the contract")
     p.set_defaults(handler=run_plan)
@@ -184,18 +198,30 @@ def _add_calendar_options(p: argparse.ArgumentParser, *, timezone_required: bool
 
 
 def run_plan(ns: argparse.Namespace) -> int:
+    from pbxcal.config.checks import show
+    from pbxcal.core.targets import TitleParser
+    from pbxcal.core.windows import plan_windows
+
     config = _config(ns)
     policy = _policy(ns, config)
-    if not policy.is_extension(ns.extension) or not ns.extension.isdigit():
+    if not policy.is_extension(ns.extension):
         raise InputError(
-            f"--extension {ns.extension!r} is not an extension "
+            f"--extension {show(ns.extension)} is not an extension "
             f"(pattern {policy.extension_pattern!r})"
         )
+    known = known_extensions(ns.extensions, config)
     zone = ns.timezone or config.zone
     start, end = parse.resolve(ns.start, zone), parse.resolve(ns.end, zone)
     if end <= start:
         raise InputError("--to must be after --from")
-    plan = plan_windows(read_instances(ns.ics, start, end, zone), start, end, policy)
+    instances = read_instances(ns.ics, start, end, zone, config.limits)
+    plan = plan_windows(instances, start, end, policy, parser=TitleParser(policy, known))
+    if known is None:
+        print(
+            "pbxcal: note: no known extensions (--extensions or [pbx.X] extensions): "
+            "every title that matches the extension pattern counts as an extension",
+            file=sys.stderr,
+        )
     result = {
         "extension": ns.extension,
         "windows": [
@@ -214,11 +240,36 @@ def run_plan(ns: argparse.Namespace) -> int:
     for w in plan.windows:
         print(f"  {_iso(w.start)} .. {_iso(w.end)}  {' & '.join(w.targets)}")
     for r in plan.rejected:
-        print(f"  rejected {_iso(r.start)} {r.title!r}: {r.reason.value} ({r.detail})")
+        print(
+            f"  rejected {_iso(r.start)} {_title(r.title)}: {r.reason.value} "
+            f"({printable(r.detail)})"
+        )
     return 0
 
 
+def _title(title: str) -> str:
+    return repr(printable(title))
+
+
+def known_extensions(spec: str | None, config: Config) -> frozenset[str] | None:
+    """``--extensions`` ("100,200-299"), else every ``[pbx.X] extensions``, else None."""
+    import re
+
+    from pbxcal.config.checks import expand_extensions
+
+    if spec is None:
+        listed = frozenset().union(*(p.extensions for p in config.pbxes.values()))
+        return listed or None
+    regex = re.compile(config.policy.extension_pattern)
+    found, problems = expand_extensions([v.strip() for v in spec.split(",")], regex)
+    if problems:
+        raise InputError(f"--extensions {problems[0]}")
+    return found
+
+
 def run_slots(ns: argparse.Namespace) -> int:
+    from pbxcal.core.slots import AvailabilityRules, busy_intervals, free_slots
+
     config = _config(ns)
     policy = _policy(ns, config)
     zone: ZoneInfo = ns.timezone
@@ -244,7 +295,7 @@ def run_slots(ns: argparse.Namespace) -> int:
     margin = timedelta(days=1) + ns.buffer_before + ns.buffer_after
     start = parse.resolve(ns.first_day, zone) - margin
     end = parse.resolve(ns.last_day + timedelta(days=1), zone) + margin
-    busy = busy_intervals(read_instances(ns.ics, start, end, zone), policy)
+    busy = busy_intervals(read_instances(ns.ics, start, end, zone, config.limits), policy)
     slots = free_slots(busy, rules, ns.first_day, ns.last_day, now)
     if ns.json:
         result = {
@@ -261,10 +312,22 @@ def run_slots(ns: argparse.Namespace) -> int:
 
 
 def run_check_config(ns: argparse.Namespace) -> int:
+    from pbxcal.config import load_config
+    from pbxcal.config.audit import audit
+    from pbxcal.errors import ConfigError
+
     config = load_config(ns.file)
+    errors, warnings = audit(config)
+    for warning in (*config.warnings, *warnings):
+        print(f"pbxcal: warning: {warning}", file=sys.stderr)
+    if errors:
+        raise ConfigError(errors)
     print(
         f"{ns.file}: OK ({len(config.pbxes)} PBX, {len(config.links)} links, "
-        f"region {config.region}, time zone {config.timezone})"
+        f"region {config.region}, time zone {config.timezone}"
+        + (f", {len(config.warnings) + len(warnings)} warnings" if warnings or config.warnings
+           else "")
+        + ")"
     )
     return 0
 
@@ -282,31 +345,58 @@ def read_ics_file(path: str) -> bytes:
 
 
 def read_instances(
-    paths: Sequence[str], start: datetime, end: datetime, zone: ZoneInfo
+    paths: Sequence[str],
+    start: datetime,
+    end: datetime,
+    zone: ZoneInfo,
+    limits: ExpansionLimits | None = None,
 ) -> list[EventInstance]:
-    """Every event instance of the calendar files in ``[start, end)``; warns on skips."""
+    """Every event instance of the calendar files in ``[start, end)``; warns on skips.
+
+    A calendar over one of ``limits`` is an ``InputError`` (``OverLimit``) naming it.
+    """
+    from pbxcal.core.ical import ExpansionLimits, OverLimit, expand_calendar, parse_calendar
+
+    limits = limits or ExpansionLimits()
     found: list[EventInstance] = []
     for path in paths:
-        calendar = parse_calendar(read_ics_file(path), source=path)
-        expansion = expand_calendar(calendar, start, end, zone)
+        calendar = parse_calendar(read_ics_file(path), source=path, limits=limits)
+        try:
+            expansion = expand_calendar(calendar, start, end, zone, limits=limits)
+        except OverLimit as exc:
+            raise InputError(f"{path}: {printable(str(exc))}") from None
         for skipped in expansion.skipped:
             if skipped.uid == "*":  # the whole calendar could not be expanded
-                raise InputError(f"{path}: {skipped.detail}")
-            print(f"pbxcal: warning: {path}: skipped event {skipped.uid!r}: {skipped.detail}",
-                  file=sys.stderr)
+                raise InputError(f"{path}: {printable(skipped.detail)}")
+            print(
+                f"pbxcal: warning: {path}: skipped event {_title(skipped.uid)}: "
+                f"{printable(skipped.detail)}",
+                file=sys.stderr,
+            )
         found.extend(expansion.instances)
     return found
 
 
+def printable(text: str) -> str:
+    from pbxcal.core.redact import printable as escape
+
+    return escape(text)
+
+
 def _config(ns: argparse.Namespace) -> Config:
+    from pbxcal.config import Config, load_config
+
     return load_config(ns.config) if ns.config else Config.default()
 
 
 def _policy(ns: argparse.Namespace, config: Config) -> NumberPolicy:
     if not ns.region:
         return config.policy
-    region = ns.region.upper()
     import phonenumbers
+
+    from pbxcal.core.policy import NumberPolicy
+
+    region = ns.region.upper()
 
     if region not in phonenumbers.SUPPORTED_REGIONS:
         raise InputError(f"--region {ns.region!r} is not a region code like NL or US")

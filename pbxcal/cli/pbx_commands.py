@@ -1,16 +1,19 @@
-"""What ``pbxcal pbx status`` shows: the forwardings a PBX holds right now.
+"""What ``pbxcal pbx-status`` and ``pbxcal apply`` show: forwardings and refusals.
 
-``pbx_status`` reads them over the ``Pbx`` port; ``format_status_table`` and
-``format_status_json`` turn the result into text. Argument parsing, config loading and
-exit codes live in ``pbxcal/cli/main.py``; this module must not parse arguments, print,
-or exit. Start reading at ``pbx_status``.
+``pbx_status`` reads the forwardings over the ``Pbx`` port; ``format_status_table`` and
+``format_status_json`` turn the result into text, with every value made ``printable``
+(AstDB may hold anything someone else wrote). ``format_refused`` is one line per
+extension that ``Pbx.apply`` refused. Argument parsing, config loading and exit codes
+live in ``service_commands.py``; this module must not parse arguments, print, or exit.
+Start reading at ``pbx_status``.
 """
 
 from __future__ import annotations
 
 import json
 
-from pbxcal.pbx import Pbx
+from pbxcal.core.redact import printable
+from pbxcal.pbx import ApplyResult, Pbx
 from pbxcal.pbx.values import device_name
 
 
@@ -20,7 +23,19 @@ async def pbx_status(pbx: Pbx) -> dict[str, list[str]]:
     Raises what ``Pbx.read_applied`` raises (``PbxUnavailable``, ``PbxActionFailed``).
     """
     applied = await pbx.read_applied()
-    return {ext: sorted(applied[ext]) for ext in sorted(applied, key=_ext_order)}
+    return {
+        printable(ext): [printable(t) for t in sorted(applied[ext])]
+        for ext in sorted(applied, key=_ext_order)
+    }
+
+
+def format_refused(result: ApplyResult, pbx_name: str = "") -> list[str]:
+    """One printable line per refused extension, in extension order."""
+    where = f"{printable(pbx_name)}: " if pbx_name else ""
+    return [
+        f"{where}extension {printable(ext)} refused: {printable(reason)}"
+        for ext, reason in sorted(result.refused.items(), key=lambda item: _ext_order(item[0]))
+    ]
 
 
 def format_status_table(status: dict[str, list[str]], pbx_name: str = "") -> str:
@@ -29,7 +44,7 @@ def format_status_table(status: dict[str, list[str]], pbx_name: str = "") -> str
     if not status:
         return f"no forwardings active{where}\n"
     rows = [("EXTENSION", "DEVICE", "TARGETS")]
-    rows += [(ext, device_name(ext), ", ".join(targets)) for ext, targets in status.items()]
+    rows += [(ext, _device(ext), ", ".join(targets)) for ext, targets in status.items()]
     width0 = max(len(r[0]) for r in rows)
     width1 = max(len(r[1]) for r in rows)
     lines = [f"{a:<{width0}}  {b:<{width1}}  {c}".rstrip() for a, b, c in rows]
@@ -40,6 +55,10 @@ def format_status_table(status: dict[str, list[str]], pbx_name: str = "") -> str
 def format_status_json(status: dict[str, list[str]], pbx_name: str = "") -> str:
     """``{"pbx": NAME, "forwardings": {"201": ["+31612345678", "333"]}}`` on one line."""
     return json.dumps({"pbx": pbx_name, "forwardings": status}, sort_keys=False) + "\n"
+
+
+def _device(ext: str) -> str:
+    return printable(device_name(ext))
 
 
 def _ext_order(ext: str) -> tuple[int, str]:
