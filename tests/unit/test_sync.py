@@ -26,8 +26,7 @@ from pbxcal.service.metrics import Metrics
 from pbxcal.service.reconciler import Reconciler
 from pbxcal.service.sync import CalendarSync
 from pbxcal.store import Link, Store
-
-from .test_reconciler import FakeClock, FakePbx, sample
+from pbxcal.testing.fakes import FakeClock, FakePbx
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -102,6 +101,11 @@ def store(tmp_path: Path) -> Iterator[Store]:
         yield opened
 
 
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
 class World:
     def __init__(self, store: Any, **config: Any) -> None:
         self.clock = FakeClock(NOW)
@@ -135,13 +139,16 @@ class World:
 async def test_a_new_version_reaches_the_reconciler_and_the_log(store: Store) -> None:
     world = World(store)
     link = world.link()
-    world.source.push(calendar(("201", -10, 60), ("Lunch", 0, 30), ("0900 1234567", 0, 5)))
+    world.source.push(
+        calendar(("06-12345678", -10, 60), ("Lunch", 0, 30), ("0900 1234567", 0, 5), ("333", 0, 5))
+    )
     assert await world.sync.sync_link(link.id) == "changed"
     instances = world.reconciler.link_instances(link.id)
-    assert instances is not None and len(instances.instances) == 3
+    assert instances is not None and len(instances.instances) == 4
     entry = world.log(link)[0]
     assert (entry.result, entry.accepted) == ("changed", 1)
-    assert entry.rejected == {"not-a-number": 1, "blocked-by-policy": 1}
+    # 333 is no extension on this PBX (the fake has none)
+    assert entry.rejected == {"not-a-number": 1, "blocked-by-policy": 1, "unknown-extension": 1}
     assert store.load_expansions()[link.id].instances == instances.instances
 
 
