@@ -150,8 +150,13 @@ class TitleParser:
             self._cache[title] = result
         return result
 
-    def __len__(self) -> int:
-        """How many titles are remembered."""
+    @property
+    def cached(self) -> int:
+        """How many titles are remembered.
+
+        Deliberately not ``__len__``: that made a parser with an empty cache falsy, and
+        ``parser or TitleParser(policy)`` silently dropped its known extensions.
+        """
         return len(self._cache)
 
 

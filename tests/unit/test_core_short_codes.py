@@ -187,7 +187,7 @@ def test_title_parser_gives_what_parse_title_gives() -> None:
     parser = TitleParser(NL, known)
     for title in ("333", "444", "0612345678", "Lunch", "1120", "333", "Lunch"):
         assert parser.parse(title) == parse_title(title, NL, known)
-    assert len(parser) == 5
+    assert parser.cached == 5
     assert parser.policy is NL and parser.known_extensions == known
 
 
@@ -201,7 +201,7 @@ def test_title_parser_cache_is_bounded() -> None:
     parser = TitleParser(NL, max_entries=10)
     for n in range(1000):
         parser.parse(f"Meeting {n}")
-    assert len(parser) == 10
+    assert parser.cached == 10
     parser.parse("x" * 10_000)  # long titles are not kept
     assert "x" * 10_000 not in parser._cache
     with pytest.raises(ValueError):
@@ -237,4 +237,21 @@ def test_title_parser_shared_by_threads() -> None:
         results = list(pool.map(parse_all, range(0, 200, 50)))
     for offset, got in zip(range(0, 200, 50), results, strict=True):
         assert got == [parse_title(titles[(i + offset) % len(titles)], NL) for i in range(2000)]
-    assert len(parser) <= 16
+    assert parser.cached <= 16
+
+
+def test_a_fresh_parser_is_used_by_plan_windows_even_with_an_empty_cache() -> None:
+    # An empty TitleParser must not be replaced by a default one (that assumes every
+    # pattern match is an extension): its known extensions decide.
+    from datetime import UTC, datetime, timedelta
+
+    from pbxcal.core.ical import EventInstance
+    from pbxcal.core.windows import plan_windows
+
+    start = datetime(2026, 3, 30, 9, tzinfo=UTC)
+    instances = [EventInstance("a", start, start + timedelta(hours=1), "333")]
+    parser = TitleParser(NL, frozenset({"201"}))
+    assert bool(parser)
+    plan = plan_windows(instances, start, start + timedelta(days=1), NL, parser=parser)
+    assert plan.windows == ()
+    assert [r.reason for r in plan.rejected] == [Reason.UNKNOWN_EXTENSION]
