@@ -1,4 +1,4 @@
-"""The plain values the store takes and returns: links, synced events, sync state, log.
+"""The plain values the store takes and returns: links, events, sync state, log, expansions.
 
 What it does: defines frozen dataclasses with no behaviour, so callers (the daemon, the
 CLI, the core) never see SQLAlchemy rows. What it must not do: import SQLAlchemy or know
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from pbxcal.core.ical import EventInstance
 
 #: ``Link.origin`` of a link declared in the TOML config (``Store.sync_config_links``).
 ORIGIN_CONFIG = "config"
@@ -45,9 +47,11 @@ class StoredEvent:
 class SyncState:
     """What the last successful fetch of a link's calendar left behind.
 
-    ``etag`` / ``last_modified`` / ``sync_token`` drive conditional and incremental
-    fetches; ``calendar_tz`` is the calendar's own zone; ``timezones`` holds the
-    calendar's VTIMEZONE blocks as iCalendar text (needed to expand the events).
+    ``etag`` / ``last_modified`` drive conditional fetches; ``sync_token`` is kept for
+    the incremental providers of the next issue (Google, Graph, CalDAV sync-collection)
+    and is always ``None`` for ICS links today; ``calendar_tz`` is the calendar's own
+    zone; ``timezones`` holds the calendar's VTIMEZONE blocks as iCalendar text (needed
+    to expand the events).
     """
 
     etag: str | None
@@ -68,3 +72,18 @@ class SyncLogEntry:
     accepted: int
     rejected: dict[str, int]
     message: str
+
+
+@dataclass(frozen=True)
+class ExpansionRecord:
+    """A link's calendar expanded over ``[range_start, range_end)``, kept for a fast restart.
+
+    ``instances`` are the expanded occurrences (aware UTC times) as the core produced them;
+    ``computed_at`` is when the expansion was made (the daemon re-expands when its horizon
+    has moved past ``range_end`` or the calendar changed).
+    """
+
+    range_start: datetime
+    range_end: datetime
+    instances: tuple[EventInstance, ...]
+    computed_at: datetime

@@ -6,7 +6,11 @@ must not do: create tables itself (only Alembic changes a database's schema).
 
 ``events.recurrence_id`` stores ``""`` for "no recurrence id" so that the primary key
 ``(link_id, uid, recurrence_id)`` also rejects a second master event (SQL treats NULLs as
-distinct). Start reading at ``links``.
+distinct). ``sync_state.sync_token`` is always NULL today; it stays for the incremental
+providers of the next issue. ``links_version`` holds one row whose ``version`` every link
+change bumps in the same transaction (the daemon's link watcher polls it);
+``expansions`` holds one compact row per link (see ``store.expansions``). Start reading
+at ``links``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -127,4 +132,24 @@ sync_log = Table(
     Column("message", Text, nullable=False),
     # sync_log(link) newest first, last_sync() and pruning all walk this index.
     Index(None, "link_id", "at", "id"),
+)
+
+links_version = Table(
+    "links_version",
+    metadata,
+    # exactly one row, id 1, inserted by migration 0002
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
+)
+
+expansions = Table(
+    "expansions",
+    metadata,
+    Column("link_id", Integer, ForeignKey("links.id", ondelete="CASCADE"), primary_key=True),
+    Column("range_start", UtcDateTime, nullable=False),
+    Column("range_end", UtcDateTime, nullable=False),
+    Column("computed_at", UtcDateTime, nullable=False),
+    # JSON text written and read by store.expansions (not the JSON type: the encoding is
+    # ours, compact, and decoded without SQLAlchemy's per-value processing)
+    Column("instances", Text, nullable=False),
 )

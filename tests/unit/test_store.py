@@ -18,15 +18,22 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-import pbxcal.store.sql as store_sql
+import pbxcal.store.events as store_events
+from pbxcal.core.ical import EventInstance
 from pbxcal.store import (
     SYNC_LOG_KEEP,
+    AppliedStore,
+    ExpansionRecord,
     Link,
+    LinkAdminStore,
+    LinkWatchStore,
     SchemaTooNew,
+    StateStore,
     Store,
     StoredEvent,
     StoreError,
     SyncState,
+    SyncStore,
     migrate,
 )
 from pbxcal.store.schema import metadata
@@ -67,6 +74,11 @@ def vevent(uid: str, summary: str = "0612345678", rid: str | None = None) -> Sto
     return StoredEvent(uid=uid, recurrence_id=rid, ical="\r\n".join(lines) + "\r\n")
 
 
+def revision(store: Store) -> str | None:
+    with store._db.engine.connect() as conn:
+        return migrate.current_revision(conn)
+
+
 def table_dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table, straight from the database (not through the store)."""
     engine = sa.create_engine(url)
@@ -86,7 +98,7 @@ def table_dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def test_open_migrates_to_head(store: Store) -> None:
-    assert store.schema_revision() == migrate.head_revision() == "0001"
+    assert revision(store) == migrate.head_revision() == "0002"
 
 
 def test_migrations_build_exactly_the_declared_schema(store: Store, store_url: str) -> None:
@@ -111,7 +123,7 @@ def test_migrations_downgrade_and_upgrade_again(store: Store, store_url: str) ->
     finally:
         engine.dispose()
     with Store.open(store_url) as again:
-        assert again.schema_revision() == "0001"
+        assert revision(again) == "0002"
         assert again.list_links() == []
 
 
@@ -120,7 +132,7 @@ def test_reopen_keeps_data(store: Store, store_url: str) -> None:
     store.close()
     with Store.open(store_url) as again:
         assert again.list_links() == [link]
-        assert again.schema_revision() == "0001"
+        assert revision(again) == "0002"
 
 
 def test_schema_too_new_is_refused_and_nothing_changes(store: Store, store_url: str) -> None:
@@ -138,7 +150,7 @@ def test_schema_too_new_is_refused_and_nothing_changes(store: Store, store_url: 
         Store.open(store_url)
 
     assert str(info.value) == (
-        "database schema 0099_future is newer than this pbxcal (0001); "
+        "database schema 0099_future is newer than this pbxcal (0002); "
         "upgrade pbxcal or restore a backup"
     )
     assert table_dump(store_url) == before
@@ -188,7 +200,7 @@ def test_same_source_for_another_extension_or_pbx_is_a_new_link(store: Store) ->
     b = store.add_link("101", "main", "ics", "https://example.test/a.ics")
     c = store.add_link("100", "branch", "ics", "https://example.test/a.ics", active=False)
     assert store.list_links() == [a, b, c]
-    assert store.list_links(active_only=True) == [a, b]
+    assert [link.active for link in store.list_links()] == [True, True, False]
 
 
 def test_add_link_refuses_bad_origin_and_non_json_settings(store: Store) -> None:
@@ -204,7 +216,7 @@ def test_set_link_active(store: Store) -> None:
     off = store.set_link_active(link.id, False)
     assert off.active is False
     assert store.get_link(link.id) == off
-    assert store.list_links(active_only=True) == []
+    assert store.list_links() == [off]
     assert store.set_link_active(link.id, True).active is True
     with pytest.raises(StoreError, match=f"no link with id {link.id + 1}"):
         store.set_link_active(link.id + 1, True)
@@ -335,13 +347,13 @@ def test_replace_events_failing_midway_keeps_the_previous_events(
     store.replace_events(link.id, [vevent("old1"), vevent("old2")], state("old"))
     reached: list[bool] = []
 
-    def failing_upsert(conn: sa.Connection, link_id: int, values: Any) -> None:
+    def failing_upsert(conn: sa.Connection, row: Any) -> None:
         # By now the old events are deleted and the new ones inserted, in this transaction.
         assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar() == 1
         reached.append(True)
         conn.execute(sa.text("SELECT * FROM no_such_table"))  # a real database error
 
-    monkeypatch.setattr(store_sql, "_upsert_state", failing_upsert)
+    monkeypatch.setattr(store_events, "save_state", failing_upsert)
     with pytest.raises(StoreError) as info:
         store.replace_events(link.id, [vevent("new")], state("new"))
 
@@ -355,19 +367,6 @@ def test_replace_events_failing_midway_keeps_the_previous_events(
 def test_replace_events_for_unknown_link(store: Store) -> None:
     with pytest.raises(StoreError, match="no link with id 42"):
         store.replace_events(42, [vevent("a")], state())
-    with pytest.raises(StoreError, match="no link with id 42"):
-        store.touch_sync_state(42, state())
-
-
-def test_touch_sync_state_keeps_events(store: Store) -> None:
-    link = store.add_link("100", "main", "ics", "a")
-    store.touch_sync_state(link.id, state("first"))
-    assert store.load_events(link.id) == ([], state("first"))
-
-    store.replace_events(link.id, [vevent("a")], state("e1"))
-    later = state("e1", at=T0 + timedelta(minutes=5))
-    store.touch_sync_state(link.id, later)
-    assert store.load_events(link.id) == ([vevent("a")], later)
 
 
 def test_load_all_events_in_at_most_two_queries(store: Store) -> None:
@@ -375,7 +374,7 @@ def test_load_all_events_in_at_most_two_queries(store: Store) -> None:
     synced = store.add_link("101", "main", "ics", "synced")
     touched = store.add_link("102", "main", "ics", "touched", active=False)
     store.replace_events(synced.id, [vevent("b"), vevent("a")], state("s"))
-    store.touch_sync_state(touched.id, state("t"))
+    store.replace_events(touched.id, [], state("t"))
 
     statements: list[str] = []
 
@@ -383,7 +382,7 @@ def test_load_all_events_in_at_most_two_queries(store: Store) -> None:
         if statement.lstrip().upper().startswith("SELECT"):
             statements.append(statement)
 
-    engine = store._engine
+    engine = store._db.engine
     sa.event.listen(engine, "before_cursor_execute", count)
     try:
         everything = store.load_all_events()
@@ -403,25 +402,271 @@ def test_load_all_events_in_at_most_two_queries(store: Store) -> None:
 # -- applied state -----------------------------------------------------------------------
 
 
-def test_save_and_load_applied(store: Store) -> None:
+def test_save_and_load_applied_changes(store: Store) -> None:
     assert store.load_applied("main") == {}
-    store.save_applied("main", {"100": ["+31612345678", "333"], "101": ("201",)})
-    store.save_applied("branch", {"100": ["+3120"]})
+    store.save_applied_changes("main", {"100": ["+31612345678", "333"], "101": ("201",)})
+    store.save_applied_changes("branch", {"100": ["+3120"]})
     assert store.load_applied("main") == {"100": ("+31612345678", "333"), "101": ("201",)}
 
-    store.save_applied("main", {"102": ["333"]})  # replaces the whole PBX's state
-    assert store.load_applied("main") == {"102": ("333",)}
+    # only the named extensions change; an empty list means nothing applied any more
+    store.save_applied_changes("main", {"101": [], "102": ["333"], "100": ["444"]})
+    assert store.load_applied("main") == {"100": ("444",), "102": ("333",)}
     assert store.load_applied("branch") == {"100": ("+3120",)}
 
-    store.save_applied("main", {})
-    assert store.load_applied("main") == {}
+    store.save_applied_changes("main", {"404": []})  # deleting what is not there is fine
+    store.save_applied_changes("main", {})
+    assert store.load_applied("main") == {"100": ("444",), "102": ("333",)}
 
 
-def test_save_applied_refuses_a_string_as_targets(store: Store) -> None:
-    store.save_applied("main", {"100": ["333"]})
+def test_save_applied_changes_writes_only_the_changed_rows(store: Store) -> None:
+    store.save_applied_changes("main", {str(200 + n): ["333"] for n in range(600)})
+    statements: list[tuple[str, int]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        word = statement.lstrip().split()[0].upper()
+        if word in ("INSERT", "UPDATE", "DELETE"):
+            rows = len(parameters) if isinstance(parameters, list) else 1
+            statements.append((word, rows))
+
+    engine = store._db.engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        store.save_applied_changes("main", {"200": ["444"], "201": []})
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+    # one DELETE for the one removed row, one upsert for the one changed row; the other
+    # 598 extensions are not written (the old save_applied deleted and re-inserted all)
+    assert sorted(statements) == [("DELETE", 1), ("INSERT", 1)]
+    applied = store.load_applied("main")
+    assert len(applied) == 599
+    assert applied["200"] == ("444",)
+    assert "201" not in applied
+
+
+def test_save_applied_changes_refuses_a_string_as_targets(store: Store) -> None:
+    store.save_applied_changes("main", {"100": ["333"]})
     with pytest.raises(StoreError, match="must be a list"):
-        store.save_applied("main", {"100": "333"})
+        store.save_applied_changes("main", {"101": ["1"], "100": "333"})
     assert store.load_applied("main") == {"100": ("333",)}
+
+
+# -- links_version -----------------------------------------------------------------------
+
+
+def test_links_version_moves_on_every_link_change_and_only_then(store: Store) -> None:
+    seen = [store.links_version()]
+
+    def moved() -> bool:
+        now = store.links_version()
+        changed = now != seen[-1]
+        seen.append(now)
+        return changed
+
+    link = store.add_link("100", "main", "ics", "a")
+    assert moved()
+    store.set_link_active(link.id, False)
+    assert moved()
+    store.set_link_active(link.id, False)  # already off: nothing changed
+    assert not moved()
+    store.set_link_active(link.id, True)
+    assert moved()
+    specs = [("200", "main", "ics", "b", {"x": 1})]
+    store.sync_config_links(specs)
+    assert moved()
+    store.sync_config_links(specs)  # unchanged config
+    assert not moved()
+    store.sync_config_links([("200", "main", "ics", "b", {"x": 2})])  # settings changed
+    assert moved()
+    store.replace_events(link.id, [vevent("a")], state())  # not a link change
+    store.log_sync(link.id, T0, "ok", 1, {})
+    store.save_applied_changes("main", {"100": ["333"]})
+    assert not moved()
+    store.sync_config_links([])  # removes the config link
+    assert moved()
+    store.remove_link(link.id)
+    assert moved()
+    with pytest.raises(StoreError):
+        store.add_link("100", "main", "ics", "z", origin="web")
+    with pytest.raises(StoreError):
+        store.remove_link(link.id)
+    assert not moved()
+    assert seen == sorted(seen)  # it only grows
+
+
+def test_links_version_is_seen_by_another_store_on_the_same_database(
+    store: Store, store_url: str
+) -> None:
+    """The CLI (another process, another Store) writes; the daemon's watcher sees it."""
+    with Store.open(store_url) as cli:
+        before = store.links_version()
+        link = cli.add_link("100", "main", "ics", "a")
+        after_add = store.links_version()
+        cli.set_link_active(link.id, False)
+        assert before < after_add < store.links_version()
+        assert store.list_links() == [cli.get_link(link.id)]
+
+
+def test_links_version_is_one_query(store: Store) -> None:
+    for n in range(50):
+        store.add_link(str(100 + n), "main", "ics", "a")
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    engine = store._db.engine
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        store.links_version()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert [s for s in statements if "links_version" in s] == statements
+    assert len(statements) == 1
+
+
+# -- sync states -------------------------------------------------------------------------
+
+
+def test_load_sync_states_reads_no_events(store: Store) -> None:
+    a = store.add_link("100", "main", "ics", "a")
+    b = store.add_link("101", "main", "ics", "b")
+    store.add_link("102", "main", "ics", "never fetched")
+    store.replace_events(a.id, [vevent("x")], state("ea"))
+    store.replace_events(b.id, [], state("eb", at=T0 + timedelta(hours=1)))
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    engine = store._db.engine
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        states = store.load_sync_states()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+
+    assert states == {a.id: state("ea"), b.id: state("eb", at=T0 + timedelta(hours=1))}
+    assert len(statements) == 1
+    assert "events" not in statements[0].replace("sync_state", "")
+
+
+# -- expansions --------------------------------------------------------------------------
+
+
+def instance(uid: str, hour: int, title: str = "0612345678", **flags: bool) -> EventInstance:
+    start = T0 + timedelta(hours=hour)
+    return EventInstance(uid, start, start + timedelta(minutes=30), title, **flags)
+
+
+def expansion(*instances: EventInstance, computed: datetime = T0) -> ExpansionRecord:
+    return ExpansionRecord(T0 - timedelta(days=1), T0 + timedelta(days=14), instances, computed)
+
+
+def test_save_and_load_expansions(store: Store) -> None:
+    a = store.add_link("100", "main", "ics", "a")
+    b = store.add_link("101", "main", "ics", "b")
+    store.add_link("102", "main", "ics", "never expanded")
+    assert store.load_expansions() == {}
+    first = expansion(
+        instance("weekly@x", 0),
+        instance("weekly@x", 168),
+        instance("free@x", 3, "333", transparent=True),
+        instance("day@x", 24, 'Ünïcode ☎ "quoted"', all_day=True),
+        instance("both@x", 5, "", transparent=True, all_day=True),
+    )
+    store.save_expansion(a.id, first)
+    store.save_expansion(b.id, expansion())
+    assert store.load_expansions() == {a.id: first, b.id: expansion()}
+
+    later = expansion(instance("new@x", 2), computed=T0 + timedelta(hours=1))
+    store.save_expansion(a.id, later)  # replaces the link's record
+    loaded = store.load_expansions()
+    assert loaded == {a.id: later, b.id: expansion()}
+    for record in loaded.values():
+        for value in (record.range_start, record.range_end, record.computed_at):
+            assert value.tzinfo is UTC
+        for one in record.instances:
+            assert one.start.tzinfo is UTC and one.end.tzinfo is UTC
+
+
+def test_expansion_times_keep_their_instant_and_microseconds(store: Store) -> None:
+    link = store.add_link("100", "main", "ics", "a")
+    plus_two = timezone(timedelta(hours=2))
+    odd = EventInstance(
+        "odd@x",
+        datetime(2026, 7, 1, 9, 30, 15, 123456, tzinfo=plus_two),
+        datetime(8999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        "100",
+    )
+    early = EventInstance(
+        "early@x", datetime(1900, 1, 1, tzinfo=UTC), datetime(1900, 1, 2, tzinfo=UTC), "100"
+    )
+    store.save_expansion(link.id, expansion(odd, early))
+    (loaded_odd, loaded_early) = store.load_expansions()[link.id].instances
+    assert loaded_odd == odd and loaded_odd.start.tzinfo is UTC
+    assert loaded_odd.start.hour == 7
+    assert loaded_early == early
+
+
+def test_expansion_refuses_naive_times_and_unknown_links(store: Store) -> None:
+    link = store.add_link("100", "main", "ics", "a")
+    naive = datetime(2026, 3, 30, 7, 0)  # noqa: DTZ001 - the point of the test
+    with pytest.raises(ValueError, match="naive"):
+        store.save_expansion(link.id, expansion(EventInstance("n@x", naive, naive, "1")))
+    with pytest.raises(ValueError, match="naive"):
+        store.save_expansion(link.id, ExpansionRecord(naive, T0, (), T0))
+    with pytest.raises(StoreError, match="no link with id 4242"):
+        store.save_expansion(4242, expansion())
+    assert store.load_expansions() == {}
+
+
+def test_removing_a_link_removes_its_expansion(store: Store, store_url: str) -> None:
+    gone = store.add_link("100", "main", "ics", "a")
+    kept = store.add_link("101", "main", "ics", "b")
+    config = store.sync_config_links([("200", "main", "ics", "c", {})])[0]
+    for link in (gone, kept, config):
+        store.save_expansion(link.id, expansion(instance(f"u{link.id}", 1)))
+    store.remove_link(gone.id)
+    store.sync_config_links([])
+    assert list(store.load_expansions()) == [kept.id]
+    assert [row[0] for row in table_dump(store_url)["expansions"]] == [kept.id]
+
+
+def test_a_damaged_expansion_is_a_store_error(store: Store, store_url: str) -> None:
+    link = store.add_link("100", "main", "ics", "a")
+    store.save_expansion(link.id, expansion(instance("a@x", 1)))
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE expansions SET instances = '{\"v\": 99}'"))
+    finally:
+        engine.dispose()
+    with pytest.raises(StoreError, match=f"saved expansion of link {link.id} cannot be read"):
+        store.load_expansions()
+
+
+# -- ports -------------------------------------------------------------------------------
+
+
+def test_store_satisfies_every_consumer_port(store: Store) -> None:
+    sync: SyncStore = store
+    applied: AppliedStore = store
+    watch: LinkWatchStore = store
+    admin: LinkAdminStore = store
+    everything: StateStore = store
+    for port in (SyncStore, AppliedStore, LinkWatchStore, LinkAdminStore, StateStore):
+        assert isinstance(store, port)
+    assert {sync, applied, watch, admin, everything} == {store}
+
+
+def test_dropped_calls_are_gone(store: Store) -> None:
+    for name in ("touch_sync_state", "schema_revision", "save_applied"):
+        assert not hasattr(store, name)
+    with pytest.raises(TypeError):
+        store.list_links(active_only=True)  # type: ignore[call-arg]
 
 
 # -- sync log ----------------------------------------------------------------------------

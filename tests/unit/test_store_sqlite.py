@@ -61,16 +61,41 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(target)], check=True)
 
 
-def test_pragmas_wal_normal_foreign_keys_busy_timeout(tmp_path: Path) -> None:
-    with Store.open(url(tmp_path / "state.db")) as store, store._engine.connect() as conn:
+def test_pragmas_rollback_journal_no_mmap_foreign_keys_busy_timeout(tmp_path: Path) -> None:
+    with Store.open(url(tmp_path / "state.db")) as store, store._db.engine.connect() as conn:
         pragma = conn.exec_driver_sql
-        assert pragma("PRAGMA journal_mode").scalar() == "wal"
+        # not WAL: its -shm index is written through a memory mapping (SIGBUS, see engine)
+        assert pragma("PRAGMA journal_mode").scalar() == "truncate"
+        assert pragma("PRAGMA mmap_size").scalar() == 0
         assert pragma("PRAGMA synchronous").scalar() == 1  # NORMAL
         assert pragma("PRAGMA foreign_keys").scalar() == 1
         assert pragma("PRAGMA busy_timeout").scalar() == 10_000
-    # WAL is a property of the file: a plain sqlite3 connection sees it too.
-    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as raw:
-        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert not (tmp_path / "state.db-shm").exists()
+    assert not (tmp_path / "state.db-wal").exists()
+
+
+def test_a_wal_database_of_an_older_pbxcal_is_switched_to_the_rollback_journal(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    with Store.open(url(path)) as store:
+        link = store.add_link("100", "main", "ics", "a")
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
+        raw.execute("UPDATE links SET extension = '101'")
+        raw.commit()
+        # while that (older) process holds it in WAL mode, a new one refuses to open it
+        message = one_line_error(url(path))
+        assert message == (
+            f"cannot open store {path}: another process (an older pbxcal?) holds it in "
+            "WAL mode; stop that process and try again"
+        )
+    with Store.open(url(path)) as store:
+        assert [one.extension for one in store.list_links()] == ["101"]
+        assert store.get_link(link.id) is not None
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # not WAL
+    assert not (tmp_path / "state.db-shm").exists()
 
 
 def test_creates_the_file_0600_and_a_missing_directory_whose_parent_exists(
