@@ -6,6 +6,8 @@ its own CLI.
 
 from __future__ import annotations
 
+import json
+
 import signal
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -62,7 +64,7 @@ def test_sighup_reloads_the_number_policy(
     daemon.proc.send_signal(signal.SIGHUP)
     wait_forwarding(ast, "100", "+32470123456", timeout=10)
     daemon.check_alive()
-    assert "configuration reloaded" in daemon.log()
+    wait_for(daemon.log, lambda log: "configuration reloaded" in log, 5, what="the reload logged")
 
 
 def test_links_added_and_disabled_at_run_time_are_followed(
@@ -79,14 +81,14 @@ def test_links_added_and_disabled_at_run_time_are_followed(
     second = tmp_path / "bob.ics"
     write_calendar(second, active_now("0612345678"))
     added = subprocess.run(
-        daemon.command("links", "add", "--extension", "202", "--source", str(second)),
+        daemon.command("links", "add", "--extension", "202", "--source", str(second), "--json"),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert added.returncode == 0, added.stderr
-    link_id = added.stdout.split()[2].rstrip(":")
+    link_id = str(json.loads(added.stdout)["added"])
     wait_forwarding(ast, "202", "+31612345678", timeout=15)
 
     disabled = subprocess.run(
