@@ -246,7 +246,7 @@ def _tune_sqlite(engine: Engine, where: str) -> None:
                 mode = cursor.execute("PRAGMA journal_mode").fetchone()
                 if mode is None or str(mode[0]).lower() != "wal":
                     raise
-            if mode is not None and str(mode[0]).lower() == "wal":
+            if mode is not None and str(mode[0]).lower() not in (SQLITE_JOURNAL_MODE, "memory"):
                 raise StoreError(
                     f"cannot open store {where}: another process (an older pbxcal?) holds "
                     "it in WAL mode; stop that process and try again"
@@ -293,12 +293,14 @@ def diagnose(path: Path) -> str | None:
         return None
     if vfs.f_flag & os.ST_RDONLY:
         return "read-only file system"
+    if _mount_options(directory) & {"ro", "emergency_ro"}:
+        return "file system turned read-only, see the kernel log"
     for candidate in (path, Path(f"{path}-journal"), directory):
         flags = _inode_flags(candidate)
         if flags & _FS_IMMUTABLE_FL:
-            return f"{candidate} is immutable (chattr +i)"
+            return f"{candidate} is immutable, chattr +i"
         if flags & _FS_APPEND_FL:
-            return f"{candidate} is append-only (chattr +a)"
+            return f"{candidate} is append-only, chattr +a"
     if vfs.f_bavail == 0 or vfs.f_favail == 0:
         return "no space left on the file system"
     if not os.access(directory, os.W_OK | os.X_OK) or (
@@ -306,6 +308,33 @@ def diagnose(path: Path) -> str | None:
     ):
         return "permission denied"
     return None
+
+
+def _mount_options(directory: Path) -> set[str]:
+    """The mount and super-block options of the mount holding ``directory`` (Linux).
+
+    An ext4 that hit an error with ``errors=remount-ro`` shows ``emergency_ro`` here
+    while ``statvfs`` still says read-write.
+    """
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    target = str(directory.absolute())
+    best: tuple[int, set[str]] = (-1, set())
+    for line in lines:
+        fields = line.split()
+        if "-" not in fields or len(fields) < 6:
+            continue
+        mount_point = fields[4].replace("\\040", " ")
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= best[0]:
+            super_options = fields[fields.index("-") + 3 :]
+            options = set(fields[5].split(","))
+            for extra in super_options:
+                options |= set(extra.split(","))
+            best = (len(mount_point), options)
+    return best[1]
 
 
 def _inode_flags(path: Path) -> int:
