@@ -14,7 +14,6 @@ inside the handlers so ``plan``, ``slots`` and ``--help`` start fast. Start read
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -77,6 +76,8 @@ def add_pbx_status(sub: Any) -> None:
 
 
 def run_service(ns: argparse.Namespace) -> int:
+    import asyncio
+
     from pbxcal.cli.common import config_path
     from pbxcal.service.daemon import Daemon
     from pbxcal.service.logs import setup_logging
@@ -100,6 +101,8 @@ def _pbx(config: Config, name: str | None) -> AmiPbx:
 
 
 def run_apply(ns: argparse.Namespace) -> int:
+    import asyncio
+
     from pbxcal.cli.offline import read_instances
     from pbxcal.cli.pbx_commands import format_refused
     from pbxcal.core.redact import printable
@@ -150,6 +153,8 @@ def run_apply(ns: argparse.Namespace) -> int:
 
 
 def run_pbx_status(ns: argparse.Namespace) -> int:
+    import asyncio
+
     from pbxcal.cli.pbx_commands import format_status_json, format_status_table, pbx_status
 
     config = load(ns)

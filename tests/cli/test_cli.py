@@ -494,3 +494,16 @@ def test_help_mentions_every_option(command: str, options: list[str]) -> None:
 def test_version() -> None:
     proc = run("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("pbxcal ")
+
+
+def test_start_up_imports_no_heavy_module() -> None:
+    """``pbxcal --version``/``--help`` load argparse, not the core, store or service."""
+    heavy = ("icalendar", "sqlalchemy", "asyncio", "phonenumbers", "aiohttp", "httpx")
+    code = (
+        "import sys, pbxcal.cli.main as m; m.build_parser(); "
+        f"print([n for n in {heavy!r} if n in sys.modules])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert proc.stdout.strip() == "[]"
