@@ -29,7 +29,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 
@@ -53,12 +52,6 @@ LINK_WATCH_INTERVAL = 5.0
 #: The loop-lag probe's period (a timer this late means the loop was blocked).
 LOOP_LAG_PROBE = 0.05
 FIRST_CONTACT_TIMEOUT = 10.0
-
-
-def default_store_url(state_directory: str | None) -> str:
-    """SQLite in systemd's ``$STATE_DIRECTORY``, else in the current directory."""
-    base = Path(state_directory.split(":")[0]) if state_directory else Path.cwd()
-    return f"sqlite:///{base / 'pbxcal.sqlite3'}"
 
 
 def ami_config(pbx: PbxConfig, config: Config) -> AmiConfig:
