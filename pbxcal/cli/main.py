@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = ns.handler(ns)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"pbxcal: error: {problem}", file=sys.stderr)
+            print(f"pbxcal: error: {_one_line(problem)}", file=sys.stderr)
         return EXIT_USAGE
     except PbxcalError as exc:
         print(f"pbxcal: error: {_one_line(str(exc))}", file=sys.stderr)

@@ -3,7 +3,9 @@
 ``audit(config)`` returns ``(errors, warnings)``, one line each: a PBX's
 ``secret_file`` must exist, be a regular file and be readable by the user running the
 check; a secret file that its group or other users may read is a warning. The secret is
-never read here (only ``stat`` and ``access``), so no message can contain it.
+never read here (only ``stat`` and ``access``), so no message can contain it. A
+``[[link]] source`` that is a relative path is a warning: the service resolves it
+against its own working directory (``/`` under systemd).
 
 Must not print, and must not open a secret file. Start reading at ``audit``.
 """
@@ -46,5 +48,11 @@ def audit(config: Config) -> tuple[list[str], list[str]]:
             warnings.append(
                 f"{where}: {path} is readable by its group or others (mode "
                 f"{stat.S_IMODE(info.st_mode):04o}); chmod 0600 it"
+            )
+    for index, link in enumerate(config.links, start=1):
+        if "://" not in link.source and not os.path.isabs(os.path.expanduser(link.source)):
+            warnings.append(
+                f"{config.source}: [link #{index}] source: a relative path is read from "
+                "the service's working directory (/ under systemd); write an absolute path"
             )
     return errors, warnings

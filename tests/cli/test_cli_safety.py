@@ -302,3 +302,17 @@ def test_root_writes_leave_the_store_to_the_service_user(config: Path, tmp_path:
         (f.name, f.stat().st_uid) for f in files
     ]
     assert (state / "pbxcal.sqlite3").stat().st_mode & 0o077 == 0
+
+
+def test_check_config_warns_about_a_relative_link_source(tmp_path: Path, secret: Path) -> None:
+    path = write_config(
+        tmp_path,
+        f'[pbx.main]\nsecret_file = "{secret}"\n[[link]]\nextension = "100"\n'
+        'source = "calendars/anna.ics"\n',
+    )
+    result = run("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"pbxcal: warning: {path}: [link #1] source: a relative path is read from the "
+        "service's working directory (/ under systemd); write an absolute path"
+    ]
