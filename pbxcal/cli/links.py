@@ -176,5 +176,5 @@ def _print_links(links: list[Link], store: Store, where: str, *, as_json: bool) 
             f"{r['id']:>4}  ext {r['extension']:<6} {r['pbx']:<8} {state:<8} {sync:<34} "
             f"{r['source']}"
         )
-        if r["message"] and r["last_result"] != "ok":
+        if r["message"] and r["last_result"] not in ("changed", "unchanged"):
             print(f"      {r['message']}")
