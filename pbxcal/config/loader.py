@@ -12,6 +12,7 @@ Start reading at ``parse_config``.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -306,10 +307,15 @@ class _Reader:
         assert not unread, f"options of [{section}] in the schema but never read: {unread}"
         for key in table:
             if key not in known and key not in (also or set()):
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = next(
+                    (f"did you mean {o.name!r}: {o.doc}? " for o in options if [o.name] == close),
+                    "",
+                )
                 self.problem(
                     section,
                     checks.printable_key(key),
-                    f"unknown option (known: {', '.join(sorted(known))})",
+                    f"unknown option ({hint}known: {', '.join(sorted(known))})",
                 )
 
 

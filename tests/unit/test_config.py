@@ -501,3 +501,9 @@ def test_check_config_warns_about_patterns_that_switch_the_policy_off(
     for warning, what in zip(config.warnings, warns, strict=True):
         assert warning.startswith(f"{tmp_path / 'pbxcal.toml'}: [pbxcal] extension_pattern: ")
         assert what in warning
+
+
+def test_an_unknown_option_names_the_closest_known_one_with_its_doc(tmp_path: Path) -> None:
+    found = problems(tmp_path, '[pbx.main]\nsecret_file = "/x"\ndevicestate = false\n')
+    (line,) = found
+    assert ": [pbx.main] devicestate: unknown option (did you mean 'device_state': keep " in line
