@@ -107,7 +107,3 @@ class Config:
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
-
-    def store_url_or_default(self, state_directory: str | None = None) -> str:
-        """``[store] url``, else ``default_store_url(state_directory)``."""
-        return self.store_url or default_store_url(state_directory)
