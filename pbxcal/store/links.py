@@ -191,7 +191,9 @@ def bump_links_version(conn: Connection) -> None:
     On PostgreSQL the UPDATE's row lock also orders concurrent link writers, so no two
     committed changes can leave the same version behind.
     """
-    conn.execute(update(db.links_version).values(version=db.links_version.c.version + 1))
+    bumped = conn.execute(update(db.links_version).values(version=db.links_version.c.version + 1))
+    if bumped.rowcount == 0:  # the row migration 0002 inserted is gone: start again
+        conn.execute(insert(db.links_version).values(id=1, version=1))
 
 
 def require_link(conn: Connection, link_id: int) -> None:

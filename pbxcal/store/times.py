@@ -18,23 +18,24 @@ def require_utc(value: datetime, what: str) -> None:
         raise ValueError(f"{what} {value.isoformat()} is naive; pbxcal stores UTC times only")
 
 
-def to_epoch(value: datetime, what: str) -> int | list[int]:
-    """Whole seconds since 1970 as an int; ``[seconds, microseconds]`` when not whole.
+def to_epoch(value: datetime, what: str) -> int | str:
+    """Whole seconds since 1970 as an int; ``"seconds.micros"`` text when not whole.
 
-    Exact both ways for every aware datetime (a float would round far-future values).
+    Exact both ways for every aware datetime (a float would round far-future values),
+    and hashable either way, so a decoder can memoise on it.
     """
     require_utc(value, what)
     delta = value - EPOCH
     seconds = delta.days * 86_400 + delta.seconds
-    return seconds if delta.microseconds == 0 else [seconds, delta.microseconds]
+    return seconds if delta.microseconds == 0 else f"{seconds}.{delta.microseconds:06d}"
 
 
-def from_epoch(value: int | list[int]) -> datetime:
+def from_epoch(value: int | str) -> datetime:
     """The aware UTC datetime encoded by ``to_epoch``."""
     if type(value) is int:
         try:
             return datetime.fromtimestamp(value, UTC)  # the fast path, about 0.1 µs
         except (OverflowError, OSError, ValueError):  # pragma: no cover - platform limits
             return EPOCH + timedelta(seconds=value)
-    seconds, microseconds = value  # type: ignore[misc]
-    return EPOCH + timedelta(seconds=seconds, microseconds=microseconds)
+    seconds, _, micros = str(value).partition(".")
+    return EPOCH + timedelta(seconds=int(seconds), microseconds=int(micros))
