@@ -788,3 +788,18 @@ def test_link_is_a_plain_value() -> None:
     link = Link(1, "100", "main", "ics", "a", {}, True, "cli", T0)
     with pytest.raises(AttributeError):
         link.active = False  # type: ignore[misc]
+
+
+def test_links_version_survives_a_lost_counter_row(store: Store, store_url: str) -> None:
+    store.add_link("100", "main", "ics", "a")
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM links_version"))
+    finally:
+        engine.dispose()
+    assert store.links_version() == 0
+    store.add_link("101", "main", "ics", "b")
+    first = store.links_version()
+    store.add_link("102", "main", "ics", "c")
+    assert 0 < first < store.links_version()
