@@ -91,13 +91,12 @@ def run_service(ns: argparse.Namespace) -> int:
 
 def _pbx(config: Config, name: str | None) -> AmiPbx:
     from pbxcal.config.checks import show
-    from pbxcal.pbx.ami import AmiPbx
-    from pbxcal.service.daemon import ami_config
+    from pbxcal.pbx.ami import AmiConfig, AmiPbx
 
     name = name or next(iter(config.pbxes), None)
     if name is None or name not in config.pbxes:
         raise InputError(f"no PBX named {show(name or '')} in {config.source}")
-    return AmiPbx(ami_config(config.pbxes[name], config))
+    return AmiPbx(AmiConfig.from_config(config.pbxes[name]))
 
 
 def run_apply(ns: argparse.Namespace) -> int:

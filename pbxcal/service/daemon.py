@@ -33,7 +33,7 @@ from datetime import timedelta
 import httpx
 
 from pbxcal import __version__
-from pbxcal.config import Config, PbxConfig, load_config, read_secret
+from pbxcal.config import Config, load_config
 from pbxcal.errors import ConfigError, PbxAuthFailed, PbxUnavailable, StoreError
 from pbxcal.pbx import ForwardingState
 from pbxcal.pbx.ami import AmiConfig, AmiPbx
@@ -52,21 +52,6 @@ LINK_WATCH_INTERVAL = 5.0
 #: The loop-lag probe's period (a timer this late means the loop was blocked).
 LOOP_LAG_PROBE = 0.05
 FIRST_CONTACT_TIMEOUT = 10.0
-
-
-def ami_config(pbx: PbxConfig, config: Config) -> AmiConfig:
-    return AmiConfig(
-        name=pbx.name,
-        host=pbx.host,
-        port=pbx.port,
-        username=pbx.username,
-        secret=read_secret(pbx),
-        action_timeout=pbx.action_timeout,
-        ping_interval=pbx.ping_interval,
-        ping_timeout=pbx.ping_timeout,
-        backoff_max=pbx.backoff_max,
-        device_state=pbx.device_state,
-    )
 
 
 class Daemon:
@@ -109,12 +94,14 @@ class Daemon:
             await asyncio.to_thread(self.store.close)
 
     async def _run(self) -> None:
+        for warning in self.config.warnings:
+            log.warning("config: %s", warning)
         await self._sync_config_links()
         self._links_version = await asyncio.to_thread(self.store.links_version)
         links = await asyncio.to_thread(self.store.list_links)
         for pbx_config in self.config.pbxes.values():
             self.pbxes[pbx_config.name] = AmiPbx(
-                ami_config(pbx_config, self.config), on_action=self.metrics.observe_ami_action
+                AmiConfig.from_config(pbx_config), on_action=self.metrics.observe_ami_action
             )
         watchdog = self.notifier.watchdog_interval
         tick = min(10.0, watchdog / 2) if watchdog else 10.0
@@ -234,6 +221,8 @@ class Daemon:
             for problem in exc.problems:
                 log.error("SIGHUP: config not reloaded: %s", problem)
             return
+        for warning in new.warnings:
+            log.warning("SIGHUP: config: %s", warning)
         if new.pbxes != self.config.pbxes:
             log.warning("SIGHUP: [pbx] changes take effect after a restart")
             new = replace(new, pbxes=self.config.pbxes)

@@ -46,6 +46,7 @@ import icalendar
 
 from pbxcal.calendars import CalendarSource, Fetched, Validators
 from pbxcal.calendars.ics import source_for
+from pbxcal.calendars.locations import check_source
 from pbxcal.calendars.snapshot import join_calendar, split_calendar
 from pbxcal.config import Config
 from pbxcal.core.ical import (
@@ -211,7 +212,10 @@ class CalendarSync:
 
     def _track(self, link: Link) -> _LinkState:
         """(Re)start following ``link``: a fresh state and one schedule entry, due now."""
+        problem = check_source(link.source)
         try:
+            if problem is not None:  # stored before sources were checked on the way in
+                raise ValueError(problem)
             source = self.source_factory(link)
         except Exception as exc:  # noqa: BLE001 - a bad stored source must not stop the daemon
             message = f"unusable calendar source {redact_url(link.source)!r}: {_one_line(exc)}"

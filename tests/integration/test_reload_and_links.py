@@ -7,7 +7,6 @@ its own CLI.
 from __future__ import annotations
 
 import json
-
 import signal
 import subprocess
 from datetime import UTC, datetime, timedelta

@@ -43,6 +43,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from pbxcal.config import PbxConfig, read_secret
 from pbxcal.core.wire import is_wire_extension
 from pbxcal.errors import (
     PbxActionFailed,
@@ -119,6 +120,23 @@ class AmiConfig:
     @property
     def where(self) -> str:
         return f"{self.name} ({self.host}:{self.port})"
+
+    @classmethod
+    def from_config(cls, pbx: PbxConfig) -> AmiConfig:
+        """The settings of a ``[pbx.NAME]`` table, with its secret read from its file or
+        systemd credential (``ConfigError`` when it cannot be read)."""
+        return cls(
+            name=pbx.name,
+            host=pbx.host,
+            port=pbx.port,
+            username=pbx.username,
+            secret=read_secret(pbx),
+            action_timeout=pbx.action_timeout,
+            ping_interval=pbx.ping_interval,
+            ping_timeout=pbx.ping_timeout,
+            backoff_max=pbx.backoff_max,
+            device_state=pbx.device_state,
+        )
 
 
 def map_error(exc: BaseException, config: AmiConfig, what: str) -> PbxError:
