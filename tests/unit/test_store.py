@@ -6,6 +6,8 @@ in ``test_store_sqlite.py``.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -803,3 +805,19 @@ def test_links_version_survives_a_lost_counter_row(store: Store, store_url: str)
     first = store.links_version()
     store.add_link("102", "main", "ics", "c")
     assert 0 < first < store.links_version()
+
+
+def test_links_version_sees_a_change_made_by_another_process(store: Store, store_url: str) -> None:
+    """The CLI is another process with its own connections; the daemon's poll sees it."""
+    before = store.links_version()
+    script = (
+        "import sys\n"
+        "from pbxcal.store import Store\n"
+        "with Store.open(sys.argv[1]) as other:\n"
+        "    print(other.add_link('100', 'main', 'ics', 'from-cli').id)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, store_url], capture_output=True, text=True, check=True
+    )
+    assert store.links_version() > before
+    assert [link.id for link in store.list_links()] == [int(done.stdout)]
