@@ -19,20 +19,30 @@ REPEATABLE READ so events and their sync state come from one snapshot.
 
 Why no WAL (issue #7 item 7, the SIGBUS): in WAL mode every connection maps the
 ``-shm`` file (the WAL index) with ``mmap(MAP_SHARED)`` and writes to it through memory,
-not through ``write()``; ``PRAGMA mmap_size`` does not cover that mapping. When the
-kernel cannot let a page of that mapping be written, the writer gets SIGBUS instead of an
-error code: ``chattr +i`` on the ``-shm`` (ext4 refuses ``page_mkwrite`` on an immutable
-inode with ``VM_FAULT_SIGBUS``, since Linux 5.3), an ext4 that remounted itself read-only
-after an error (the aborted journal makes ``page_mkwrite`` fail), or a full tmpfs.
-Reproduced here: a WAL connection, ``chattr +i state.db-shm``, the next INSERT kills
-the process with signal 7. SQLite cannot avoid the mapping in WAL mode unless it holds
-the database exclusively (``locking_mode=EXCLUSIVE`` keeps the index on the heap, and
-the ``unix-excl`` VFS likewise), which would lock the CLI out while the daemon runs. A
-rollback journal has no shared-memory file at all, and with ``mmap_size=0`` every page
-goes through ``read()``/``write()``, so an unwritable store is an error code (I/O error,
-read-only, disk full), i.e. a ``StoreError``, and reads keep working. A database left in
-WAL mode by an older pbxcal is switched back on open; while another process still holds
-it in WAL mode the open is refused with a message saying so.
+not through ``write()``; ``PRAGMA mmap_size`` covers only the database file, never that
+mapping. When the kernel refuses to let a page of the mapping be written, the writer
+gets SIGBUS instead of an error code. Reproduced here (``tests/unit/
+test_store_unwritable.py``): a WAL store, ``chattr +i`` on its files, the next write
+kills the process with signal 7 (ext4 fails ``page_mkwrite`` on an immutable inode with
+``VM_FAULT_SIGBUS``, Linux >= 5.3). An ext4 that turned itself read-only after an error
+(``errors=remount-ro``) and a full disk gave clean I/O errors in both journal modes in
+the same tests (SQLite writes each new ``-shm`` page with ``write()`` before mapping
+it), but any fault on an already-mapped page is a signal, not an error. A read-only
+bind mount cannot be applied under an open store at all (``mount`` says busy while a
+file is open for writing); a store opened on one is refused by ``Store.open``.
+SQLite only keeps the WAL index off shared memory when it holds the database
+exclusively (``locking_mode=EXCLUSIVE``, or the ``unix-excl`` VFS), which would lock the
+CLI out while the daemon runs. A rollback journal has no shared-memory file at all, and
+with ``mmap_size=0`` every page goes through ``read()``/``write()``: an unwritable store
+is an error code (I/O error, read-only, disk full), i.e. a ``StoreError`` whose message
+says why when the OS can tell (``diagnose``), and reads keep working. The price: a small
+write transaction costs about 1.5 ms instead of 0.4 ms (two fsyncs; ``bench/
+bench_store.py``), and a writer waits for running readers to finish before it commits
+(the busy timeout covers it). ``TRUNCATE`` rather than ``DELETE`` saves creating and
+unlinking the journal on every write; the CLI hands ``-journal`` to the directory's owner
+like the database. A database left in WAL mode by an older pbxcal is switched back on
+open; while another process still holds it in WAL mode the open is refused with a
+message saying so.
 
 Start reading at ``Database.open``, then ``Database.transaction`` and ``store_errors``.
 """
