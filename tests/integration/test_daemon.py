@@ -167,10 +167,10 @@ def test_asterisk_restart_mid_window_reapplies(
     # lose the state behind pbxcal's back (AstDB survives a restart otherwise)
     ast.cli("database del pbxcal fwd/100")
     ast.cli("devstate change Custom:pbxcal100 NOT_INUSE")
-    ast.restart()
-    assert forwarding(ast, "100") is None
+    ast.restart()  # returns once Asterisk accepts AMI connections again
     restarted = time.monotonic()
-    wait_forwarding(ast, "100", "201", timeout=10)
+    # pbxcal may already have logged in again and re-applied by now (issue #7.7: within 2 s)
+    wait_forwarding(ast, "100", "201", timeout=2)
     print(f"re-applied {time.monotonic() - restarted:.2f}s after Asterisk came back")
     wait_for(lambda: blf(ast, "100"), lambda s: s == "INUSE", 2, what="BLF INUSE")
     wait_for(lambda: daemon.http("/readyz")[0], lambda s: s == 200, 5, what="readyz 200")
