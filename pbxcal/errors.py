@@ -11,7 +11,10 @@
     │   ├── PbxAuthFailed       login refused: wrong user or secret (not retried hot)
     │   └── PbxActionFailed     the PBX answered an action with an error
     ├── CalendarError           fetching a calendar failed
-    │   └── CalendarUnavailable the source cannot be reached right now
+    │   ├── CalendarUnavailable the source cannot be reached right now
+    │   │   └── CalendarRateLimited   ... and said how long to wait
+    │   ├── CalendarAuthFailed  the credentials were refused (wrong password)
+    │   └── CalendarNeedsRelink the grant was revoked or expired: link again
     └── StoreError              the state store cannot be used
         └── SchemaTooNew        the database was written by a newer pbxcal
 
@@ -64,6 +67,22 @@ class CalendarError(PbxcalError):
 
 class CalendarUnavailable(CalendarError):
     """The calendar source cannot be reached right now; last known events stay in use."""
+
+
+class CalendarRateLimited(CalendarUnavailable):
+    """The provider asked us to slow down; ``retry_after`` seconds if it said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class CalendarAuthFailed(CalendarError):
+    """The provider refused the credentials (wrong user name or password)."""
+
+
+class CalendarNeedsRelink(CalendarError):
+    """The provider revoked or expired the grant (OAuth ``invalid_grant``): link again."""
 
 
 class StoreError(PbxcalError):
