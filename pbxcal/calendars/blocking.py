@@ -35,7 +35,7 @@ class BlockingCalls:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
 
     async def run(
-        self, function: Callable[..., T], *args: Any, timeout: float, what: str = "call"
+        self, function: Callable[..., T], *args: Any, timeout: float, what: str = "call"  # noqa: ASYNC109 - the API
     ) -> T:
         """``function(*args)`` in a worker thread; ``CalendarUnavailable`` after ``timeout``."""
         loop = asyncio.get_running_loop()
