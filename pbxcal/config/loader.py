@@ -102,6 +102,11 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     )
     reader.done(sync, "sync", schema.SCHEMA["sync"])
 
+    secrets = reader.table(raw, "secrets")
+    key_file = reader.optional(secrets, "secrets", schema.KEY_FILE)
+    key_credential = reader.optional(secrets, "secrets", schema.KEY_CREDENTIAL)
+    reader.done(secrets, "secrets", schema.SCHEMA["secrets"])
+
     pbxes = _read_pbxes(reader, raw.get("pbx", {}), regex)
     links = _read_links(reader, raw.get("link", []), pbxes, regex)
 
@@ -126,6 +131,8 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
         max_calendar_bytes=max_bytes,
         horizon_days=horizon,
         limits=limits,
+        secrets_key_file=key_file,
+        secrets_key_credential=key_credential,
         pbxes=pbxes,
         links=tuple(links),
         source=source,

@@ -94,6 +94,9 @@ class Config:
     max_calendar_bytes: int = 20_000_000
     horizon_days: int = 14
     limits: ExpansionLimits = field(default_factory=ExpansionLimits)
+    #: ``[secrets]``: where the keys that encrypt stored credentials come from.
+    secrets_key_file: str | None = None
+    secrets_key_credential: str | None = None
     pbxes: dict[str, PbxConfig] = field(default_factory=dict)
     links: tuple[LinkConfig, ...] = ()
     source: str = "(defaults)"

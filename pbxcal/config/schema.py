@@ -95,6 +95,13 @@ MAX_INSTANCES_PER_EVENT = _opt("max_instances_per_event", int, _LIMITS.max_insta
 MAX_INSTANCES_PER_LINK = _opt("max_instances_per_link", int, _LIMITS.max_instances_per_link,
                               "occurrences of one calendar over the horizon",
                               checks.within(1, 10_000_000))
+# [secrets]
+KEY_FILE = _opt("key_file", str, None,
+                "file of the keys that encrypt stored credentials (pbxcal keys generate)",
+                checks.path)
+KEY_CREDENTIAL = _opt("key_credential", str, None,
+                      "systemd credential holding the keys that encrypt stored credentials",
+                      checks.credential)
 # [pbx.NAME]
 HOST = _opt("host", str, "127.0.0.1", "AMI host", checks.host)
 PORT = _opt("port", int, 5038, "AMI port", checks.within(1, 65535))
@@ -139,10 +146,11 @@ SCHEMA: dict[str, tuple[Option[Any], ...]] = {
     "http": (LISTEN,),
     "sync": (SYNC_INTERVAL, SYNC_TIMEOUT, MAX_BYTES, HORIZON_DAYS, MAX_EVENTS,
              MAX_INSTANCES_PER_EVENT, MAX_INSTANCES_PER_LINK),
+    "secrets": (KEY_FILE, KEY_CREDENTIAL),
     "pbx.*": (HOST, PORT, USERNAME, SECRET_FILE, SECRET_CREDENTIAL, ACTION_TIMEOUT,
               PING_INTERVAL, PING_TIMEOUT, BACKOFF_MAX, DEVICE_STATE, EXTENSIONS,
               DISCOVER_EXTENSIONS, READBACK_INTERVAL),
     "link": (LINK_EXTENSION, LINK_SOURCE, LINK_PBX, LINK_TIMEZONE, OWNER_EMAILS),
 }
 #: The top-level tables.
-SECTIONS = ("pbxcal", "policy", "store", "http", "sync", "pbx", "link")
+SECTIONS = ("pbxcal", "policy", "store", "http", "sync", "secrets", "pbx", "link")
