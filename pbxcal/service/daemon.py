@@ -26,6 +26,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -43,7 +44,7 @@ from pbxcal.service.metrics import Metrics
 from pbxcal.service.notify import SystemdNotifier
 from pbxcal.service.reconciler import PbxSettings, Reconciler
 from pbxcal.service.store_health import StoreHealth
-from pbxcal.service.sync import CalendarSync
+from pbxcal.service.sync import LINK_STATUSES, CalendarSync
 from pbxcal.store import Link, Store
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class Daemon:
         self.store_health = StoreHealth(self.metrics)
         self._links_version: int | None = None
         self._unsaved_applied: dict[str, dict[str, tuple[str, ...]]] = {}
+        self._disabled: Counter[str] = Counter()
+        self._providers_seen: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -240,6 +243,7 @@ class Daemon:
         while True:
             await asyncio.sleep(LINK_WATCH_INTERVAL)
             await self._retry_applied_writes()
+            self._count_links()  # health moves with every sync
             try:
                 version = await asyncio.to_thread(self.store.links_version)
             except StoreError as exc:
@@ -281,10 +285,18 @@ class Daemon:
                 raise
             self.store_health.failed("config-links", exc)
 
-    def _count_links(self, links: Sequence[Link]) -> None:
-        active = sum(1 for link in links if link.active)
-        self.metrics.links.labels("active").set(active)
-        self.metrics.links.labels("disabled").set(len(links) - active)
+    def _count_links(self, links: Sequence[Link] | None = None) -> None:
+        """``pbxcal_links{provider, status}``: active links by health, plus disabled ones."""
+        if links is not None:
+            self._disabled = Counter(link.provider for link in links if not link.active)
+        counts = self.sync.health()
+        for provider, number in self._disabled.items():
+            counts[(provider, "disabled")] += number
+        providers = {provider for provider, _ in counts} | self._providers_seen
+        self._providers_seen = providers
+        for provider in providers:
+            for status in LINK_STATUSES:
+                self.metrics.links.labels(provider, status).set(counts.get((provider, status), 0))
 
     def _on_tick(self) -> None:
         # The loop ticks on every wake-up (thousands during a first sync of many links):

@@ -21,7 +21,13 @@ class Metrics:
         self.forwardings_active = Gauge(
             "pbxcal_forwardings_active", "Extensions with a forwarding applied now", registry=r
         )
-        self.links = Gauge("pbxcal_links", "Calendar links by status", ["status"], registry=r)
+        self.links = Gauge(
+            "pbxcal_links",
+            "Calendar links by provider and status (connected, pending, auth_failed, "
+            "needs_relink, unreachable, invalid, disabled)",
+            ["provider", "status"],
+            registry=r,
+        )
         self.ami_connected = Gauge(
             "pbxcal_ami_connected",
             "1 while the AMI session to a PBX is logged in",

@@ -38,13 +38,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import TypeVar, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 import icalendar
 
 from pbxcal.calendars import CalendarSource, Fetched, Validators
+from pbxcal.calendars.changes import ChangeSet, IncrementalSource
 from pbxcal.calendars.ics import source_for
 from pbxcal.calendars.locations import check_source
 from pbxcal.calendars.snapshot import join_calendar, split_calendar
@@ -59,12 +60,20 @@ from pbxcal.core.ical import (
 )
 from pbxcal.core.redact import redact_url
 from pbxcal.core.targets import Rejection, TitleParser
-from pbxcal.errors import CalendarError, CalendarUnavailable, InputError, StoreError
+from pbxcal.errors import (
+    CalendarAuthFailed,
+    CalendarError,
+    CalendarNeedsRelink,
+    CalendarRateLimited,
+    CalendarUnavailable,
+    InputError,
+    StoreError,
+)
 from pbxcal.service.clock import Clock
 from pbxcal.service.metrics import Metrics
 from pbxcal.service.reconciler import PAST, LinkInstances, Reconciler
 from pbxcal.service.store_health import StoreHealth
-from pbxcal.store import ExpansionRecord, Link, Store, SyncState
+from pbxcal.store import ExpansionRecord, Link, Store, StoredEvent, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +88,39 @@ class Stopped(Exception):
     """Raised inside a worker when the daemon stops: the work is abandoned."""
 
 
+#: Link health (``pbxcal links list``, metrics) from the result of its last sync.
+STATUS_OF_RESULT = {
+    "pending": "pending",
+    "changed": "connected",
+    "unchanged": "connected",
+    "unavailable": "unreachable",
+    "rate-limited": "unreachable",
+    "auth-failed": "auth_failed",
+    "needs-relink": "needs_relink",
+    "invalid": "invalid",
+    "over-limit": "invalid",
+    "store-error": "invalid",
+    "error": "invalid",
+}
+#: Every status a link can have (``disabled``: switched off by an admin).
+LINK_STATUSES = (
+    "connected", "pending", "auth_failed", "needs_relink", "unreachable", "invalid", "disabled"
+)  # fmt: skip
+
+AnySource = CalendarSource | IncrementalSource
+
+
 @dataclass
 class _LinkState:
     link: Link
-    source: CalendarSource
+    source: AnySource
     generation: int
     validators: Validators | None = None
     digest: str | None = None
+    cursor: str | None = None
     last_result: str = "pending"
     running: bool = False
+    retry_after: float = 0.0
 
 
 @dataclass
@@ -139,7 +172,7 @@ class CalendarSync:
         *,
         store_health: StoreHealth | None = None,
         max_parallel: int = 8,
-        source_factory: Callable[[Link], CalendarSource] | None = None,
+        source_factory: Callable[[Link], AnySource] | None = None,
     ) -> None:
         self.store = store
         self.reconciler = reconciler
@@ -165,6 +198,13 @@ class CalendarSync:
     def results(self) -> Counter[str]:
         return Counter(state.last_result for state in self._links.values())
 
+    def health(self) -> Counter[tuple[str, str]]:
+        """Active links by (provider, status)."""
+        return Counter(
+            (state.source.provider, STATUS_OF_RESULT.get(state.last_result, "invalid"))
+            for state in self._links.values()
+        )
+
     # -- following the links ------------------------------------------------------------
 
     async def restore(self, links: Sequence[Link]) -> None:
@@ -189,6 +229,7 @@ class CalendarSync:
             stored = states.get(link.id)
             if stored is not None:
                 state.validators = Validators(stored.etag, stored.last_modified)
+                state.cursor = stored.sync_token
             self.reconciler.set_link_instances(
                 link.id,
                 LinkInstances(_key(link), record.instances, record.range_start, record.range_end),
@@ -225,7 +266,7 @@ class CalendarSync:
         heapq.heappush(self._due, (0.0, state.generation, link.id))
         return state
 
-    def _source_for(self, link: Link) -> CalendarSource:
+    def _source_for(self, link: Link) -> AnySource:
         return source_for(link.source, self.client, self.config.max_calendar_bytes)
 
     def _count_unknown(self) -> None:
@@ -263,7 +304,9 @@ class CalendarSync:
             self._slots.release()
             state.running = False
             if self._links.get(state.link.id) is state:
-                due = time.monotonic() + self.config.sync_interval
+                wait = max(self.config.sync_interval, state.retry_after)
+                state.retry_after = 0.0
+                due = time.monotonic() + wait
                 heapq.heappush(self._due, (due, state.generation, state.link.id))
                 self._wake.set()
 
@@ -286,8 +329,15 @@ class CalendarSync:
         except TimeoutError:
             timeout = self.config.sync_timeout
             outcome = SyncOutcome("unavailable", message=f"no answer within {timeout:g}s")
+        except CalendarRateLimited as exc:
+            state.retry_after = exc.retry_after or 0.0
+            outcome = SyncOutcome("rate-limited", message=str(exc))
         except CalendarUnavailable as exc:
             outcome = SyncOutcome("unavailable", message=str(exc))
+        except CalendarAuthFailed as exc:
+            outcome = SyncOutcome("auth-failed", message=str(exc))
+        except CalendarNeedsRelink as exc:
+            outcome = SyncOutcome("needs-relink", message=str(exc))
         except OverLimit as exc:
             outcome = SyncOutcome("over-limit", message=str(exc))
         except (CalendarError, InputError) as exc:
@@ -303,9 +353,10 @@ class CalendarSync:
         provider = state.source.provider
         self.metrics.sync_duration.labels(provider).observe(time.perf_counter() - started)
         self.metrics.calendar_syncs.labels(provider, outcome.result).inc()
-        state.last_result = outcome.result
+        previous, state.last_result = state.last_result, outcome.result
         self._count_unknown()
-        if outcome.result != "unchanged":
+        recovered = STATUS_OF_RESULT.get(previous) not in ("connected", "pending")
+        if outcome.result != "unchanged" or recovered:
             if outcome.message:
                 log.warning(
                     "link %d (extension %s): %s%s",
@@ -332,9 +383,12 @@ class CalendarSync:
             self.store_health.failed("sync-log", exc)
 
     async def _sync(self, state: _LinkState) -> SyncOutcome:
+        if hasattr(state.source, "changes"):
+            return await self._sync_changes(state, cast(IncrementalSource, state.source))
+        source = state.source
         link = state.link
         fetched = await asyncio.wait_for(
-            state.source.fetch(state.validators), timeout=self.config.sync_timeout
+            source.fetch(state.validators), timeout=self.config.sync_timeout
         )
         now = self.clock.now()
         stale = self._expansion_stale(link.id, now)
@@ -366,6 +420,36 @@ class CalendarSync:
             self.store_health.succeeded()
             if isinstance(fetched, Fetched):
                 state.validators, state.digest = fetched.validators, digest
+        return SyncOutcome("changed", work.accepted, work.rejected, message)
+
+    async def _sync_changes(self, state: _LinkState, source: IncrementalSource) -> SyncOutcome:
+        """One incremental read: the change set, its cursor and the new expansion are
+        committed together; the cursor moves on in memory only once they are."""
+        link = state.link
+        change = await asyncio.wait_for(
+            source.changes(state.cursor), timeout=self.config.sync_timeout
+        )
+        now = self.clock.now()
+        parser = self.reconciler.parser_for(link.pbx)
+        if change is None:
+            if not self._expansion_stale(link.id, now):
+                return SyncOutcome("unchanged")
+            work = await self._in_worker(self._work_on_stored, link, now, parser)
+        else:
+            work = await self._in_worker(self._work_on_changes, link, change, now, parser)
+        self.reconciler.set_link_instances(
+            link.id, LinkInstances(_key(link), work.instances, work.since, work.until)
+        )
+        for reason, count in work.rejected.items():
+            self.metrics.rejected_events.labels(reason).inc(count)
+        message = f"{work.skipped} events skipped (unreadable)" if work.skipped else ""
+        if work.store_error is not None:
+            self.store_health.failed("save-events", work.store_error)
+            message = f"calendar followed, but not saved: {work.store_error}"
+        else:
+            self.store_health.succeeded()
+            if change is not None:
+                state.cursor = change.cursor
         return SyncOutcome("changed", work.accepted, work.rejected, message)
 
     def _expansion_stale(self, link_id: int, now: datetime) -> bool:
@@ -413,6 +497,38 @@ class CalendarSync:
             # the expansion first: a crash between the two writes only costs a re-read
             self.store.save_expansion(link.id, self._record(work, now))
             self.store.replace_events(link.id, events, state)
+        except StoreError as exc:
+            work.store_error = exc
+        return work
+
+    def _work_on_changes(
+        self, link: Link, change: ChangeSet, now: datetime, parser: TitleParser
+    ) -> _Work:
+        """The stored rows with ``change`` applied, expanded; then all of it committed."""
+        stored: list[StoredEvent] = []
+        state: SyncState | None = None
+        if not change.full:
+            stored, state = self.store.load_events(link.id)
+        rows = {(e.uid, e.recurrence_id): e for e in stored}
+        removed = set(change.removed)
+        instances = {(uid, rid) for uid, rid in change.removed_instances}
+        rows = {
+            key: row
+            for key, row in rows.items()
+            if key[0] not in removed and (key[0], key[1] or "") not in instances
+        }
+        for row in change.upserted:
+            rows[(row.uid, row.recurrence_id)] = StoredEvent(row.uid, row.recurrence_id, row.ical)
+        self._checkpoint()
+        timezones = change.timezones or (state.timezones if state is not None else "")
+        calendar_tz = change.calendar_tz or (state.calendar_tz if state is not None else None)
+        calendar = join_calendar(
+            list(rows.values()), timezones, calendar_tz, source=f"link {link.id}"
+        )
+        expansion, since, until = self._expand(link, calendar, now)
+        work = self._classified(expansion, since, until, now, parser, link)
+        try:
+            self.store.apply_changes(link.id, change, now, self._record(work, now))
         except StoreError as exc:
             work.store_error = exc
         return work

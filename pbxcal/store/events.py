@@ -15,15 +15,18 @@ Start reading at ``EventTable.replace_events``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, delete, insert, select
 
+from pbxcal.calendars.changes import ChangeSet
 from pbxcal.errors import StoreError
 from pbxcal.store import schema as db
 from pbxcal.store.engine import Database, upsert
+from pbxcal.store.expansions import expansion_row
 from pbxcal.store.links import require_link
-from pbxcal.store.records import StoredEvent, SyncState
+from pbxcal.store.records import ExpansionRecord, StoredEvent, SyncState
 from pbxcal.store.times import require_utc
 
 
@@ -55,6 +58,56 @@ class EventTable:
             if rows:
                 conn.execute(insert(db.events), list(rows.values()))
             save_state(conn, state_row)
+
+    def apply_changes(
+        self,
+        link_id: int,
+        change: ChangeSet,
+        fetched_at: datetime,
+        expansion: ExpansionRecord | None = None,
+    ) -> None:
+        """Apply one change set, its cursor and (optionally) the link's new expansion in
+        one transaction: a crash between fetching and committing loses or skips nothing,
+        because the next sync starts from the cursor committed with these rows."""
+        require_utc(fetched_at, "sync state fetched_at")
+        rows = {(r.uid, r.recurrence_id or ""): r for r in change.upserted}
+        expansion_values = None if expansion is None else expansion_row(link_id, expansion)
+        with self._db.transaction(write=True) as conn:
+            require_link(conn, link_id)
+            events = db.events.c
+            old = conn.execute(
+                select(db.sync_state).where(db.sync_state.c.link_id == link_id)
+            ).first()
+            if change.full:
+                conn.execute(delete(db.events).where(events.link_id == link_id))
+            for uid in change.removed:
+                conn.execute(
+                    delete(db.events).where(events.link_id == link_id, events.uid == uid)
+                )
+            for uid, recurrence_id in change.removed_instances:
+                conn.execute(
+                    delete(db.events).where(
+                        events.link_id == link_id,
+                        events.uid == uid,
+                        events.recurrence_id == recurrence_id,
+                    )
+                )
+            if rows:
+                upsert(
+                    conn,
+                    db.events,
+                    [
+                        {"link_id": link_id, "uid": u, "recurrence_id": r, "ical": row.ical}
+                        for (u, r), row in rows.items()
+                    ],
+                    keys=["link_id", "uid", "recurrence_id"],
+                )
+            timezones = change.timezones or ("" if old is None else old.timezones)
+            calendar_tz = change.calendar_tz or (None if old is None else old.calendar_tz)
+            state = SyncState(None, None, change.cursor, calendar_tz, timezones, fetched_at)
+            save_state(conn, state_values(link_id, state))
+            if expansion_values is not None:
+                upsert(conn, db.expansions, [expansion_values], keys=["link_id"])
 
     def load_events(self, link_id: int) -> tuple[list[StoredEvent], SyncState | None]:
         """A link's events (by uid, recurrence id) and sync state; ([], None) if none."""

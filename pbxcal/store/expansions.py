@@ -51,19 +51,7 @@ class ExpansionTable:
 
     def save_expansion(self, link_id: int, record: ExpansionRecord) -> None:
         """Keep ``record`` as the link's expansion, replacing the previous one."""
-        for value, what in (
-            (record.range_start, "expansion range_start"),
-            (record.range_end, "expansion range_end"),
-            (record.computed_at, "expansion computed_at"),
-        ):
-            require_utc(value, what)
-        row = {
-            "link_id": link_id,
-            "range_start": record.range_start,
-            "range_end": record.range_end,
-            "computed_at": record.computed_at,
-            "instances": encode(record.instances),
-        }
+        row = expansion_row(link_id, record)
         with self._db.transaction(write=True) as conn:
             require_link(conn, link_id)
             upsert(conn, db.expansions, [row], keys=["link_id"])
@@ -90,6 +78,23 @@ class ExpansionTable:
             if collecting:
                 gc.enable()
         return result
+
+
+def expansion_row(link_id: int, record: ExpansionRecord) -> dict[str, Any]:
+    """The ``expansions`` row for ``record``; ``ValueError`` for a naive time."""
+    for value, what in (
+        (record.range_start, "expansion range_start"),
+        (record.range_end, "expansion range_end"),
+        (record.computed_at, "expansion computed_at"),
+    ):
+        require_utc(value, what)
+    return {
+        "link_id": link_id,
+        "range_start": record.range_start,
+        "range_end": record.range_end,
+        "computed_at": record.computed_at,
+        "instances": encode(record.instances),
+    }
 
 
 def encode(instances: tuple[EventInstance, ...]) -> str:

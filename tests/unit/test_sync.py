@@ -18,10 +18,17 @@ import httpx
 import pytest
 
 from pbxcal.calendars import Fetched, NotModified, Validators
+from pbxcal.calendars.changes import ChangeSet, EventRow
 from pbxcal.config import Config
 from pbxcal.core.ical import ExpansionLimits
 from pbxcal.core.policy import NumberPolicy
-from pbxcal.errors import StoreError
+from pbxcal.errors import (
+    CalendarAuthFailed,
+    CalendarNeedsRelink,
+    CalendarRateLimited,
+    CalendarUnavailable,
+    StoreError,
+)
 from pbxcal.service.metrics import Metrics
 from pbxcal.service.reconciler import Reconciler
 from pbxcal.service.sync import CalendarSync
@@ -84,7 +91,7 @@ class FailingWrites:
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self.store, name)
-        if name in {"save_expansion", "replace_events", "log_sync"}:
+        if name in {"save_expansion", "replace_events", "log_sync", "apply_changes"}:
 
             def write(*args: Any, **kwargs: Any) -> Any:
                 if self.failing:
@@ -273,3 +280,104 @@ async def test_a_link_is_scheduled_once_however_often_it_is_set(store: Store) ->
     entries = [e for e in world.sync._due if e[2] == link.id]
     live = [e for e in entries if e[1] == world.sync._links[link.id].generation]
     assert len(live) == 1
+
+
+# -- incremental sources (issue #9: the port every provider implements) ---------------
+
+
+def row(uid: str, title: str, start: int, end: int, extra: str = "") -> EventRow:
+    ical = (
+        f"BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:{stamp(NOW)}\r\n"
+        f"DTSTART:{stamp(NOW + timedelta(minutes=start))}\r\n"
+        f"DTEND:{stamp(NOW + timedelta(minutes=end))}\r\nSUMMARY:{title}\r\n{extra}END:VEVENT\r\n"
+    )
+    return EventRow(uid, None, ical)
+
+
+class FakeIncremental:
+    """An incremental source answering from a queue; records the cursors it was given."""
+
+    provider = "fake-incremental"
+
+    def __init__(self) -> None:
+        self.answers: list[ChangeSet | None | BaseException] = []
+        self.cursors: list[str | None] = []
+
+    async def changes(self, cursor: str | None) -> ChangeSet | None:
+        self.cursors.append(cursor)
+        answer = self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+def incremental_world(store: Any) -> tuple[World, FakeIncremental, Link]:
+    world = World(store)
+    source = FakeIncremental()
+    world.sync.source_factory = lambda link: source
+    return world, source, world.link()
+
+
+def titles(world: World, link: Link) -> list[str]:
+    instances = world.reconciler.link_instances(link.id)
+    assert instances is not None
+    return sorted(i.title for i in instances.instances)
+
+
+async def test_an_incremental_source_applies_change_sets_with_their_cursor(store: Store) -> None:
+    world, source, link = incremental_world(store)
+    source.answers = [
+        ChangeSet("c1", True, (row("a", "0612345678", 0, 60), row("b", "Lunch", 0, 30))),
+        ChangeSet("c2", False, (row("a", "0201234567", 0, 60),), removed=("b",)),
+        None,
+    ]
+    assert await world.sync.sync_link(link.id) == "changed"
+    assert titles(world, link) == ["0612345678", "Lunch"]
+    assert await world.sync.sync_link(link.id) == "changed"
+    assert titles(world, link) == ["0201234567"]
+    assert await world.sync.sync_link(link.id) == "unchanged"
+    assert source.cursors == [None, "c1", "c2"]
+    events, state = store.load_events(link.id)
+    assert [e.uid for e in events] == ["a"] and state is not None and state.sync_token == "c2"
+    assert store.load_expansions()[link.id].instances == world.reconciler.link_instances(
+        link.id
+    ).instances  # type: ignore[union-attr]
+
+
+async def test_a_change_set_that_was_not_committed_is_asked_for_again(store: Store) -> None:
+    """A crash (here: a failing store) between fetching and committing skips nothing."""
+    failing = FailingWrites(store)
+    world, source, link = incremental_world(failing)
+    change = ChangeSet("c1", True, (row("a", "0612345678", 0, 60),))
+    source.answers = [change, change]
+    failing.failing = True
+    await world.sync.sync_link(link.id)
+    failing.failing = False
+    await world.sync.sync_link(link.id)
+    assert source.cursors == [None, None]  # the cursor moved on only once committed
+    assert store.load_events(link.id)[1].sync_token == "c1"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("error", "result", "status"),
+    [
+        (CalendarAuthFailed("wrong user name or password"), "auth-failed", "auth_failed"),
+        (CalendarNeedsRelink("access was revoked"), "needs-relink", "needs_relink"),
+        (CalendarRateLimited("slow down", retry_after=600), "rate-limited", "unreachable"),
+        (CalendarUnavailable("connection refused"), "unavailable", "unreachable"),
+    ],
+)
+async def test_provider_errors_become_a_link_status(
+    store: Store, error: Exception, result: str, status: str
+) -> None:
+    world, source, link = incremental_world(store)
+    source.answers = [ChangeSet("c1", True, (row("a", "0612345678", 0, 60),)), error, None]
+    await world.sync.sync_link(link.id)
+    assert await world.sync.sync_link(link.id) == result
+    assert world.sync.health() == {("fake-incremental", status): 1}
+    assert world.reconciler.link_instances(link.id) is not None  # last known events kept
+    assert world.log(link)[0].result == result
+    # back to normal: the recovery is logged even though nothing changed
+    assert await world.sync.sync_link(link.id) == "unchanged"
+    assert world.log(link)[0].result == "unchanged"
+    assert world.sync.health() == {("fake-incremental", "connected"): 1}
