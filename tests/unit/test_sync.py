@@ -300,7 +300,7 @@ class FakeIncremental:
     provider = "fake-incremental"
 
     def __init__(self) -> None:
-        self.answers: list[ChangeSet | None | BaseException] = []
+        self.answers: list[ChangeSet | BaseException | None] = []
         self.cursors: list[str | None] = []
 
     async def changes(self, cursor: str | None) -> ChangeSet | None:
