@@ -34,6 +34,7 @@ from datetime import timedelta
 import httpx
 
 from pbxcal import __version__
+from pbxcal.calendars.health import LINK_STATUSES
 from pbxcal.config import Config, load_config
 from pbxcal.errors import ConfigError, PbxAuthFailed, PbxUnavailable, StoreError
 from pbxcal.pbx import ForwardingState
@@ -44,7 +45,7 @@ from pbxcal.service.metrics import Metrics
 from pbxcal.service.notify import SystemdNotifier
 from pbxcal.service.reconciler import PbxSettings, Reconciler
 from pbxcal.service.store_health import StoreHealth
-from pbxcal.service.sync import LINK_STATUSES, CalendarSync
+from pbxcal.service.sync import CalendarSync
 from pbxcal.store import Link, Store
 
 log = logging.getLogger(__name__)

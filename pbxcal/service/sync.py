@@ -46,6 +46,7 @@ import icalendar
 
 from pbxcal.calendars import CalendarSource, Fetched, Validators
 from pbxcal.calendars.changes import ChangeSet, IncrementalSource
+from pbxcal.calendars.health import STATUS_OF_RESULT, link_status
 from pbxcal.calendars.ics import source_for
 from pbxcal.calendars.locations import check_source
 from pbxcal.calendars.snapshot import join_calendar, split_calendar
@@ -87,25 +88,6 @@ _SKIPPED_LOGGED = 3
 class Stopped(Exception):
     """Raised inside a worker when the daemon stops: the work is abandoned."""
 
-
-#: Link health (``pbxcal links list``, metrics) from the result of its last sync.
-STATUS_OF_RESULT = {
-    "pending": "pending",
-    "changed": "connected",
-    "unchanged": "connected",
-    "unavailable": "unreachable",
-    "rate-limited": "unreachable",
-    "auth-failed": "auth_failed",
-    "needs-relink": "needs_relink",
-    "invalid": "invalid",
-    "over-limit": "invalid",
-    "store-error": "invalid",
-    "error": "invalid",
-}
-#: Every status a link can have (``disabled``: switched off by an admin).
-LINK_STATUSES = (
-    "connected", "pending", "auth_failed", "needs_relink", "unreachable", "invalid", "disabled"
-)  # fmt: skip
 
 AnySource = CalendarSource | IncrementalSource
 
@@ -201,7 +183,7 @@ class CalendarSync:
     def health(self) -> Counter[tuple[str, str]]:
         """Active links by (provider, status)."""
         return Counter(
-            (state.source.provider, STATUS_OF_RESULT.get(state.last_result, "invalid"))
+            (state.source.provider, link_status(state.last_result))
             for state in self._links.values()
         )
 
