@@ -14,13 +14,16 @@ unwritable file must be an error, not SIGBUS; see ``engine``).
 The map::
 
     ports.py        what each consumer needs: SyncStore, AppliedStore, LinkWatchStore,
-                    LinkAdminStore (StateStore = all of them) - type against these
+                    LinkAdminStore, SecretStore (StateStore = all of them) - type
+                    against these
     store.py        Store: open/close + one mixin per table group below
     links.py        links, config links, links_version (the watcher's change counter)
     events.py       synced VEVENT rows with each link's sync state
     expansions.py   each link's expanded instances (fast restart), compact JSON
     applied.py      applied forwardings per PBX, written change by change
     synclog.py      sync history per link, pruned
+    secrets.py      link credentials encrypted with AES-GCM, bound to their row; KeyRing
+                    and key files (keys live outside the store)
     engine.py       URL -> engine, SQLite tuning (no WAL: why), transactions, the one
                     upsert, the one error mapping
     records.py      the plain values taken and returned
@@ -38,6 +41,7 @@ from pbxcal.store.ports import (
     AppliedStore,
     LinkAdminStore,
     LinkWatchStore,
+    SecretStore,
     StateStore,
     SyncStore,
 )
@@ -50,6 +54,7 @@ from pbxcal.store.records import (
     SyncLogEntry,
     SyncState,
 )
+from pbxcal.store.secrets import KeyRing, load_key_ring
 from pbxcal.store.store import Store
 from pbxcal.store.synclog import SYNC_LOG_KEEP
 
@@ -59,11 +64,13 @@ __all__ = [
     "SYNC_LOG_KEEP",
     "AppliedStore",
     "ExpansionRecord",
+    "KeyRing",
     "Link",
     "LinkAdminStore",
     "LinkSpec",
     "LinkWatchStore",
     "SchemaTooNew",
+    "SecretStore",
     "StateStore",
     "Store",
     "StoreError",
@@ -71,4 +78,5 @@ __all__ = [
     "SyncLogEntry",
     "SyncState",
     "SyncStore",
+    "load_key_ring",
 ]

@@ -12,7 +12,8 @@ Consumers: ``SyncStore`` - the daemon's calendar sync (restore on start, save wh
 fetch brought, re-expand from stored rows, log each sync); ``AppliedStore`` - the
 reconciler's persistence of applied forwardings; ``LinkWatchStore`` - the daemon's link
 watcher and start-up (config links, poll ``links_version``, re-read links);
-``LinkAdminStore`` - the CLI's ``links`` commands.
+``LinkAdminStore`` - the CLI's ``links`` commands; ``SecretStore`` - the providers'
+credentials (encrypted; the store needs its key ring) and ``pbxcal keys rotate``.
 """
 
 from __future__ import annotations
@@ -95,5 +96,15 @@ class LinkAdminStore(Protocol):
 
 
 @runtime_checkable
-class StateStore(SyncStore, AppliedStore, LinkWatchStore, LinkAdminStore, Protocol):
+class SecretStore(Protocol):
+    """Link credentials (tokens, keys, passwords), encrypted at rest; see ``secrets``."""
+
+    def save_secret(self, link_id: int, kind: str, value: bytes | str) -> None: ...
+    def load_secret(self, link_id: int, kind: str) -> bytes | None: ...
+    def delete_secrets(self, link_id: int) -> int: ...
+    def rotate_secrets(self) -> int: ...
+
+
+@runtime_checkable
+class StateStore(SyncStore, AppliedStore, LinkWatchStore, LinkAdminStore, SecretStore, Protocol):
     """Everything ``Store.open`` returns."""

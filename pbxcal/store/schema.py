@@ -9,8 +9,9 @@ must not do: create tables itself (only Alembic changes a database's schema).
 distinct). ``sync_state.sync_token`` is always NULL today; it stays for the incremental
 providers of the next issue. ``links_version`` holds one row whose ``version`` every link
 change bumps in the same transaction (the daemon's link watcher polls it);
-``expansions`` holds one compact row per link (see ``store.expansions``). Start reading
-at ``links``.
+``expansions`` holds one compact row per link (see ``store.expansions``); ``secrets``
+holds each link's credentials, encrypted (see ``store.secrets``). Start reading at
+``links``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
@@ -152,4 +154,18 @@ expansions = Table(
     # JSON text written and read by store.expansions (not the JSON type: the encoding is
     # ours, compact, and decoded without SQLAlchemy's per-value processing)
     Column("instances", Text, nullable=False),
+)
+
+secrets = Table(
+    "secrets",
+    metadata,
+    Column("link_id", Integer, ForeignKey("links.id", ondelete="CASCADE"), primary_key=True),
+    # what the secret is: "google-refresh-token", "caldav-password", ...
+    Column("kind", Text, primary_key=True),
+    # which key sealed it (store.secrets.key_id), so rotation knows what to rewrite
+    Column("key_id", Text, nullable=False),
+    # version byte + nonce + AES-GCM ciphertext and tag; never the plaintext
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index(None, "key_id"),
 )

@@ -3,13 +3,14 @@
 What it does: opens the database (``engine.Database``), migrates it to this pbxcal's
 schema (refusing a newer one), and offers every call of the tables' mixins on one
 object: links (``links``), events with their sync state (``events``), applied state
-(``applied``), sync history (``synclog``) and saved expansions (``expansions``). Every
-call runs in its own connection and transaction, so a ``Store`` can be shared by threads
-(the daemon calls it from worker threads, never from the event loop). Consumers should
-type against the small protocols in ``ports`` rather than this class.
+(``applied``), sync history (``synclog``), saved expansions (``expansions``) and
+encrypted link secrets (``secrets``). Every call runs in its own connection and
+transaction, so a ``Store`` can be shared by threads (the daemon calls it from worker
+threads, never from the event loop). Consumers should type against the small protocols
+in ``ports`` rather than this class.
 
-What it must not do: hold state of its own beyond the engine (two processes share the
-database), or add calls here that belong to one table group.
+What it must not do: hold state of its own beyond the engine and the key ring (two
+processes share the database), or add calls here that belong to one table group.
 
 Start reading at ``Store.open``.
 """
@@ -22,23 +23,26 @@ from pbxcal.store.engine import Database
 from pbxcal.store.events import EventTable
 from pbxcal.store.expansions import ExpansionTable
 from pbxcal.store.links import LinkTable
+from pbxcal.store.secrets import KeyRing, SecretTable
 from pbxcal.store.synclog import SyncLogTable
 
 
-class Store(LinkTable, EventTable, AppliedTable, SyncLogTable, ExpansionTable):
+class Store(LinkTable, EventTable, AppliedTable, SyncLogTable, ExpansionTable, SecretTable):
     """The state store. Create with ``Store.open(url)``; every method is one transaction."""
 
     def __init__(self, database: Database) -> None:
         self._db = database
 
     @classmethod
-    def open(cls, url: str) -> Store:
+    def open(cls, url: str, keys: KeyRing | None = None) -> Store:
         """Open (or create) the store at ``url`` and migrate it to this pbxcal's schema.
 
         ``url`` is ``sqlite:///relative/path.db``, ``sqlite:////abs/path.db`` or
         ``postgresql://user:pw@host/db`` (psycopg 3 is used for a bare ``postgresql``).
         Raises ``SchemaTooNew`` for a database written by a newer pbxcal (nothing is
-        changed) and ``StoreError`` with a one-line reason for anything else.
+        changed) and ``StoreError`` with a one-line reason for anything else. ``keys``
+        encrypt and decrypt link secrets (``secrets``); without them the secret calls
+        raise ``StoreError`` and everything else works.
         """
         database = Database.open(url)
         try:
@@ -47,7 +51,9 @@ class Store(LinkTable, EventTable, AppliedTable, SyncLogTable, ExpansionTable):
         except BaseException:
             database.close()
             raise
-        return cls(database)
+        store = cls(database)
+        store.use_keys(keys)
+        return store
 
     def close(self) -> None:
         """Close all pooled connections; the store cannot be used afterwards."""
