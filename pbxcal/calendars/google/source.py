@@ -1,0 +1,269 @@
+"""``GoogleCalendarSource``: one Google calendar read incrementally (sync tokens).
+
+``changes(None)`` lists every event of the calendar (``singleEvents=false``: the core
+expands recurrences, an open-ended series never ends when Google expands it;
+``showDeleted=true``), page by page, and hands back the last page's ``nextSyncToken``
+as the cursor. ``changes(token)`` lists only what changed since (``syncToken``, same
+``singleEvents``, no time filters, which Google refuses with a sync token); ``None``
+when nothing did. A token Google no longer accepts (``410 Gone``) becomes a full
+resync (``full=True``). Each item is translated by ``events.translate``.
+
+Every call to google-api-python-client (blocking: httplib2) runs through
+``BlockingCalls`` with a timeout per page, and the ``httplib2.Http`` underneath has its
+own socket timeout so a hung thread gives up too. Errors are mapped here and only here:
+
+* 403 ``rateLimitExceeded``/``userRateLimitExceeded``/``quotaExceeded``, 429 →
+  ``CalendarRateLimited`` (``retry_after`` from ``Retry-After`` when sent);
+* 5xx, network errors, timeouts, a token endpoint that fails temporarily →
+  ``CalendarUnavailable``;
+* ``invalid_grant`` from the token endpoint (refresh token revoked or expired, or a
+  service account no longer delegated) → ``CalendarNeedsRelink``;
+* 401 after a fresh token, other 403s, another refused refresh → ``CalendarAuthFailed``;
+* 404 (no such calendar) and other answers → ``CalendarError``.
+No message carries a token, a key or Google's answer body.
+
+Must not do: block the event loop, run two syncs of one source at once (a lock keeps
+them in turn: httplib2 is not thread-safe), or retry by itself (the scheduler backs off).
+Start reading at ``GoogleCalendarSource.changes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import google.auth.credentials
+import google.auth.exceptions
+import google_auth_httplib2  # type: ignore[import-untyped]
+import httplib2  # type: ignore[import-untyped]
+from googleapiclient import discovery  # type: ignore[import-untyped]
+from googleapiclient.errors import HttpError  # type: ignore[import-untyped]
+
+from pbxcal.calendars.blocking import BlockingCalls
+from pbxcal.calendars.changes import ChangeSet, EventRow
+from pbxcal.calendars.google.events import translate
+from pbxcal.core.vevent import safe_zone
+from pbxcal.errors import (
+    CalendarAuthFailed,
+    CalendarError,
+    CalendarNeedsRelink,
+    CalendarRateLimited,
+    CalendarUnavailable,
+)
+
+#: Events per page (Google allows up to 2500; 250 is its default).
+DEFAULT_PAGE_SIZE = 250
+#: Seconds one page (token refresh included) may take before the sync gives up.
+DEFAULT_TIMEOUT = 30.0
+#: Pages one sync may read: a calendar bigger than this is refused, not read forever.
+DEFAULT_MAX_PAGES = 200
+
+_log = logging.getLogger(__name__)
+
+_RATE_LIMIT_REASONS = frozenset(
+    {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded", "dailyLimitExceeded"}
+)
+
+
+class GoogleCalendarSource:
+    """One calendar (``calendar_id``, ``"primary"`` by default) of one Google account.
+
+    ``credentials`` come from ``pbxcal.calendars.google.credentials`` (per user or a
+    delegated service account). ``api_endpoint`` points the client elsewhere (the fake in
+    tests: ``FakeGoogle.api_endpoint``); the token endpoint is the credentials'
+    ``token_uri``.
+    """
+
+    provider = "google"
+
+    def __init__(
+        self,
+        credentials: google.auth.credentials.Credentials,
+        calendar_id: str = "primary",
+        *,
+        calls: BlockingCalls,
+        api_endpoint: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        max_pages: int = DEFAULT_MAX_PAGES,
+    ) -> None:
+        self.calendar_id = calendar_id
+        self._credentials = credentials
+        self._calls = calls
+        self._api_endpoint = api_endpoint
+        self._timeout = timeout
+        self._page_size = page_size
+        self._max_pages = max_pages
+        self._service: Any = None
+        self._lock = asyncio.Lock()
+
+    async def changes(self, cursor: str | None) -> ChangeSet | None:
+        """What changed since ``cursor`` (a sync token); see the module docstring."""
+        async with self._lock:
+            if cursor is not None:
+                try:
+                    return await self._read(cursor)
+                except _SyncTokenGone:
+                    pass
+            return await self._read(None)
+
+    async def _read(self, sync_token: str | None) -> ChangeSet | None:
+        items: list[Any] = []
+        page_token: str | None = None
+        time_zone: str | None = None
+        for _ in range(self._max_pages):
+            page = await self._calls.run(
+                self._list_page, sync_token, page_token,
+                timeout=self._timeout, what=f"Google calendar {self.calendar_id!r}",
+            )
+            items.extend(page.get("items") or [])
+            time_zone = time_zone or page.get("timeZone")
+            page_token = page.get("nextPageToken")
+            if not page_token:
+                next_token = page.get("nextSyncToken")
+                if not isinstance(next_token, str) or not next_token:
+                    raise CalendarError(
+                        f"Google calendar {self.calendar_id!r}: the last page has no sync token"
+                    )
+                break
+        else:
+            raise CalendarError(
+                f"Google calendar {self.calendar_id!r}: more than {self._max_pages} pages"
+            )
+        if sync_token is not None and not items:
+            return None
+        return _change_set(items, next_token, full=sync_token is None, time_zone=time_zone)
+
+    # --- in a worker thread ------------------------------------------------------------
+
+    def _list_page(self, sync_token: str | None, page_token: str | None) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "calendarId": self.calendar_id,
+            "singleEvents": False,
+            "showDeleted": True,
+            "maxResults": self._page_size,
+        }
+        if sync_token is not None:
+            params["syncToken"] = sync_token
+        if page_token is not None:
+            params["pageToken"] = page_token
+        return _mapped(lambda: self._events().list(**params).execute(num_retries=0),
+                       self.calendar_id)
+
+    def _events(self) -> Any:
+        if self._service is None:
+            http = google_auth_httplib2.AuthorizedHttp(
+                self._credentials, http=httplib2.Http(timeout=max(1, int(self._timeout)))
+            )
+            options = {"api_endpoint": self._api_endpoint} if self._api_endpoint else None
+            self._service = discovery.build(
+                "calendar", "v3", http=http, client_options=options,
+                static_discovery=True, cache_discovery=False,
+            )
+        return self._service.events()
+
+
+class _SyncTokenGone(Exception):
+    """Google answered 410: the sync token is no longer valid."""
+
+
+def _mapped(call: Callable[[], dict[str, Any]], calendar_id: str) -> dict[str, Any]:
+    """``call()`` with Google's and the transport's errors mapped into pbxcal's tree."""
+    where = f"Google calendar {calendar_id!r}"
+    try:
+        answer = call()
+    except HttpError as exc:
+        raise _http_error(exc, where) from exc
+    except google.auth.exceptions.RefreshError as exc:
+        raise _refresh_error(exc, where) from exc
+    except google.auth.exceptions.TransportError as exc:
+        raise CalendarUnavailable(f"{where}: the token endpoint cannot be reached") from exc
+    except TimeoutError as exc:
+        raise CalendarUnavailable(f"{where}: timed out") from exc
+    except (OSError, httplib2.HttpLib2Error) as exc:
+        raise CalendarUnavailable(f"{where}: network error ({type(exc).__name__})") from exc
+    if not isinstance(answer, dict):
+        raise CalendarError(f"{where}: the answer is not a JSON object")
+    return answer
+
+
+def _http_error(exc: HttpError, where: str) -> Exception:
+    status = int(exc.resp.status)
+    reason = _reason(exc)
+    if status == 410:
+        return _SyncTokenGone()
+    if status == 429 or (status == 403 and reason in _RATE_LIMIT_REASONS):
+        return CalendarRateLimited(
+            f"{where}: rate limited ({status} {reason or 'too many requests'})",
+            _retry_after(exc.resp.get("retry-after")),
+        )
+    if status >= 500:
+        return CalendarUnavailable(f"{where}: Google answered {status}")
+    if status == 401:
+        return CalendarAuthFailed(f"{where}: Google refused the access token (401)")
+    if status == 403:
+        return CalendarAuthFailed(f"{where}: access denied (403 {reason or 'forbidden'})")
+    if status == 404:
+        return CalendarError(f"{where}: no such calendar (404)")
+    return CalendarError(f"{where}: Google answered {status} {reason}".rstrip())
+
+
+def _refresh_error(exc: google.auth.exceptions.RefreshError, where: str) -> Exception:
+    data = exc.args[1] if len(exc.args) > 1 else None
+    code = data.get("error") if isinstance(data, dict) else None
+    if code is None and exc.args and isinstance(exc.args[0], str):
+        code = exc.args[0].split(":", 1)[0].strip()
+    if code == "invalid_grant":
+        return CalendarNeedsRelink(f"{where}: the grant was revoked or has expired")
+    if getattr(exc, "retryable", False):
+        return CalendarUnavailable(f"{where}: the token endpoint failed for now")
+    return CalendarAuthFailed(f"{where}: the token endpoint refused the credentials ({code})")
+
+
+def _reason(exc: HttpError) -> str:
+    try:
+        body = json.loads(exc.content)
+        errors = body["error"].get("errors") or []
+        reason = errors[0].get("reason") if errors else body["error"].get("status")
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+        return ""
+    text = str(reason or "")
+    return text if text.isidentifier() and len(text) <= 60 else ""
+
+
+def _retry_after(value: Any) -> float | None:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if 0 <= seconds <= 86_400 else None
+
+
+def _change_set(
+    items: list[Any], cursor: str, *, full: bool, time_zone: Any
+) -> ChangeSet:
+    rows: dict[tuple[str, str | None], EventRow] = {}
+    removed: list[str] = []
+    for item in items:
+        translation = translate(item)
+        if translation.row is not None:
+            row = translation.row
+            rows[(row.uid, row.recurrence_id)] = row
+        elif translation.removed is not None:
+            removed.append(translation.removed)
+        elif translation.problem is not None:
+            _log.warning("Google calendar: event left out: %s", translation.problem)
+    gone = set(removed)
+    # Overrides of a series that is gone in this same answer go with it.
+    upserted = tuple(row for key, row in rows.items() if key[0] not in gone)
+    zone = time_zone if isinstance(time_zone, str) and safe_zone(time_zone) else None
+    return ChangeSet(
+        cursor=cursor,
+        full=full,
+        upserted=upserted,
+        removed=() if full else tuple(dict.fromkeys(removed)),
+        calendar_tz=zone,
+    )

@@ -1,0 +1,404 @@
+"""A protocol-level fake of the Google Calendar v3 API and Google's OAuth token endpoint.
+
+``FakeGoogle`` is an HTTP server on a free loopback port (``http.server`` in a thread)
+that speaks just enough of the real wire protocol for the real google-api-python-client
+and google-auth to work against it unchanged:
+
+* ``POST /token`` – the OAuth token endpoint: the ``refresh_token`` grant (per-user
+  links; ``revoke_refresh_tokens()`` makes it answer ``invalid_grant``) and the JWT
+  bearer grant of service accounts (domain-wide delegation). A JWT assertion is checked
+  against the public key registered with ``add_service_account``; its claims (``sub``
+  is the delegated user) are kept in ``assertions``.
+* ``GET /calendar/v3/calendars/{id}/events`` – ``events.list`` with paging
+  (``maxResults``, ``pageToken``), ``nextSyncToken`` on the last page, ``syncToken``
+  (a version counter: an incremental list returns every event changed since that
+  version, deletions as ``status: cancelled`` tombstones), ``410 Gone`` for a token
+  older than ``expire_sync_tokens()`` made it, and ``showDeleted``.
+* fault injection: ``fail_next(status, reason, retry_after)`` answers the next
+  ``events.list`` calls with an error in Google's JSON error shape (403
+  ``rateLimitExceeded``, 429, 5xx...).
+* ``requests`` counts requests per endpoint (``"token"``, ``"events.list"``), for
+  tests and benchmarks.
+
+The calendar is edited from the test with ``put_event``, ``delete_event`` and
+``cancel_instance``; each edit bumps the version. Event JSON is stored as given
+(Google's field names), plus ``id``, ``iCalUID``, ``etag``, ``updated``, ``status``.
+
+Must not do: pretend to be complete (no push channels yet, no other endpoints), or be
+used outside tests. Start reading at ``FakeGoogle``.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import threading
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+_EVENTS_PREFIX = "/calendar/v3/calendars/"
+
+
+@dataclass
+class _Fault:
+    status: int
+    reason: str
+    retry_after: int | None
+
+
+@dataclass
+class _Calendar:
+    time_zone: str
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+
+
+class FakeGoogle:
+    """The fake Google endpoints; use as a context manager (``start``/``stop``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calendars: dict[str, _Calendar] = {}
+        self._version = 0
+        self._oldest_valid_token = 0
+        self._faults: list[_Fault] = []
+        self._refresh_tokens: dict[str, tuple[str, str]] = {}  # token -> (client id, secret)
+        self._revoked = False
+        self._public_keys: dict[str, rsa.RSAPublicKey] = {}  # client_email -> key
+        self._access_tokens: set[str] = set()
+        self._token_ids = itertools.count(1)
+        self.assertions: list[dict[str, Any]] = []
+        self.requests: Counter[str] = Counter()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- life cycle --------------------------------------------------------------------
+
+    def start(self) -> FakeGoogle:
+        fake = self
+
+        class Handler(_Handler):
+            owner = fake
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="fake-google", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeGoogle:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "FakeGoogle is not started"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def token_uri(self) -> str:
+        return f"{self.base_url}/token"
+
+    @property
+    def api_endpoint(self) -> str:
+        """The ``api_endpoint`` client option for ``googleapiclient.discovery.build``."""
+        return f"{self.base_url}/calendar/v3/"
+
+    # --- accounts ----------------------------------------------------------------------
+
+    def add_user(self, client_id: str, client_secret: str, refresh_token: str) -> dict[str, str]:
+        """Register an OAuth client + refresh token; returns authorized-user info."""
+        with self._lock:
+            self._refresh_tokens[refresh_token] = (client_id, client_secret)
+        return {
+            "type": "authorized_user",
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "refresh_token": refresh_token,
+            "token_uri": self.token_uri,
+        }
+
+    def add_service_account(self, client_email: str) -> dict[str, str]:
+        """A new service account key; returns its service-account info (JSON key file)."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        with self._lock:
+            self._public_keys[client_email] = key.public_key()
+        return {
+            "type": "service_account",
+            "project_id": "fake-project",
+            "private_key_id": "fake-key-1",
+            "private_key": pem,
+            "client_email": client_email,
+            "client_id": "1234567890",
+            "token_uri": self.token_uri,
+        }
+
+    def revoke_refresh_tokens(self) -> None:
+        """From now on the token endpoint answers ``invalid_grant`` for refresh tokens."""
+        with self._lock:
+            self._revoked = True
+
+    def expire_access_tokens(self) -> None:
+        """Every access token issued so far is refused (401) from now on."""
+        with self._lock:
+            self._access_tokens.clear()
+
+    # --- the calendar ------------------------------------------------------------------
+
+    def add_calendar(self, calendar_id: str, time_zone: str = "Europe/Amsterdam") -> None:
+        with self._lock:
+            self._calendars[calendar_id] = _Calendar(time_zone)
+
+    def put_event(self, calendar_id: str, event: dict[str, Any]) -> dict[str, Any]:
+        """Insert or replace an event (by ``id``); returns it as the API would."""
+        with self._lock:
+            calendar = self._calendars[calendar_id]
+            self._version += 1
+            stored = dict(event)
+            stored.setdefault("id", f"ev{self._version}")
+            master = stored.get("recurringEventId")
+            if master is not None and master in calendar.events:
+                stored.setdefault("iCalUID", calendar.events[master].get("iCalUID"))
+            stored.setdefault("iCalUID", f"{stored['id']}@google.com")
+            stored.setdefault("status", "confirmed")
+            stored.setdefault("kind", "calendar#event")
+            stored["etag"] = f'"{self._version}"'
+            stored["updated"] = _now_text()
+            calendar.events[stored["id"]] = stored
+            calendar.versions[stored["id"]] = self._version
+            return dict(stored)
+
+    def delete_event(self, calendar_id: str, event_id: str) -> None:
+        """Delete an event: it stays as a ``cancelled`` tombstone with only its id."""
+        with self._lock:
+            calendar = self._calendars[calendar_id]
+            self._version += 1
+            old = calendar.events[event_id]
+            tombstone: dict[str, Any] = {"kind": "calendar#event", "id": event_id}
+            for key in ("recurringEventId", "originalStartTime"):
+                if key in old:
+                    tombstone[key] = old[key]
+            tombstone["status"] = "cancelled"
+            tombstone["etag"] = f'"{self._version}"'
+            calendar.events[event_id] = tombstone
+            calendar.versions[event_id] = self._version
+
+    def cancel_instance(
+        self, calendar_id: str, master_id: str, original_start: dict[str, str]
+    ) -> str:
+        """Delete one instance of a series (``originalStartTime`` JSON); returns its id."""
+        start = original_start.get("dateTime") or original_start["date"]
+        stamp = "".join(ch for ch in start[:19] if ch.isalnum())
+        instance_id = f"{master_id}_{stamp}"
+        with self._lock:
+            calendar = self._calendars[calendar_id]
+            self._version += 1
+            calendar.events[instance_id] = {
+                "kind": "calendar#event",
+                "id": instance_id,
+                "status": "cancelled",
+                "recurringEventId": master_id,
+                "originalStartTime": dict(original_start),
+                "etag": f'"{self._version}"',
+            }
+            calendar.versions[instance_id] = self._version
+        return instance_id
+
+    def expire_sync_tokens(self) -> None:
+        """Every sync token handed out so far gets ``410 Gone`` from now on."""
+        with self._lock:
+            self._oldest_valid_token = self._version + 1
+
+    def fail_next(
+        self, status: int, reason: str = "backendError", *, retry_after: int | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` events.list calls with this error."""
+        with self._lock:
+            self._faults.extend(_Fault(status, reason, retry_after) for _ in range(times))
+
+    # --- request handling (called from the server's threads) -----------------------------
+
+    def _token(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        self.requests["token"] += 1
+        grant = form.get("grant_type", "")
+        with self._lock:
+            if grant == "refresh_token":
+                known = self._refresh_tokens.get(form.get("refresh_token", ""))
+                client = (form.get("client_id", ""), form.get("client_secret", ""))
+                if known is None or self._revoked:
+                    return 400, {"error": "invalid_grant",
+                                 "error_description": "Token has been expired or revoked."}
+                if known != client:
+                    return 401, {"error": "invalid_client", "error_description": "Unauthorized"}
+            elif grant == _JWT_BEARER:
+                claims = self._check_assertion(form.get("assertion", ""))
+                if claims is None:
+                    return 400, {"error": "invalid_grant", "error_description": "Invalid JWT"}
+                self.assertions.append(claims)
+            else:
+                return 400, {"error": "unsupported_grant_type"}
+            token = f"fake-access-{next(self._token_ids)}"
+            self._access_tokens.add(token)
+        return 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
+
+    def _check_assertion(self, assertion: str) -> dict[str, Any] | None:
+        try:
+            header_b64, claims_b64, signature_b64 = assertion.split(".")
+            claims: dict[str, Any] = json.loads(_unb64(claims_b64))
+            header = json.loads(_unb64(header_b64))
+            key = self._public_keys.get(str(claims.get("iss")))
+            if key is None or header.get("alg") != "RS256":
+                return None
+            key.verify(
+                _unb64(signature_b64),
+                f"{header_b64}.{claims_b64}".encode(),
+                padding.PKCS1v15(),
+                hashes.SHA256(),
+            )
+        except (ValueError, InvalidSignature):
+            return None
+        return claims
+
+    def _events_list(
+        self, calendar_id: str, query: dict[str, str], authorization: str
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        self.requests["events.list"] += 1
+        with self._lock:
+            token = authorization.removeprefix("Bearer ")
+            if token not in self._access_tokens:
+                return 401, _error(401, "authError", "Invalid Credentials"), {}
+            if self._faults:
+                fault = self._faults.pop(0)
+                headers = {}
+                if fault.retry_after is not None:
+                    headers["Retry-After"] = str(fault.retry_after)
+                return fault.status, _error(fault.status, fault.reason, "injected"), headers
+            calendar = self._calendars.get(calendar_id)
+            if calendar is None:
+                return 404, _error(404, "notFound", "Not Found"), {}
+            sync_token = query.get("syncToken")
+            page_token = query.get("pageToken")
+            if page_token:
+                since, snapshot, offset = (int(p) for p in page_token.split(":"))
+            else:
+                since, snapshot, offset = 0, self._version, 0
+                if sync_token:
+                    if any(k in query for k in ("timeMin", "timeMax", "q", "orderBy")):
+                        return 400, _error(400, "invalid", "syncToken with a filter"), {}
+                    try:
+                        since = int(sync_token.removeprefix("v"))
+                    except ValueError:
+                        return 400, _error(400, "invalid", "Invalid sync token value."), {}
+                    if since < self._oldest_valid_token:
+                        return 410, _error(
+                            410, "fullSyncRequired",
+                            "Sync token is no longer valid, a full sync is required.",
+                        ), {}
+            show_deleted = query.get("showDeleted") == "true" or sync_token is not None
+            wanted = sorted(
+                event_id for event_id, version in calendar.versions.items()
+                if since < version <= snapshot
+                and (show_deleted or calendar.events[event_id]["status"] != "cancelled")
+            )
+            size = max(1, min(int(query.get("maxResults", "250")), 2500))
+            page = wanted[offset:offset + size]
+            body: dict[str, Any] = {
+                "kind": "calendar#events",
+                "summary": calendar_id,
+                "timeZone": calendar.time_zone,
+                "items": [dict(calendar.events[event_id]) for event_id in page],
+            }
+            if offset + size < len(wanted):
+                body["nextPageToken"] = f"{since}:{snapshot}:{offset + size}"
+            else:
+                body["nextSyncToken"] = f"v{snapshot}"
+            return 200, body, {}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FakeGoogle
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: tests read ``requests`` instead
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode()
+        if self.path.split("?")[0] != "/token":
+            self._answer(404, _error(404, "notFound", "Not Found"))
+            return
+        form = dict(urllib.parse.parse_qsl(body))
+        status, answer = self.owner._token(form)
+        self._answer(status, answer)
+
+    def do_GET(self) -> None:
+        parsed = urllib.parse.urlsplit(self.path)
+        path = parsed.path
+        if not (path.startswith(_EVENTS_PREFIX) and path.endswith("/events")):
+            self._answer(404, _error(404, "notFound", "Not Found"))
+            return
+        calendar_id = urllib.parse.unquote(path[len(_EVENTS_PREFIX):-len("/events")])
+        query = dict(urllib.parse.parse_qsl(parsed.query))
+        status, answer, headers = self.owner._events_list(
+            calendar_id, query, self.headers.get("Authorization", "")
+        )
+        self._answer(status, answer, headers)
+
+    def _answer(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _error(code: int, reason: str, message: str) -> dict[str, Any]:
+    domain = "usageLimits" if "RateLimit" in reason or code == 429 else "global"
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "errors": [{"domain": domain, "reason": reason, "message": message}],
+        }
+    }
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
