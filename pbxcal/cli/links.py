@@ -1,4 +1,4 @@
-"""``pbxcal links add|list|remove|disable|enable``: the calendars in the store.
+"""``pbxcal links add|list|show|sync|remove|disable|enable``: the calendars in the store.
 
 Every command works on the store the service uses (``common.opened_store``) and says
 which store it wrote. A source is checked with the config's own rule
@@ -6,7 +6,10 @@ which store it wrote. A source is checked with the config's own rule
 prints is redacted (``redact_url``: a private URL's token never shows) and made
 ``printable`` (stored text cannot drive the terminal).
 
-Must not import the service. Start reading at ``run_links``.
+``show`` prints one link with its status (``pbxcal.calendars.health``), its last
+successful sync, its last error and its sync log; ``sync`` reads its calendar once, now
+(``link_sync.sync_once``). Must not import the service daemon. Start reading at
+``run_links``.
 """
 
 from __future__ import annotations
@@ -55,7 +58,14 @@ def add_links(sub: Any) -> None:
         "--timezone", type=parse.zone, metavar="TZ", help="zone for all-day and floating events"
     )
     add.add_argument("--disabled", action="store_true", help="add it disabled")
-    links.add_parser("list", parents=[common], help="list links with their last sync")
+    links.add_parser("list", parents=[common], help="list links with their status and last sync")
+    show = links.add_parser("show", parents=[common], help="one link with its sync log")
+    show.add_argument("id", type=parse.link_id, metavar="ID")
+    show.add_argument("--limit", type=int, default=20, metavar="N", help="sync log lines")
+    sync = links.add_parser(
+        "sync", parents=[common], help="read one link's calendar now and print what changed"
+    )
+    sync.add_argument("id", type=parse.link_id, metavar="ID")
     for name, text in (
         ("remove", "remove a link and its stored events"),
         ("disable", "stop using a link (its forwardings end)"),
@@ -86,6 +96,12 @@ def run_links(ns: argparse.Namespace) -> int:
             )
         elif command == "list":
             _print_links(store.list_links(), store, where, as_json=wants_json(ns))
+        elif command == "show":
+            _show_link(ns.id, ns.limit, store, where, as_json=wants_json(ns))
+        elif command == "sync":
+            from pbxcal.cli.link_sync import sync_once
+
+            return sync_once(ns.id, config, store, where, as_json=wants_json(ns))
         elif command == "remove":
             store.remove_link(ns.id)
             _say(ns, f"link {ns.id} removed from {where}", {"removed": ns.id, "store": where})
@@ -141,7 +157,62 @@ def shown_message(message: str) -> str:
     return printable(_URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), message))
 
 
+def _show_link(link_id: int, limit: int, store: Store, where: str, *, as_json: bool) -> None:
+    from pbxcal.calendars.health import SUCCESS_RESULTS, link_status
+    from pbxcal.core.redact import printable
+
+    link = store.get_link(link_id)
+    if link is None:
+        raise InputError(f"no link {link_id} in {where} (see: links list)")
+    log = store.sync_log(link_id, max(1, min(limit, 200)))
+    success = next((e for e in log if e.result in SUCCESS_RESULTS), None)
+    data = {
+        "store": where,
+        "id": link.id,
+        "extension": printable(link.extension),
+        "pbx": printable(link.pbx),
+        "provider": printable(link.provider),
+        "source": _shown_source(link.source),
+        "active": link.active,
+        "status": link_status(log[0].result if log else None, active=link.active),
+        "last_successful_sync": _when(success.at) if success else None,
+        "last_error": next(
+            (shown_message(e.message) for e in log if e.result not in SUCCESS_RESULTS), None
+        ),
+        "sync_log": [
+            {
+                "at": _when(e.at),
+                "result": printable(e.result),
+                "accepted": e.accepted,
+                "rejected": e.rejected,
+                "message": shown_message(e.message),
+            }
+            for e in log
+        ],
+    }
+    if as_json:
+        print(json.dumps(data))
+        return
+    print(f"link {link.id} in {where}: extension {data['extension']} on {data['pbx']}")
+    print(f"  source    {data['provider']} {data['source']}")
+    print(f"  status    {data['status']}")
+    print(f"  last good {data['last_successful_sync'] or 'never'}")
+    if data["last_error"]:
+        print(f"  last error {data['last_error']}")
+    for entry in data["sync_log"]:  # type: ignore[attr-defined]
+        rejected = ", ".join(f"{n} {r}" for r, n in sorted(entry["rejected"].items()))
+        counts = f"{entry['accepted']} accepted" + (f", rejected: {rejected}" if rejected else "")
+        print(f"  {entry['at']}  {entry['result']:<12} {counts}")
+        if entry["message"]:
+            print(f"      {entry['message']}")
+
+
+def _when(moment: Any) -> str:
+    return str(moment.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
 def _print_links(links: list[Link], store: Store, where: str, *, as_json: bool) -> None:
+    from pbxcal.calendars.health import link_status
     from pbxcal.core.redact import printable
 
     last = store.last_sync()
@@ -151,6 +222,7 @@ def _print_links(links: list[Link], store: Store, where: str, *, as_json: bool) 
         rows.append(
             {
                 "id": link.id,
+                "status": link_status(entry.result if entry else None, active=link.active),
                 "extension": printable(link.extension),
                 "pbx": printable(link.pbx),
                 "source": _shown_source(link.source),
@@ -170,7 +242,7 @@ def _print_links(links: list[Link], store: Store, where: str, *, as_json: bool) 
         print(f"no links in {where}")
         return
     for r in rows:
-        state = "active" if r["active"] else "disabled"
+        state = r["status"]
         sync = f"{r['last_result']} at {r['last_sync']}" if r["last_sync"] else "never synced"
         print(
             f"{r['id']:>4}  ext {r['extension']:<6} {r['pbx']:<8} {state:<8} {sync:<34} "

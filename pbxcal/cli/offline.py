@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from pbxcal.core.ical import EventInstance, ExpansionLimits
     from pbxcal.core.policy import NumberPolicy
     from pbxcal.core.slots import LocalPeriod
+    from pbxcal.store import Link
 
 #: A calendar file larger than this is refused rather than read into memory.
 MAX_ICS_BYTES = 50_000_000
@@ -42,9 +43,18 @@ def add_plan(sub: Any) -> None:
         description="Read iCalendar files and print the forwarding windows of one "
         "extension in a time range, plus the events that are not forwardings and why.",
     )
-    _add_calendar_options(p)
+    _add_calendar_options(p, ics_required=False)
     p.add_argument(
-        "--extension", required=True, metavar="EXT", help="the extension whose calendar this is"
+        "--link",
+        type=parse.link_id,
+        metavar="ID",
+        help="plan from a link's events as the service stored them (instead of --ics)",
+    )
+    p.add_argument("--store", metavar="URL", help="the store of --link (default: the service's)")
+    p.add_argument(
+        "--extension",
+        metavar="EXT",
+        help="the extension whose calendar this is (default with --link: the link's)",
     )
     p.add_argument(
         "--from",
@@ -169,10 +179,12 @@ def add_check_config(sub: Any) -> None:
     p.set_defaults(handler=run_check_config)
 
 
-def _add_calendar_options(p: argparse.ArgumentParser, *, timezone_required: bool = False) -> None:
+def _add_calendar_options(
+    p: argparse.ArgumentParser, *, timezone_required: bool = False, ics_required: bool = True
+) -> None:
     p.add_argument(
         "--ics",
-        required=True,
+        required=ics_required,
         action="append",
         metavar="FILE",
         help="an iCalendar file; repeat for several calendars",
@@ -204,6 +216,13 @@ def run_plan(ns: argparse.Namespace) -> int:
 
     config = _config(ns)
     policy = _policy(ns, config)
+    if bool(ns.ics) == (ns.link is not None):
+        raise InputError("give either --ics FILE (one or more) or --link ID")
+    link = _stored_link(ns, config) if ns.link is not None else None
+    if ns.extension is None:
+        if link is None:
+            raise InputError("--extension is required with --ics")
+        ns.extension = link.extension
     if not policy.is_extension(ns.extension):
         raise InputError(
             f"--extension {show(ns.extension)} is not an extension "
@@ -214,7 +233,10 @@ def run_plan(ns: argparse.Namespace) -> int:
     start, end = parse.resolve(ns.start, zone), parse.resolve(ns.end, zone)
     if end <= start:
         raise InputError("--to must be after --from")
-    instances = read_instances(ns.ics, start, end, zone, config.limits)
+    if link is None:
+        instances = read_instances(ns.ics, start, end, zone, config.limits)
+    else:
+        instances = stored_instances(ns, config, link.id, start, end, zone)
     plan = plan_windows(instances, start, end, policy, parser=TitleParser(policy, known))
     if known is None:
         print(
@@ -342,6 +364,50 @@ def read_ics_file(path: str) -> bytes:
     if len(data) > MAX_ICS_BYTES:
         raise InputError(f"{path}: larger than {MAX_ICS_BYTES} bytes")
     return data
+
+
+def _stored_link(ns: argparse.Namespace, config: Config) -> Link:
+    from pbxcal.cli.common import opened_store
+
+    with opened_store(ns, config) as (store, where):
+        link = store.get_link(ns.link)
+    if link is None:
+        raise InputError(f"no link {ns.link} in {where} (see: links list)")
+    return link
+
+
+def stored_instances(
+    ns: argparse.Namespace,
+    config: Config,
+    link_id: int,
+    start: datetime,
+    end: datetime,
+    zone: ZoneInfo,
+) -> list[EventInstance]:
+    """The instances of a link's stored events in ``[start, end)`` (``plan --link``)."""
+    from pbxcal.calendars.snapshot import join_calendar
+    from pbxcal.cli.common import opened_store
+    from pbxcal.core.ical import OverLimit, expand_calendar
+
+    with opened_store(ns, config) as (store, where):
+        link = store.get_link(link_id)
+        events, state = store.load_events(link_id)
+    if link is None or state is None:
+        raise InputError(f"link {link_id} in {where} has no stored events yet (see: links show)")
+    if link.settings.get("timezone"):
+        zone = ZoneInfo(str(link.settings["timezone"]))
+    owners = [str(o) for o in link.settings.get("owner_emails") or []]
+    calendar = join_calendar(events, state.timezones, state.calendar_tz, source=f"link {link_id}")
+    try:
+        expansion = expand_calendar(
+            calendar, start, end, zone, owner_emails=owners, limits=config.limits
+        )
+    except OverLimit as exc:
+        raise InputError(f"link {link_id}: {printable(str(exc))}") from None
+    for skipped in expansion.skipped:
+        print(f"pbxcal: warning: link {link_id}: skipped event: {printable(skipped.detail)}",
+              file=sys.stderr)  # fmt: skip
+    return list(expansion.instances)
 
 
 def read_instances(
