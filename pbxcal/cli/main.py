@@ -4,7 +4,8 @@
 pbxcal error into a one-line message on stderr and exit status 2 — never a traceback
 (an unexpected exception is one line too, exit 1, with the traceback only when
 ``PBXCAL_DEBUG=1``). The commands live in ``offline.py`` (plan, slots, check-config),
-``links.py`` and ``service_commands.py`` (run, apply, pbx-status).
+``links.py``, ``service_commands.py`` (run, apply, pbx-status) and ``keys.py`` (the keys
+that encrypt stored credentials).
 
 Imports here stay light (argparse and the command modules, which import the core,
 store and service inside their handlers): ``pbxcal --version`` takes about 0.1 s.
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from pbxcal import __version__
-from pbxcal.cli import links, offline, service_commands
+from pbxcal.cli import keys, links, offline, service_commands
 from pbxcal.errors import ConfigError, PbxcalError
 
 EXIT_USAGE = 2
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     links.add_links(sub)
     service_commands.add_apply(sub)
     service_commands.add_pbx_status(sub)
+    keys.add_keys(sub)
     return parser
 
 
