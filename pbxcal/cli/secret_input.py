@@ -37,7 +37,12 @@ STDIN = "-"
 
 
 def add_secret_option(parser: argparse.ArgumentParser, name: str, what: str) -> None:
-    """Add ``--NAME-file FILE`` to ``parser``: where ``what`` is read from."""
+    """Add ``--NAME-file FILE`` to ``parser``: where ``what`` is read from.
+
+    A hidden ``--NAME`` is added too, which only refuses: without it argparse would take
+    ``--NAME hunter2`` as an abbreviation of ``--NAME-file hunter2`` and then report
+    that no file ``hunter2`` exists, printing the secret.
+    """
     parser.add_argument(
         f"--{name}-file",
         dest=_dest(name),
@@ -45,6 +50,31 @@ def add_secret_option(parser: argparse.ArgumentParser, name: str, what: str) -> 
         help=f"read {what} from FILE ('-' = standard input); default: ask for it "
         "without echo (it is never given on the command line)",
     )
+    parser.add_argument(
+        f"--{name}",
+        dest=f"_refused_{_dest(name)}",
+        nargs="?",
+        action=RefuseOnCommandLine,
+        help=argparse.SUPPRESS,
+    )
+
+
+class RefuseOnCommandLine(argparse.Action):
+    """An option that only refuses its use, without repeating the value it was given."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        option = option_string or self.dest
+        parser.error(
+            f"{option}: a secret is never given on the command line (other users can read "
+            f"it in the process list); use {self.option_strings[0]}-file FILE, "
+            f"{self.option_strings[0]}-file - for standard input, or leave it out to be asked"
+        )
 
 
 def read_secret_option(
