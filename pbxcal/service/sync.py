@@ -45,7 +45,7 @@ import httpx
 import icalendar
 
 from pbxcal.calendars import CalendarSource, Fetched, Validators
-from pbxcal.calendars.changes import ChangeSet, IncrementalSource
+from pbxcal.calendars.changes import ChangeSet, EventRow, IncrementalSource
 from pbxcal.calendars.health import STATUS_OF_RESULT, link_status
 from pbxcal.calendars.ics import source_for
 from pbxcal.calendars.locations import check_source
@@ -467,18 +467,24 @@ class CalendarSync:
         events, timezones, calendar_tz = split_calendar(calendar)
         expansion, since, until = self._expand(link, calendar, now)
         work = self._classified(expansion, since, until, now, parser, link)
-        state = SyncState(
-            fetched.validators.etag,
-            fetched.validators.last_modified,
-            None,
-            calendar_tz,
-            timezones,
-            now,
+        # a whole document is a full change set: rows, validators and expansion in one
+        # transaction (one commit per new version instead of one per table)
+        change = ChangeSet(
+            cursor="",
+            full=True,
+            upserted=tuple(EventRow(e.uid, e.recurrence_id, e.ical) for e in events),
+            timezones=timezones,
+            calendar_tz=calendar_tz,
         )
         try:
-            # the expansion first: a crash between the two writes only costs a re-read
-            self.store.save_expansion(link.id, self._record(work, now))
-            self.store.replace_events(link.id, events, state)
+            self.store.apply_changes(
+                link.id,
+                change,
+                now,
+                self._record(work, now),
+                etag=fetched.validators.etag,
+                last_modified=fetched.validators.last_modified,
+            )
         except StoreError as exc:
             work.store_error = exc
         return work

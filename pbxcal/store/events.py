@@ -65,10 +65,14 @@ class EventTable:
         change: ChangeSet,
         fetched_at: datetime,
         expansion: ExpansionRecord | None = None,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
     ) -> None:
         """Apply one change set, its cursor and (optionally) the link's new expansion in
         one transaction: a crash between fetching and committing loses or skips nothing,
-        because the next sync starts from the cursor committed with these rows."""
+        because the next sync starts from the cursor committed with these rows.
+        ``etag`` / ``last_modified`` are a document source's validators (ICS)."""
         require_utc(fetched_at, "sync state fetched_at")
         rows = {(r.uid, r.recurrence_id or ""): r for r in change.upserted}
         expansion_values = None if expansion is None else expansion_row(link_id, expansion)
@@ -102,9 +106,13 @@ class EventTable:
                     ],
                     keys=["link_id", "uid", "recurrence_id"],
                 )
-            timezones = change.timezones or ("" if old is None else old.timezones)
-            calendar_tz = change.calendar_tz or (None if old is None else old.calendar_tz)
-            state = SyncState(None, None, change.cursor, calendar_tz, timezones, fetched_at)
+            timezones, calendar_tz = change.timezones, change.calendar_tz
+            if not change.full and old is not None:  # an increment keeps what it does not say
+                timezones = timezones or old.timezones
+                calendar_tz = calendar_tz or old.calendar_tz
+            state = SyncState(
+                etag, last_modified, change.cursor, calendar_tz, timezones, fetched_at
+            )
             save_state(conn, state_values(link_id, state))
             if expansion_values is not None:
                 upsert(conn, db.expansions, [expansion_values], keys=["link_id"])

@@ -21,6 +21,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 import pbxcal.store.events as store_events
+from pbxcal.calendars.changes import ChangeSet, EventRow
 from pbxcal.core.ical import EventInstance
 from pbxcal.store import (
     SYNC_LOG_KEEP,
@@ -821,3 +822,61 @@ def test_links_version_sees_a_change_made_by_another_process(store: Store, store
     )
     assert store.links_version() > before
     assert [link.id for link in store.list_links()] == [int(done.stdout)]
+
+
+# -- change sets (the incremental port, issue #9) ------------------------------------
+
+
+def row(uid: str, summary: str = "0612345678", rid: str | None = None) -> EventRow:
+    stored = vevent(uid, summary, rid)
+    return EventRow(stored.uid, stored.recurrence_id, stored.ical)
+
+
+def test_apply_changes_full_then_increments_with_cursor_and_expansion(store: Store) -> None:
+    link = store.add_link("100", "main", "caldav", "https://dav.example/cal/")
+    record = ExpansionRecord(T0, T0 + timedelta(days=28), (), T0)
+    store.apply_changes(
+        link.id,
+        ChangeSet("c1", True, (row("a"), row("b"), row("b", "201", "20260330T070000Z"))),
+        T0,
+        record,
+    )
+    events, state = store.load_events(link.id)
+    assert sorted((e.uid, e.recurrence_id or "") for e in events) == [
+        ("a", ""), ("b", ""), ("b", "20260330T070000Z")
+    ]
+    assert state is not None and state.sync_token == "c1"
+    assert store.load_expansions()[link.id] == record
+
+    store.apply_changes(
+        link.id,
+        ChangeSet(
+            "c2",
+            False,
+            (row("a", "202"), row("c")),
+            removed_instances=(("b", "20260330T070000Z"),),
+        ),
+        T0 + timedelta(minutes=1),
+    )
+    events, state = store.load_events(link.id)
+    assert sorted(e.uid for e in events) == ["a", "b", "c"]
+    assert "SUMMARY:202" in next(e.ical for e in events if e.uid == "a")
+    assert state is not None and state.sync_token == "c2"
+
+    store.apply_changes(link.id, ChangeSet("c3", False, removed=("b",)), T0 + timedelta(minutes=2))
+    assert sorted(e.uid for e in store.load_events(link.id)[0]) == ["a", "c"]
+
+    store.apply_changes(link.id, ChangeSet("c4", True, (row("z"),)), T0 + timedelta(minutes=3))
+    assert [e.uid for e in store.load_events(link.id)[0]] == ["z"]
+
+
+def test_apply_changes_is_all_or_nothing(store: Store) -> None:
+    link = store.add_link("100", "main", "caldav", "https://dav.example/cal/")
+    store.apply_changes(link.id, ChangeSet("c1", True, (row("a"),)), T0)
+    naive = ExpansionRecord(T0.replace(tzinfo=None), T0, (), T0)
+    with pytest.raises((StoreError, ValueError)):
+        store.apply_changes(link.id, ChangeSet("c2", True, (row("b"),)), T0, naive)
+    events, state = store.load_events(link.id)
+    assert [e.uid for e in events] == ["a"] and state is not None and state.sync_token == "c1"
+    with pytest.raises(StoreError):
+        store.apply_changes(link.id + 99, ChangeSet("c1", True, (row("a"),)), T0)
