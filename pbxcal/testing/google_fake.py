@@ -31,8 +31,10 @@ used outside tests. Start reading at ``FakeGoogle``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
+import socket
 import threading
 import urllib.parse
 from collections import Counter
@@ -70,7 +72,8 @@ class FakeGoogle:
         self._lock = threading.Lock()
         self._calendars: dict[str, _Calendar] = {}
         self._version = 0
-        self._oldest_valid_token = 0
+        self._token_epoch = 0
+        self._connections: set[socket.socket] = set()
         self._faults: list[_Fault] = []
         self._refresh_tokens: dict[str, tuple[str, str]] = {}  # token -> (client id, secret)
         self._revoked = False
@@ -93,16 +96,22 @@ class FakeGoogle:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-google", daemon=True
+            target=self._server.serve_forever, args=(0.05,), name="fake-google", daemon=True
         )
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop listening and cut every open (keep-alive) connection, like a dead server."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> FakeGoogle:
         return self.start()
@@ -233,7 +242,7 @@ class FakeGoogle:
     def expire_sync_tokens(self) -> None:
         """Every sync token handed out so far gets ``410 Gone`` from now on."""
         with self._lock:
-            self._oldest_valid_token = self._version + 1
+            self._token_epoch += 1
 
     def fail_next(
         self, status: int, reason: str = "backendError", *, retry_after: int | None = None,
@@ -313,10 +322,11 @@ class FakeGoogle:
                     if any(k in query for k in ("timeMin", "timeMax", "q", "orderBy")):
                         return 400, _error(400, "invalid", "syncToken with a filter"), {}
                     try:
-                        since = int(sync_token.removeprefix("v"))
+                        epoch_text, since_text = sync_token.split("-v")
+                        epoch, since = int(epoch_text.removeprefix("e")), int(since_text)
                     except ValueError:
                         return 400, _error(400, "invalid", "Invalid sync token value."), {}
-                    if since < self._oldest_valid_token:
+                    if epoch != self._token_epoch:
                         return 410, _error(
                             410, "fullSyncRequired",
                             "Sync token is no longer valid, a full sync is required.",
@@ -338,13 +348,23 @@ class FakeGoogle:
             if offset + size < len(wanted):
                 body["nextPageToken"] = f"{since}:{snapshot}:{offset + size}"
             else:
-                body["nextSyncToken"] = f"v{snapshot}"
+                body["nextSyncToken"] = f"e{self._token_epoch}-v{snapshot}"
             return 200, body, {}
 
 
 class _Handler(BaseHTTPRequestHandler):
     owner: FakeGoogle
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        with self.owner._lock:
+            self.owner._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.owner._lock:
+            self.owner._connections.discard(self.connection)
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests read ``requests`` instead
