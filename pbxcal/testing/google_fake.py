@@ -14,6 +14,9 @@ and google-auth to work against it unchanged:
   (a version counter: an incremental list returns every event changed since that
   version, deletions as ``status: cancelled`` tombstones), ``410 Gone`` for a token
   older than ``expire_sync_tokens()`` made it, and ``showDeleted``.
+* the installed-app flow: ``add_client`` gives a Desktop-app client config; ``consent(url)``
+  plays Google's consent page (a redirect URL with a code, or ``access_denied``); the
+  ``authorization_code`` grant checks the PKCE S256 verifier and the redirect URI.
 * fault injection: ``fail_next(status, reason, retry_after)`` answers the next
   ``events.list`` calls with an error in Google's JSON error shape (403
   ``rateLimitExceeded``, 429, 5xx...).
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import itertools
 import json
 import socket
@@ -81,6 +85,9 @@ class FakeGoogle:
         self._access_tokens: set[str] = set()
         self._token_ids = itertools.count(1)
         self.assertions: list[dict[str, Any]] = []
+        self.authorizations: list[dict[str, str]] = []  # consent requests seen
+        self._codes: dict[str, dict[str, str]] = {}  # authorization code -> its request
+        self._clients: dict[str, str] = {}  # client id -> secret (installed-app flow)
         self.requests: Counter[str] = Counter()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -167,6 +174,39 @@ class FakeGoogle:
             "client_id": "1234567890",
             "token_uri": self.token_uri,
         }
+
+    @property
+    def auth_uri(self) -> str:
+        """The ``auth_uri`` of an OAuth client config; open it with ``consent``."""
+        return f"{self.base_url}/auth"
+
+    def add_client(self, client_id: str, client_secret: str) -> dict[str, Any]:
+        """Register a Desktop-app OAuth client; returns its client JSON (``installed``)."""
+        with self._lock:
+            self._clients[client_id] = client_secret
+        return {"installed": {
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "auth_uri": self.auth_uri,
+            "token_uri": self.token_uri,
+            "redirect_uris": ["http://localhost"],
+        }}
+
+    def consent(self, url: str, *, refuse: bool = False) -> str:
+        """What Google's consent page does for ``url``: the redirect URL it sends the
+        browser to, with a one-time code (or ``error=access_denied``)."""
+        parsed = urllib.parse.urlsplit(url)
+        query = dict(urllib.parse.parse_qsl(parsed.query))
+        redirect = query["redirect_uri"]
+        with self._lock:
+            self.authorizations.append(query)
+            if refuse:
+                answer = {"error": "access_denied", "state": query.get("state", "")}
+            else:
+                code = f"code-{next(self._token_ids)}"
+                self._codes[code] = query
+                answer = {"code": code, "state": query.get("state", ""), "scope": query["scope"]}
+        return f"{redirect}?{urllib.parse.urlencode(answer)}"
 
     def revoke_refresh_tokens(self) -> None:
         """From now on the token endpoint answers ``invalid_grant`` for refresh tokens."""
@@ -258,6 +298,8 @@ class FakeGoogle:
         self.requests["token"] += 1
         grant = form.get("grant_type", "")
         with self._lock:
+            if grant == "authorization_code":
+                return self._exchange_code(form)
             if grant == "refresh_token":
                 known = self._refresh_tokens.get(form.get("refresh_token", ""))
                 client = (form.get("client_id", ""), form.get("client_secret", ""))
@@ -276,6 +318,32 @@ class FakeGoogle:
             token = f"fake-access-{next(self._token_ids)}"
             self._access_tokens.add(token)
         return 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
+
+    def _exchange_code(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        request = self._codes.pop(form.get("code", ""), None)  # a code works once
+        if request is None:
+            return 400, {"error": "invalid_grant", "error_description": "Bad code."}
+        client_id = form.get("client_id", "")
+        if self._clients.get(client_id) != form.get("client_secret") or (
+            client_id != request.get("client_id")
+        ):
+            return 401, {"error": "invalid_client"}
+        if form.get("redirect_uri") != request.get("redirect_uri"):
+            return 400, {"error": "redirect_uri_mismatch"}
+        verifier = form.get("code_verifier", "")
+        challenge = base64.urlsafe_b64encode(
+            hashlib.sha256(verifier.encode()).digest()
+        ).decode().rstrip("=")
+        if request.get("code_challenge_method") != "S256" or (
+            challenge != request.get("code_challenge")
+        ):
+            return 400, {"error": "invalid_grant", "error_description": "Bad code verifier."}
+        refresh_token = f"refresh-{next(self._token_ids)}"
+        self._refresh_tokens[refresh_token] = (client_id, self._clients[client_id])
+        access = f"fake-access-{next(self._token_ids)}"
+        self._access_tokens.add(access)
+        return 200, {"access_token": access, "expires_in": 3600, "token_type": "Bearer",
+                     "refresh_token": refresh_token, "scope": request.get("scope", "")}
 
     def _check_assertion(self, assertion: str) -> dict[str, Any] | None:
         try:
@@ -376,6 +444,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(404, _error(404, "notFound", "Not Found"))
             return
         form = dict(urllib.parse.parse_qsl(body))
+        basic = self.headers.get("Authorization", "")
+        if basic.startswith("Basic "):  # client credentials as HTTP basic auth
+            user, _, password = base64.b64decode(basic[6:]).decode().partition(":")
+            form.setdefault("client_id", urllib.parse.unquote_plus(user))
+            form.setdefault("client_secret", urllib.parse.unquote_plus(password))
         status, answer = self.owner._token(form)
         self._answer(status, answer)
 
