@@ -31,9 +31,11 @@ def add_keys(sub: Any) -> None:
     common = global_options()
     p = sub.add_parser(
         "keys",
+        parents=[common],
         help="make and rotate the keys that encrypt stored credentials",
         description="Make a key file for [secrets] key_file, or re-encrypt the stored "
-        "credentials with the current key after a new one was put first.",
+        "credentials with the current key after a new one was put first. --config and "
+        "--store may stand before or after rotate.",
     )
     keys = p.add_subparsers(
         dest="keys_command", required=True, metavar="ACTION", parser_class=type(p)
