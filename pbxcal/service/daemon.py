@@ -22,7 +22,6 @@ Start reading at ``Daemon.run``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -53,7 +52,6 @@ log = logging.getLogger(__name__)
 LINK_WATCH_INTERVAL = 5.0
 #: The loop-lag probe's period (a timer this late means the loop was blocked).
 LOOP_LAG_PROBE = 0.05
-FIRST_CONTACT_TIMEOUT = 10.0
 
 
 class Daemon:
@@ -167,8 +165,8 @@ class Daemon:
                 asyncio.create_task(self._watch_loop_lag(), name="loop-lag"),
             ]
             self._install_signals()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.reconciler.first_pass.wait(), FIRST_CONTACT_TIMEOUT)
+            # READY: config, store (every link's last known instances restored) and the
+            # first PBX contact are done; the first pass plans and applies from here on.
             self.ready = True
             self._last_status = self.status_line()
             self.notifier.ready(self._last_status)

@@ -4,9 +4,9 @@ It keeps, per PBX, the *desired* state (from the core: which targets each extens
 rings at this moment) and the *applied* state (read back from the PBX, then tracked as
 changes succeed), and applies the difference — idempotently — at these moments only:
 
-* at the exact boundary where some extension's target set changes: one heap of future
-  boundaries (each held once) across all extensions and one timer for the earliest, not
-  a polling loop;
+* at the exact boundary where some extension's target set changes: one heap holding
+  each extension's next boundary (once) and one timer for the earliest, not a polling
+  loop; serving a boundary schedules that extension's next one;
 * after a calendar change (``set_link_instances`` / ``remove_link``);
 * after every PBX (re)connect (``pbx_connected``) and every ``readback_interval``: the
   state is read back and the full difference applied, so a crash, a kill -9, an Asterisk
@@ -248,6 +248,7 @@ class Reconciler:
             served.add(entry)
         for key in self._due_keys:
             self._update_desired(key, now)
+            self._schedule_next_boundary(key, now)
         due, self._due_keys = self._due_keys, set()
         refused = await self._apply(due)
         applied_at = self.clock.now()
@@ -349,13 +350,20 @@ class Reconciler:
             self._plans[key] = plan
         else:
             self._plans.pop(key, None)
-        for window in plan.windows:
-            for moment in (window.start, window.end):
-                entry = (moment, *key)
-                if moment > now and entry not in self._boundary_set:
-                    self._boundary_set.add(entry)
-                    heapq.heappush(self._boundaries, entry)
+        self._schedule_next_boundary(key, now)
         self._due_keys.add(key)
+
+    def _schedule_next_boundary(self, key: Key, now: datetime) -> None:
+        """Hold the key's next boundary in the heap (once); the one after it is scheduled
+        when this one is served, so the heap stays one entry per key, not per window."""
+        plan = self._plans.get(key)
+        moment = plan.next_boundary_after(now) if plan is not None else None
+        if moment is None:
+            return
+        entry = (moment, *key)
+        if entry not in self._boundary_set:
+            self._boundary_set.add(entry)
+            heapq.heappush(self._boundaries, entry)
 
     def _update_desired(self, key: Key, now: datetime) -> None:
         plan = self._plans.get(key)

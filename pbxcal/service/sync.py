@@ -95,7 +95,7 @@ AnySource = CalendarSource | IncrementalSource
 @dataclass
 class _LinkState:
     link: Link
-    source: AnySource
+    source: AnySource | None
     generation: int
     validators: Validators | None = None
     digest: str | None = None
@@ -183,7 +183,7 @@ class CalendarSync:
     def health(self) -> Counter[tuple[str, str]]:
         """Active links by (provider, status)."""
         return Counter(
-            (state.source.provider, link_status(state.last_result))
+            (state.link.provider, link_status(state.last_result))
             for state in self._links.values()
         )
 
@@ -234,19 +234,30 @@ class CalendarSync:
         self._wake.set()
 
     def _track(self, link: Link) -> _LinkState:
-        """(Re)start following ``link``: a fresh state and one schedule entry, due now."""
-        problem = check_source(link.source)
-        try:
-            if problem is not None:  # stored before sources were checked on the way in
-                raise ValueError(problem)
-            source = self.source_factory(link)
-        except Exception as exc:  # noqa: BLE001 - a bad stored source must not stop the daemon
-            message = f"unusable calendar source {redact_url(link.source)!r}: {_one_line(exc)}"
-            source = _BrokenSource(message)
-        state = _LinkState(link, source, next(self._generations))
+        """(Re)start following ``link``: a fresh state and one schedule entry, due now.
+
+        The source itself is built on the link's first sync (``_source``), so a restart
+        with thousands of links does not build thousands of sources before READY.
+        """
+        state = _LinkState(link, None, next(self._generations))
         self._links[link.id] = state
         heapq.heappush(self._due, (0.0, state.generation, link.id))
         return state
+
+    def _source(self, state: _LinkState) -> AnySource:
+        if state.source is None:
+            link = state.link
+            problem = check_source(link.source) if link.provider == "ics" else None
+            try:
+                if problem is not None:  # stored before sources were checked on the way in
+                    raise ValueError(problem)
+                state.source = self.source_factory(link)
+            except Exception as exc:  # noqa: BLE001 - a bad stored source must not stop us
+                where = redact_url(link.source)
+                state.source = _BrokenSource(
+                    f"unusable calendar source {where!r}: {_one_line(exc)}"
+                )
+        return state.source
 
     def _source_for(self, link: Link) -> AnySource:
         return source_for(link.source, self.client, self.config.max_calendar_bytes)
@@ -332,7 +343,7 @@ class CalendarSync:
         except Exception as exc:
             outcome = SyncOutcome("error", message=f"{type(exc).__name__}: {_one_line(exc)}")
             log.debug("link %d: unexpected sync error", link_id, exc_info=True)
-        provider = state.source.provider
+        provider = self._source(state).provider
         self.metrics.sync_duration.labels(provider).observe(time.perf_counter() - started)
         self.metrics.calendar_syncs.labels(provider, outcome.result).inc()
         previous, state.last_result = state.last_result, outcome.result
@@ -365,9 +376,9 @@ class CalendarSync:
             self.store_health.failed("sync-log", exc)
 
     async def _sync(self, state: _LinkState) -> SyncOutcome:
-        if hasattr(state.source, "changes"):
-            return await self._sync_changes(state, cast(IncrementalSource, state.source))
-        source = state.source
+        source = self._source(state)
+        if hasattr(source, "changes"):
+            return await self._sync_changes(state, cast(IncrementalSource, source))
         link = state.link
         fetched = await asyncio.wait_for(
             source.fetch(state.validators), timeout=self.config.sync_timeout

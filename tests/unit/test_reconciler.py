@@ -491,4 +491,8 @@ async def test_each_future_boundary_is_held_once() -> None:
     for _ in range(5):  # the same calendar read again and again
         rec.set_link_instances(1, link)
         await step(rec)
-    assert len(rec._boundaries) == 2
+    assert rec._boundaries == [(T0 + 10 * S, "main", "100")]  # the next one, once
+    clock.set(T0 + 10 * S)
+    await step(rec)
+    assert rec._boundaries == [(T0 + 20 * S, "main", "100")]  # then the one after it
+    assert pbx.state == {"100": ("201",)}

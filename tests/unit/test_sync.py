@@ -374,10 +374,10 @@ async def test_provider_errors_become_a_link_status(
     source.answers = [ChangeSet("c1", True, (row("a", "0612345678", 0, 60),)), error, None]
     await world.sync.sync_link(link.id)
     assert await world.sync.sync_link(link.id) == result
-    assert world.sync.health() == {("fake-incremental", status): 1}
+    assert world.sync.health() == {("ics", status): 1}
     assert world.reconciler.link_instances(link.id) is not None  # last known events kept
     assert world.log(link)[0].result == result
     # back to normal: the recovery is logged even though nothing changed
     assert await world.sync.sync_link(link.id) == "unchanged"
     assert world.log(link)[0].result == "unchanged"
-    assert world.sync.health() == {("fake-incremental", "connected"): 1}
+    assert world.sync.health() == {("ics", "connected"): 1}
