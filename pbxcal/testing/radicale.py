@@ -10,6 +10,12 @@ listening socket: a client then sees "connection refused", which is how tests mo
 server that is down; ``start()`` serves the same storage again on the same port if it is
 still free.
 
+Two switches model other servers, in front of the real Radicale: ``sync_collection =
+False`` answers the RFC 6578 sync-collection REPORT with 403 ``DAV:supported-report``
+(a server without sync tokens, so clients fall back to ETags), and ``fault = (status,
+body)`` answers every request with that status and body (a 5xx, or garbage) until it is
+set back to ``None``.
+
 Helpers for writing test data the way a calendar client would: ``make_calendar(user,
 name)`` (MKCALENDAR with a display name), ``put(user, calendar, name, ical)``,
 ``delete(...)`` and ``move(...)``, plain HTTP with basic auth (``urllib``), independent
@@ -26,18 +32,20 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import os
 import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse
 
 import radicale.config
 from radicale.app import Application
@@ -87,7 +95,37 @@ class RadicaleServer:
             "pbxcal.testing.radicale",
             privileged=True,
         )
-        self._application = Application(configuration)
+        self._radicale = Application(configuration)
+        #: ``False``: refuse the sync-collection REPORT like a server without RFC 6578.
+        self.sync_collection = True
+        #: ``(status, body)``: answer every request with this instead of Radicale's answer.
+        self.fault: tuple[int, bytes] | None = None
+        #: Extra headers sent with ``fault`` (e.g. ``{"Retry-After": "7"}``).
+        self.fault_headers: dict[str, str] = {}
+
+    def _application(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        if self.fault is not None:
+            status, body = self.fault
+            headers = _plain(body) + list(self.fault_headers.items())
+            start_response(f"{status} {_REASONS.get(status, 'Fault')}", headers)
+            return [body]
+        if not self.sync_collection and environ.get("REQUEST_METHOD") == "REPORT":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
+            if b"sync-collection" in body:
+                refusal = (
+                    b'<?xml version="1.0" encoding="utf-8"?>'
+                    b'<D:error xmlns:D="DAV:"><D:supported-report/></D:error>'
+                )
+                start_response(
+                    "403 Forbidden",
+                    [("Content-Type", "application/xml"), ("Content-Length", str(len(refusal)))],
+                )
+                return [refusal]
+            environ["wsgi.input"] = io.BytesIO(body)
+        return self._radicale(environ, start_response)
 
     @property
     def url(self) -> str:
@@ -154,7 +192,7 @@ class RadicaleServer:
             '<C:mkcalendar xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">'
             "<D:set><D:prop>"
             f"<D:displayname>{_xml_text(name)}</D:displayname>"
-            "<C:supported-calendar-component-set><C:comp name=\"VEVENT\"/>"
+            '<C:supported-calendar-component-set><C:comp name="VEVENT"/>'
             "</C:supported-calendar-component-set>"
             "</D:prop></D:set></C:mkcalendar>"
         )
@@ -199,6 +237,20 @@ class RadicaleServer:
                 return dict(response.headers.items())
         except urllib.error.HTTPError as exc:
             raise RuntimeError(f"Radicale: {method} {url} answered {exc.code}") from None
+
+
+_REASONS = {
+    200: "OK",
+    207: "Multi-Status",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+def _plain(body: bytes) -> list[tuple[str, str]]:
+    return [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
 
 
 def _xml_text(text: str) -> str:

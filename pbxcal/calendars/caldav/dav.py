@@ -68,9 +68,7 @@ MULTIGET_BATCH = 100
 #: Truncated sync-collection replies followed before giving up (RFC 6578 §3.6).
 MAX_SYNC_PAGES = 1000
 
-_HEAD = (
-    '<?xml version="1.0" encoding="utf-8"?>'
-)
+_HEAD = '<?xml version="1.0" encoding="utf-8"?>'
 _NAMESPACES = (
     'xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav" '
     'xmlns:CS="http://calendarserver.org/ns/"'
@@ -82,16 +80,13 @@ _COLLECTION_PROPS = (
     "</D:prop></D:propfind>"
 )
 _MEMBER_PROPS = (
-    f"{_HEAD}<D:propfind {_NAMESPACES}><D:prop><D:resourcetype/><D:getetag/></D:prop>"
-    "</D:propfind>"
+    f"{_HEAD}<D:propfind {_NAMESPACES}><D:prop><D:resourcetype/><D:getetag/></D:prop></D:propfind>"
 )
 _PRINCIPAL_PROPS = (
-    f"{_HEAD}<D:propfind {_NAMESPACES}><D:prop><D:current-user-principal/></D:prop>"
-    "</D:propfind>"
+    f"{_HEAD}<D:propfind {_NAMESPACES}><D:prop><D:current-user-principal/></D:prop></D:propfind>"
 )
 _HOME_PROPS = (
-    f"{_HEAD}<D:propfind {_NAMESPACES}><D:prop><C:calendar-home-set/></D:prop>"
-    "</D:propfind>"
+    f"{_HEAD}<D:propfind {_NAMESPACES}><D:prop><C:calendar-home-set/></D:prop></D:propfind>"
 )
 _CALENDAR_LIST_PROPS = (
     f"{_HEAD}<D:propfind {_NAMESPACES}><D:prop>"
@@ -182,6 +177,7 @@ class DavConnection:
         """The calendar collection's properties; ``CalendarError`` if it is no calendar."""
         with self.boundary("reading the calendar", url):
             response = self._request(url, "PROPFIND", _COLLECTION_PROPS, depth=0)
+            self._check(response, url)
             results = response.parse_propfind()
             if not results:
                 raise CalendarError(f"CalDAV: no calendar at {redact_url(url)}")
@@ -216,11 +212,14 @@ class DavConnection:
                 try:
                     response = self._request(url, "REPORT", body, depth=0)
                 except dav_error.AuthorizationError as exc:
-                    if f"{DAV}valid-sync-token" in exc.preconditions or (
-                        token and exc.status == 403
-                    ):
+                    # 401 is the login. A 403 here is about the report, not the account:
+                    # the token (RFC 6578 §3.2 DAV:valid-sync-token), or no such report
+                    # (DAV:supported-report); real permission problems show in a PROPFIND.
+                    if exc.status != 403:
+                        raise
+                    if token:
                         raise SyncTokenRefused from None
-                    raise
+                    raise SyncUnsupported from None
                 if response.status in (409, 412) and token:
                     raise SyncTokenRefused
                 if response.status in (400, 403, 405, 415, 501) or (
@@ -253,6 +252,7 @@ class DavConnection:
         """href → ETag of every calendar object in the collection (PROPFIND depth 1)."""
         with self.boundary("listing the calendar", url):
             response = self._request(url, "PROPFIND", _MEMBER_PROPS, depth=1)
+            self._check(response, url)
             own = _path(url)
             found: dict[str, str | None] = {}
             for result in response.parse_propfind():
@@ -394,8 +394,7 @@ class DavConnection:
             ) from None
         except http.exceptions.ConnectionError:
             raise CalendarUnavailable(
-                f"CalDAV {what}: cannot connect to {where} (refused, unreachable or unknown "
-                "host)"
+                f"CalDAV {what}: cannot connect to {where} (refused, unreachable or unknown host)"
             ) from None
         except http.exceptions.RequestException:
             raise CalendarUnavailable(f"CalDAV {what}: request to {where} failed") from None

@@ -178,8 +178,9 @@ class CaldavSource:
         if reply.token == state.token and not reply.changed and not reply.deleted:
             return None
         fetched = await self._complete(url, reply.changed)
-        return await self._incremental(url, state, fetched, set(reply.deleted), "sync",
-                                       reply.token, state.ctag)
+        return await self._incremental(
+            url, state, fetched, set(reply.deleted), "sync", reply.token, state.ctag
+        )
 
     async def _etags(self, url: str, state: SyncState) -> ChangeSet | None:
         info = await self._run(lambda c: c.collection(url), "PROPFIND")
@@ -205,8 +206,9 @@ class CaldavSource:
             else {}
         )
         gone = {href for href in changed if href not in fetched}
-        return await self._incremental(url, state, list(fetched.values()), deleted | gone,
-                                       "etag", None, info.ctag)
+        return await self._incremental(
+            url, state, list(fetched.values()), deleted | gone, "etag", None, info.ctag
+        )
 
     async def _full(self, url: str) -> ChangeSet:
         info = await self._run(lambda c: c.collection(url), "PROPFIND")
@@ -359,9 +361,7 @@ class CaldavSource:
         self._url = _with_slash(chosen.url)
         return self._url
 
-    async def _run(
-        self, call: Callable[[DavConnection], T], what: str, *, calls: int = 1
-    ) -> T:
+    async def _run(self, call: Callable[[DavConnection], T], what: str, *, calls: int = 1) -> T:
         """``call(connection)`` in the pool; the timeout covers ``calls`` requests
         (a sync reply that is truncated or a large multiget may need more)."""
 
