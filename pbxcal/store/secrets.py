@@ -20,8 +20,8 @@ used for the wrong account. Fernet (the issue's first idea) has no associated da
 same swap would decrypt cleanly, and binding it to the row would take a second construct
 (an HMAC over row id and token) and a second key. One AEAD call does both jobs. Link ids
 are never reused (``links`` is AUTOINCREMENT / a sequence), so an identity names one link
-for ever. Random nonces are safe for far more than 2**32 values per key, many orders of
-magnitude above what a store holds between rotations.
+for ever. Random 96-bit nonces are safe up to 2**32 values per key (NIST SP 800-38D),
+orders of magnitude above what a store writes between rotations (every save is one).
 
 Each row also stores the *key id* that sealed it: the first 8 bytes of SHA-256 over a
 label and the key, in hex. It reveals nothing about the key, lets a reader pick the right
