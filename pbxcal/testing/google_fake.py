@@ -27,8 +27,15 @@ The calendar is edited from the test with ``put_event``, ``delete_event`` and
 ``cancel_instance``; each edit bumps the version. Event JSON is stored as given
 (Google's field names), plus ``id``, ``iCalUID``, ``etag``, ``updated``, ``status``.
 
-Must not do: pretend to be complete (no push channels yet, no other endpoints), or be
-used outside tests. Start reading at ``FakeGoogle``.
+* push: ``POST .../events/watch`` opens a channel (id ≤ 64 chars, ``web_hook``, token ≤
+  256 chars, ``params.ttl``), answers with ``resourceId`` and ``expiration``, then sends
+  a ``sync`` message; every edit of the calendar POSTs an ``exists`` notification with
+  Google's ``X-Goog-*`` headers to each of its channels, in order, from one thread;
+  ``POST /calendar/v3/channels/stop`` ends one (404 when unknown). ``deliveries`` lists
+  what was sent (with ``time.monotonic()`` for benchmarks); ``wait_for_deliveries(n)``.
+
+Must not do: pretend to be complete (only the endpoints above), or be used outside
+tests (plain HTTP, anything signed by a registered key is trusted). Start reading at ``FakeGoogle``.
 """
 
 from __future__ import annotations
@@ -38,9 +45,13 @@ import contextlib
 import hashlib
 import itertools
 import json
+import queue
 import socket
 import threading
+import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,6 +74,31 @@ class _Fault:
 
 
 @dataclass
+class _Channel:
+    id: str
+    calendar_id: str
+    address: str
+    token: str | None
+    resource_id: str
+    resource_uri: str
+    expiration_ms: int
+    message_number: int = 0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One notification the fake POSTed: its headers, when (``time.monotonic()``), and
+    the webhook's HTTP status (0: no connection)."""
+
+    channel_id: str
+    message_number: int
+    state: str
+    headers: dict[str, str]
+    sent_at: float
+    status: int
+
+
+@dataclass
 class _Calendar:
     time_zone: str
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -74,6 +110,7 @@ class FakeGoogle:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._delivered = threading.Condition()
         self._calendars: dict[str, _Calendar] = {}
         self._version = 0
         self._token_epoch = 0
@@ -89,8 +126,12 @@ class FakeGoogle:
         self._codes: dict[str, dict[str, str]] = {}  # authorization code -> its request
         self._clients: dict[str, str] = {}  # client id -> secret (installed-app flow)
         self.requests: Counter[str] = Counter()
+        self._channels: dict[str, _Channel] = {}
+        self._outbox: queue.Queue[tuple[_Channel, int, str] | None] = queue.Queue()
+        self.deliveries: list[Delivery] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._postman: threading.Thread | None = None
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -106,6 +147,8 @@ class FakeGoogle:
             target=self._server.serve_forever, args=(0.05,), name="fake-google", daemon=True
         )
         self._thread.start()
+        self._postman = threading.Thread(target=self._deliver, name="fake-google-push", daemon=True)
+        self._postman.start()
         return self
 
     def stop(self) -> None:
@@ -114,6 +157,10 @@ class FakeGoogle:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._postman is not None:
+            self._outbox.put(None)
+            self._postman.join(10)
+            self._postman = None
         with self._lock:
             connections, self._connections = self._connections, set()
         for connection in connections:
@@ -241,6 +288,7 @@ class FakeGoogle:
             stored["updated"] = _now_text()
             calendar.events[stored["id"]] = stored
             calendar.versions[stored["id"]] = self._version
+            self._notify_locked(calendar_id, "exists")
             return dict(stored)
 
     def delete_event(self, calendar_id: str, event_id: str) -> None:
@@ -257,6 +305,7 @@ class FakeGoogle:
             tombstone["etag"] = f'"{self._version}"'
             calendar.events[event_id] = tombstone
             calendar.versions[event_id] = self._version
+            self._notify_locked(calendar_id, "exists")
 
     def cancel_instance(
         self, calendar_id: str, master_id: str, original_start: dict[str, str]
@@ -277,6 +326,7 @@ class FakeGoogle:
                 "etag": f'"{self._version}"',
             }
             calendar.versions[instance_id] = self._version
+            self._notify_locked(calendar_id, "exists")
         return instance_id
 
     def expire_sync_tokens(self) -> None:
@@ -291,6 +341,104 @@ class FakeGoogle:
         """Answer the next ``times`` events.list calls with this error."""
         with self._lock:
             self._faults.extend(_Fault(status, reason, retry_after) for _ in range(times))
+
+    # --- push channels -----------------------------------------------------------------
+
+    def channels(self) -> list[str]:
+        """Ids of the live channels."""
+        with self._lock:
+            return sorted(self._channels)
+
+    def wait_for_deliveries(self, count: int, timeout: float = 10.0) -> list[Delivery]:
+        """Block until ``count`` notifications were delivered (or attempted)."""
+        deadline = time.monotonic() + timeout
+        with self._delivered:
+            while len(self.deliveries) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{len(self.deliveries)} of {count} notifications")
+                self._delivered.wait(left)
+            return list(self.deliveries)
+
+    def _notify_locked(self, calendar_id: str, state: str) -> None:
+        for channel in self._channels.values():
+            if channel.calendar_id == calendar_id:
+                channel.message_number += 1
+                self._outbox.put((channel, channel.message_number, state))
+
+    def _deliver(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            channel, number, state = item
+            headers = {
+                "X-Goog-Channel-ID": channel.id,
+                "X-Goog-Channel-Expiration": "Tue, 01 Dec 2026 00:00:00 GMT",
+                "X-Goog-Resource-ID": channel.resource_id,
+                "X-Goog-Resource-URI": channel.resource_uri,
+                "X-Goog-Resource-State": state,
+                "X-Goog-Message-Number": str(number),
+                "Content-Length": "0",
+            }
+            if channel.token is not None:
+                headers["X-Goog-Channel-Token"] = channel.token
+            sent = time.monotonic()
+            try:
+                request = urllib.request.Request(  # noqa: S310 - http(s) checked by _watch
+                    channel.address, data=b"", headers=headers, method="POST"
+                )
+                with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+                    status = answer.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError:
+                status = 0
+            with self._delivered:
+                self.deliveries.append(Delivery(channel.id, number, state, headers, sent, status))
+                self._delivered.notify_all()
+
+    def _watch(self, calendar_id: str, body: Any) -> tuple[int, dict[str, Any]]:
+        self.requests["events.watch"] += 1
+        if calendar_id not in self._calendars:
+            return 404, _error(404, "notFound", "Not Found")
+        if not isinstance(body, dict):
+            return 400, _error(400, "invalid", "Invalid body")
+        channel_id = body.get("id")
+        address = body.get("address")
+        token = body.get("token")
+        if not isinstance(channel_id, str) or not 0 < len(channel_id) <= 64:
+            return 400, _error(400, "invalid", "Invalid channel id")
+        if body.get("type") not in ("web_hook", "webhook") or not isinstance(address, str) or (
+            not address.startswith(("http://", "https://"))
+        ):
+            return 400, _error(400, "invalid", "Invalid channel type or address")
+        if token is not None and (not isinstance(token, str) or len(token) > 256):
+            return 400, _error(400, "invalid", "Invalid token")
+        if channel_id in self._channels:
+            return 400, _error(400, "channelIdNotUnique", "Channel id not unique")
+        ttl = int((body.get("params") or {}).get("ttl", 604800))
+        expiration = int(time.time() * 1000) + ttl * 1000
+        digest = hashlib.sha256(calendar_id.encode()).hexdigest()[:20]
+        channel = _Channel(
+            channel_id, calendar_id, address, token, f"res-{digest}",
+            f"{self.api_endpoint}calendars/{calendar_id}/events?alt=json", expiration,
+        )
+        self._channels[channel_id] = channel
+        channel.message_number = 1
+        self._outbox.put((channel, 1, "sync"))
+        return 200, {
+            "kind": "api#channel", "id": channel_id, "resourceId": channel.resource_id,
+            "resourceUri": channel.resource_uri, "token": token,
+            "expiration": str(expiration),
+        }
+
+    def _stop(self, body: Any) -> tuple[int, dict[str, Any] | None]:
+        self.requests["channels.stop"] += 1
+        if not isinstance(body, dict):
+            return 400, _error(400, "invalid", "Invalid body")
+        channel = self._channels.get(str(body.get("id")))
+        if channel is None or channel.resource_id != body.get("resourceId"):
+            return 404, _error(404, "notFound", "Channel not found")
+        del self._channels[channel.id]
+        return 204, None
 
     # --- request handling (called from the server's threads) -----------------------------
 
@@ -345,6 +493,10 @@ class FakeGoogle:
         return 200, {"access_token": access, "expires_in": 3600, "token_type": "Bearer",
                      "refresh_token": refresh_token, "scope": request.get("scope", "")}
 
+    def _authorized(self, authorization: str) -> bool:
+        with self._lock:
+            return authorization.removeprefix("Bearer ") in self._access_tokens
+
     def _check_assertion(self, assertion: str) -> dict[str, Any] | None:
         try:
             header_b64, claims_b64, signature_b64 = assertion.split(".")
@@ -367,10 +519,9 @@ class FakeGoogle:
         self, calendar_id: str, query: dict[str, str], authorization: str
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         self.requests["events.list"] += 1
+        if not self._authorized(authorization):
+            return 401, _error(401, "authError", "Invalid Credentials"), {}
         with self._lock:
-            token = authorization.removeprefix("Bearer ")
-            if token not in self._access_tokens:
-                return 401, _error(401, "authError", "Invalid Credentials"), {}
             if self._faults:
                 fault = self._faults.pop(0)
                 headers = {}
@@ -440,7 +591,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode()
-        if self.path.split("?")[0] != "/token":
+        path = urllib.parse.urlsplit(self.path).path
+        if path.startswith(_EVENTS_PREFIX) or path == "/calendar/v3/channels/stop":
+            self._channel_call(path, body)
+            return
+        if path != "/token":
             self._answer(404, _error(404, "notFound", "Not Found"))
             return
         form = dict(urllib.parse.parse_qsl(body))
@@ -450,6 +605,26 @@ class _Handler(BaseHTTPRequestHandler):
             form.setdefault("client_id", urllib.parse.unquote_plus(user))
             form.setdefault("client_secret", urllib.parse.unquote_plus(password))
         status, answer = self.owner._token(form)
+        self._answer(status, answer)
+
+    def _channel_call(self, path: str, text: str) -> None:
+        owner = self.owner
+        if not owner._authorized(self.headers.get("Authorization", "")):
+            self._answer(401, _error(401, "authError", "Invalid Credentials"))
+            return
+        try:
+            body = json.loads(text or "null")
+        except ValueError:
+            body = None
+        with owner._lock:
+            answer: dict[str, Any] | None
+            if path.endswith("/events/watch"):
+                calendar_id = urllib.parse.unquote(path[len(_EVENTS_PREFIX):-len("/events/watch")])
+                status, answer = owner._watch(calendar_id, body)
+            elif path == "/calendar/v3/channels/stop":
+                status, answer = owner._stop(body)
+            else:
+                status, answer = 404, _error(404, "notFound", "Not Found")
         self._answer(status, answer)
 
     def do_GET(self) -> None:
@@ -466,9 +641,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(status, answer, headers)
 
     def _answer(
-        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+        self, status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None
     ) -> None:
-        data = json.dumps(body).encode()
+        data = b"" if body is None else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=UTF-8")
         self.send_header("Content-Length", str(len(data)))

@@ -32,7 +32,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import google.auth.credentials
@@ -45,6 +47,7 @@ from googleapiclient.errors import HttpError  # type: ignore[import-untyped]
 from pbxcal.calendars.blocking import BlockingCalls
 from pbxcal.calendars.changes import ChangeSet, EventRow
 from pbxcal.calendars.google.events import translate
+from pbxcal.calendars.google.push import GoogleChannel
 from pbxcal.core.vevent import safe_zone
 from pbxcal.errors import (
     CalendarAuthFailed,
@@ -137,7 +140,63 @@ class GoogleCalendarSource:
             return None
         return _change_set(items, next_token, full=sync_token is None, time_zone=time_zone)
 
+    async def watch(
+        self, address: str, *, channel_id: str | None = None, token: str | None = None,
+        ttl: int | None = None,
+    ) -> GoogleChannel:
+        """Open an ``events.watch`` channel to ``address`` (see ``push``)."""
+        channel_id = channel_id or f"pbxcal-{secrets.token_hex(16)}"
+        token = token or secrets.token_urlsafe(32)
+        body: dict[str, Any] = {
+            "id": channel_id, "type": "web_hook", "address": address, "token": token,
+        }
+        if ttl is not None:
+            body["params"] = {"ttl": str(int(ttl))}
+        async with self._lock:
+            answer = await self._calls.run(
+                self._call, "watch", body, timeout=self._timeout,
+                what=f"Google calendar {self.calendar_id!r}: events.watch",
+            )
+        resource_id = answer.get("resourceId")
+        expiration = answer.get("expiration")
+        if not isinstance(resource_id, str) or not resource_id:
+            raise CalendarError(f"Google calendar {self.calendar_id!r}: watch without resourceId")
+        try:
+            expires_at = datetime.fromtimestamp(int(str(expiration)) / 1000, tz=UTC)
+        except (ValueError, OverflowError, OSError):
+            raise CalendarError(
+                f"Google calendar {self.calendar_id!r}: watch without a usable expiration"
+            ) from None
+        return GoogleChannel(channel_id, resource_id, token, expires_at, self.calendar_id)
+
+    async def stop_channel(self, channel: GoogleChannel) -> None:
+        """``channels.stop``; a channel Google no longer knows (404) counts as stopped."""
+        body = {"id": channel.id, "resourceId": channel.resource_id}
+        async with self._lock:
+            await self._calls.run(
+                self._call, "stop", body, timeout=self._timeout,
+                what=f"Google calendar {self.calendar_id!r}: channels.stop",
+            )
+
     # --- in a worker thread ------------------------------------------------------------
+
+    def _call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            if method == "watch":
+                self._events()  # builds the service
+                request = self._service.events().watch(calendarId=self.calendar_id, body=body)
+            else:
+                self._events()
+                request = self._service.channels().stop(body=body)
+            try:
+                answer = request.execute(num_retries=0)
+            except HttpError as exc:
+                if method == "stop" and int(exc.resp.status) == 404:
+                    return {}  # already gone: stopped is stopped
+                raise
+            return answer if isinstance(answer, dict) else {}
+
+        return _mapped(run, self.calendar_id)
 
     def _list_page(self, sync_token: str | None, page_token: str | None) -> dict[str, Any]:
         params: dict[str, Any] = {
