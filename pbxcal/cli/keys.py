@@ -12,6 +12,8 @@ Rotation, in order: ``pbxcal keys generate --add FILE``; restart the service (it
 know the new key before anything is written with it); ``pbxcal keys rotate``; delete
 the old key's line; restart again.
 
+``key_ring(config)`` is how any command that stores or reads a credential gets the keys.
+
 Must not print, log or take key material on the command line. Start at ``run_keys``.
 """
 
@@ -21,10 +23,14 @@ import argparse
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pbxcal.cli.common import global_options, load, opened_store
 from pbxcal.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from pbxcal.config import Config
+    from pbxcal.store import KeyRing
 
 
 def add_keys(sub: Any) -> None:
@@ -146,13 +152,23 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _rotate(ns: argparse.Namespace) -> int:
+def key_ring(config: Config) -> KeyRing:
+    """The keys of ``[secrets]``; a one-line ``ConfigError`` when none are configured.
+
+    For every command that stores or reads a credential:
+    ``store.use_keys(key_ring(config))`` on the store of ``common.opened_store``.
+    """
     from pbxcal.store.secrets import NO_KEY_MESSAGE, load_key_ring
 
-    config = load(ns)
     ring = load_key_ring(config.secrets_key_file, config.secrets_key_credential)
     if ring is None:
         raise ConfigError([f"{config.source}: {NO_KEY_MESSAGE}"])
+    return ring
+
+
+def _rotate(ns: argparse.Namespace) -> int:
+    config = load(ns)
+    ring = key_ring(config)
     with opened_store(ns, config) as (store, where):
         store.use_keys(ring)
         count = store.rotate_secrets()
