@@ -183,15 +183,25 @@ class RadicaleServer:
         """The URL of ``user``'s calendar collection named ``calendar`` (its path segment)."""
         return f"{self.url}{quote(user)}/{quote(calendar)}/"
 
-    def make_calendar(self, user: str, calendar: str, display_name: str | None = None) -> str:
-        """Create a calendar collection (MKCALENDAR); returns its URL."""
+    def make_calendar(
+        self,
+        user: str,
+        calendar: str,
+        display_name: str | None = None,
+        timezone: str | None = None,
+    ) -> str:
+        """Create a calendar collection (MKCALENDAR); returns its URL. ``timezone``: a
+        VCALENDAR with one VTIMEZONE, as the CALDAV:calendar-timezone property."""
         url = self.calendar_url(user, calendar)
         name = display_name if display_name is not None else calendar
+        zone = (
+            f"<C:calendar-timezone>{_xml_text(timezone)}</C:calendar-timezone>" if timezone else ""
+        )
         body = (
             '<?xml version="1.0" encoding="utf-8"?>'
             '<C:mkcalendar xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">'
             "<D:set><D:prop>"
-            f"<D:displayname>{_xml_text(name)}</D:displayname>"
+            f"<D:displayname>{_xml_text(name)}</D:displayname>{zone}"
             '<C:supported-calendar-component-set><C:comp name="VEVENT"/>'
             "</C:supported-calendar-component-set>"
             "</D:prop></D:set></C:mkcalendar>"

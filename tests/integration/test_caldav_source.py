@@ -272,6 +272,25 @@ async def test_series_across_the_october_change(
     ]
 
 
+async def test_the_calendar_time_zone_property_names_the_calendar_zone(
+    radicale: RadicaleServer, calls: BlockingCalls
+) -> None:
+    zone = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n" + AMSTERDAM + "END:VCALENDAR\r\n"
+    radicale.make_calendar("alice", "local", "Local", timezone=zone)
+    radicale.put(
+        "alice", "local", "a.ics", event("a@x", "20260330T070000Z", "20260330T080000Z", "333")
+    )
+    cal = CaldavSource(
+        calls,
+        url=radicale.calendar_url("alice", "local"),
+        username="alice",
+        password=PASSWORD,
+        timeout=10,
+    )
+    full = await cal.changes(None)
+    assert full is not None and full.calendar_tz == "Europe/Amsterdam"
+
+
 async def test_a_new_time_zone_is_delivered_with_a_full_read(
     radicale: RadicaleServer, calls: BlockingCalls
 ) -> None:

@@ -55,6 +55,7 @@ __all__ = [
     "SyncReply",
     "SyncTokenRefused",
     "SyncUnsupported",
+    "strip_user_info",
 ]
 
 log = logging.getLogger(__name__)
@@ -302,6 +303,11 @@ class DavConnection:
             calendars: dict[str, CalendarInfo] = {}
             for home in homes:
                 home_url = urljoin(principal, home)
+                if _downgrades(server_url, home_url):
+                    raise CalendarError(
+                        f"CalDAV: {redact_url(server_url)} points to a calendar home over "
+                        "plain http; refusing to send the password there"
+                    )
                 response = self._request(home_url, "PROPFIND", _CALENDAR_LIST_PROPS, depth=1)
                 self._check(response, home_url)
                 for result in response.parse_propfind():
@@ -311,7 +317,7 @@ class DavConnection:
                     components = props.get(f"{CALDAV}supported-calendar-component-set")
                     if components and "VEVENT" not in _as_list(components):
                         continue
-                    url = _strip_user_info(urljoin(home_url, quote(result.href, safe="/:@~")))
+                    url = strip_user_info(urljoin(home_url, quote(result.href, safe="/:@~")))
                     name = _text(props.get(f"{DAV}displayname")) or unquote(
                         result.href.rstrip("/").rpartition("/")[2]
                     )
@@ -427,7 +433,12 @@ def _path(url: str) -> str:
     return unquote(urlsplit(url).path) or "/"
 
 
-def _strip_user_info(url: str) -> str:
+def _downgrades(origin: str, target: str) -> bool:
+    return urlsplit(origin).scheme == "https" and urlsplit(target).scheme != "https"
+
+
+def strip_user_info(url: str) -> str:
+    """``url`` without ``user:password@`` (credentials travel as arguments only)."""
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=host).geturl()

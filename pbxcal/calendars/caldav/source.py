@@ -53,6 +53,7 @@ from pbxcal.calendars.caldav.dav import (
     Fetched,
     SyncTokenRefused,
     SyncUnsupported,
+    strip_user_info,
 )
 from pbxcal.calendars.caldav.objects import CalendarObject, read_object
 from pbxcal.calendars.changes import ChangeSet, EventRow
@@ -83,6 +84,8 @@ async def list_calendars(
 
     For the CLI and the portal to offer a choice. Errors as ``CaldavSource.changes``.
     """
+
+    server_url = strip_user_info(server_url)
 
     def discover() -> list[CalendarInfo]:
         connection = DavConnection(server_url, username, password, timeout=timeout, verify=verify)
@@ -129,8 +132,8 @@ class CaldavSource:
         self._calls = calls
         self._username = username
         self._password = password
-        self._url = _with_slash(url) if url is not None else None
-        self._server_url = server_url
+        self._url = _with_slash(strip_user_info(url)) if url is not None else None
+        self._server_url = strip_user_info(server_url) if server_url is not None else None
         self._calendar_name = calendar_name
         self._timeout = timeout
         self._verify = verify
