@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +26,7 @@ for _directory in (Path(__file__).resolve().parent, Path(__file__).resolve().par
 from postgres import PostgresUnavailable, create_database, running_postgres  # noqa: E402
 from test_secrets import *  # noqa: E402, F403 - the shared tests and fixtures
 
-from pbxcal.store import KeyRing, Store  # noqa: E402
+from pbxcal.store import KeyRing, Store, StoreError  # noqa: E402
 from pbxcal.store.secrets import new_key  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -61,3 +63,54 @@ def test_secrets_are_bytea_on_postgres(store_url: str) -> None:
                 )
             ).scalar()
     assert kind == "bytea"
+
+
+def test_rotation_waits_for_a_concurrent_save_and_keeps_it(store_url: str) -> None:
+    """A secret saved with the new key while rotation runs is not overwritten with its
+    old value: rotation locks the rows it rewrites (``SELECT ... FOR UPDATE``) and skips
+    one that already uses the current key when the lock is granted."""
+    old, new = new_key(), new_key()
+    with Store.open(store_url, keys=KeyRing([old])) as first:
+        link = first.add_link("100", "main", "caldav", "https://dav.example/a/").id
+        first.save_secret(link, "caldav-password", "old value")
+    both = KeyRing([new, old])
+    writer = sa.create_engine(store_url)
+    try:
+        with Store.open(store_url, keys=both) as store, writer.connect() as conn:
+            # another process saves a newer value, not committed yet: it holds the row lock
+            transaction = conn.begin()
+            used, sealed = both.seal(link, "caldav-password", b"newer value")
+            conn.execute(
+                sa.text(
+                    "UPDATE secrets SET key_id = :key_id, ciphertext = :sealed "
+                    "WHERE link_id = :link AND kind = 'caldav-password'"
+                ),
+                {"key_id": used, "sealed": sealed, "link": link},
+            )
+            results: list[int | StoreError] = []
+
+            def rotate() -> None:
+                try:
+                    results.append(store.rotate_secrets())
+                except StoreError as exc:  # reported below
+                    results.append(exc)
+
+            rotating = threading.Thread(target=rotate)
+            rotating.start()
+            # rotation is now waiting for that row lock (seen by the server, no sleep)
+            with writer.connect() as watcher:
+                deadline = time.monotonic() + 30
+                while not watcher.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                    )
+                ).scalar():
+                    assert time.monotonic() < deadline, "rotation never waited for the lock"
+                    assert rotating.is_alive(), f"rotation did not wait: {results}"
+            transaction.commit()
+            rotating.join(timeout=30)
+            assert results == [0]
+            assert store.load_secret(link, "caldav-password") == b"newer value"
+    finally:
+        writer.dispose()
