@@ -307,3 +307,16 @@ def test_credentials_in_the_wrong_shape_are_refused_without_values() -> None:
         key = fake.add_service_account("sa@p.iam.gserviceaccount.com")
     with pytest.raises(CalendarAuthFailed, match="e-mail"):
         delegated_credentials(key, "not an address")
+
+
+async def test_a_refused_oauth_client_is_auth_failed(
+    fake: FakeGoogle, calls: BlockingCalls
+) -> None:
+    info = {**fake.add_user("client-1", SECRET, REFRESH), "client_secret": "wrong"}
+    source = GoogleCalendarSource(
+        user_credentials(info), calls=calls, api_endpoint=fake.api_endpoint
+    )
+    with pytest.raises(CalendarAuthFailed, match="invalid_client") as caught:
+        await source.changes(None)
+    assert not isinstance(caught.value, CalendarNeedsRelink)
+    assert REFRESH not in str(caught.value)

@@ -33,6 +33,7 @@ import asyncio
 import json
 import logging
 import secrets
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -100,7 +101,7 @@ class GoogleCalendarSource:
         self._timeout = timeout
         self._page_size = page_size
         self._max_pages = max_pages
-        self._service: Any = None
+        self._http: Any = None
         self._lock = asyncio.Lock()
 
     async def changes(self, cursor: str | None) -> ChangeSet | None:
@@ -182,14 +183,13 @@ class GoogleCalendarSource:
 
     def _call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         def run() -> dict[str, Any]:
+            events, channels = _service(self._api_endpoint)
             if method == "watch":
-                self._events()  # builds the service
-                request = self._service.events().watch(calendarId=self.calendar_id, body=body)
+                request = events.watch(calendarId=self.calendar_id, body=body)
             else:
-                self._events()
-                request = self._service.channels().stop(body=body)
+                request = channels.stop(body=body)
             try:
-                answer = request.execute(num_retries=0)
+                answer = request.execute(http=self._authorized_http(), num_retries=0)
             except HttpError as exc:
                 if method == "stop" and int(exc.resp.status) == 404:
                     return {}  # already gone: stopped is stopped
@@ -209,20 +209,39 @@ class GoogleCalendarSource:
             params["syncToken"] = sync_token
         if page_token is not None:
             params["pageToken"] = page_token
-        return _mapped(lambda: self._events().list(**params).execute(num_retries=0),
-                       self.calendar_id)
+        events, _ = _service(self._api_endpoint)
+        return _mapped(
+            lambda: events.list(**params).execute(http=self._authorized_http(), num_retries=0),
+            self.calendar_id,
+        )
 
-    def _events(self) -> Any:
-        if self._service is None:
-            http = google_auth_httplib2.AuthorizedHttp(
+    def _authorized_http(self) -> Any:
+        """This link's own connection and credentials (httplib2 is not thread-safe)."""
+        if self._http is None:
+            self._http = google_auth_httplib2.AuthorizedHttp(
                 self._credentials, http=httplib2.Http(timeout=max(1, int(self._timeout)))
             )
-            options = {"api_endpoint": self._api_endpoint} if self._api_endpoint else None
-            self._service = discovery.build(
-                "calendar", "v3", http=http, client_options=options,
+        return self._http
+
+
+_services: dict[str | None, tuple[Any, Any]] = {}
+_services_lock = threading.Lock()
+
+
+def _service(api_endpoint: str | None) -> tuple[Any, Any]:
+    """The ``events`` and ``channels`` resources, built once per endpoint and shared by
+    every link (about 0.6 MB each, so never per link): requests are built from them and
+    executed with each link's own ``http``."""
+    with _services_lock:
+        built = _services.get(api_endpoint)
+        if built is None:
+            options = {"api_endpoint": api_endpoint} if api_endpoint else None
+            service = discovery.build(
+                "calendar", "v3", http=httplib2.Http(timeout=1), client_options=options,
                 static_discovery=True, cache_discovery=False,
             )
-        return self._service.events()
+            built = _services[api_endpoint] = (service.events(), service.channels())
+        return built
 
 
 class _SyncTokenGone(Exception):
