@@ -53,7 +53,13 @@ def add_keys(sub: Any) -> None:
         "new key in front of an existing file's keys: it encrypts from then on, the "
         "others still decrypt until 'pbxcal keys rotate' re-encrypted everything.",
     )
-    generate.add_argument("file", metavar="FILE", type=Path)
+    generate.add_argument(
+        "file",
+        metavar="FILE",
+        type=Path,
+        help="the key file; the service must read it: owned by its user, or passed with "
+        'LoadCredential=pbxcal-keys:FILE and [secrets] key_credential = "pbxcal-keys"',
+    )
     generate.add_argument(
         "--add",
         action="store_true",
