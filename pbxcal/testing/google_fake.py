@@ -111,6 +111,7 @@ class FakeGoogle:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._delivered = threading.Condition()
+        self._connections_changed = threading.Condition(self._lock)
         self._calendars: dict[str, _Calendar] = {}
         self._version = 0
         self._token_epoch = 0
@@ -360,6 +361,11 @@ class FakeGoogle:
                 self._delivered.wait(left)
             return list(self.deliveries)
 
+    def wait_until_no_connections(self, timeout: float = 10.0) -> bool:
+        """True once no client holds a connection open (False after ``timeout``)."""
+        with self._connections_changed:
+            return self._connections_changed.wait_for(lambda: not self._connections, timeout)
+
     def _notify_locked(self, calendar_id: str, state: str) -> None:
         for channel in self._channels.values():
             if channel.calendar_id == calendar_id:
@@ -581,9 +587,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.owner._connections.add(self.connection)
 
     def finish(self) -> None:
-        with self.owner._lock:
-            self.owner._connections.discard(self.connection)
         super().finish()
+        with self.owner._connections_changed:
+            self.owner._connections.discard(self.connection)
+            self.owner._connections_changed.notify_all()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests read ``requests`` instead

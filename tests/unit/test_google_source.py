@@ -82,6 +82,8 @@ async def test_full_sync_pages_then_nothing_changed(
     assert await source.changes(first.cursor) is None
     assert fake.requests["events.list"] == 4  # one request when nothing changed
     assert fake.requests["token"] == 1  # the access token is reused
+    # An idle link holds no socket: thousands of links must not hold thousands of fds.
+    assert fake.wait_until_no_connections()
 
 
 async def test_incremental_edit_delete_exception_and_cancelled_instance(

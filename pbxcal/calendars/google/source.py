@@ -10,7 +10,10 @@ resync (``full=True``). Each item is translated by ``events.translate``.
 
 Every call to google-api-python-client (blocking: httplib2) runs through
 ``BlockingCalls`` with a timeout per page, and the ``httplib2.Http`` underneath has its
-own socket timeout so a hung thread gives up too. Errors are mapped here and only here:
+own socket timeout so a hung thread gives up too. Each link has its own ``Http`` (after
+a timeout, a new one: the old may still be in use by the hung thread) whose connection
+is closed after each sync, so idle links hold no sockets; the parsed discovery document
+is shared by all links. Errors are mapped here and only here:
 
 * 403 ``rateLimitExceeded``/``userRateLimitExceeded``/``quotaExceeded``, 429 →
   ``CalendarRateLimited`` (``retry_after`` from ``Retry-After`` when sent);
@@ -119,9 +122,9 @@ class GoogleCalendarSource:
         page_token: str | None = None
         time_zone: str | None = None
         for _ in range(self._max_pages):
-            page = await self._calls.run(
+            page = await self._run(
                 self._list_page, sync_token, page_token,
-                timeout=self._timeout, what=f"Google calendar {self.calendar_id!r}",
+                what=f"Google calendar {self.calendar_id!r}",
             )
             items.extend(page.get("items") or [])
             time_zone = time_zone or page.get("timeZone")
@@ -154,8 +157,8 @@ class GoogleCalendarSource:
         if ttl is not None:
             body["params"] = {"ttl": str(int(ttl))}
         async with self._lock:
-            answer = await self._calls.run(
-                self._call, "watch", body, timeout=self._timeout,
+            answer = await self._run(
+                self._call, "watch", body,
                 what=f"Google calendar {self.calendar_id!r}: events.watch",
             )
         resource_id = answer.get("resourceId")
@@ -174,8 +177,8 @@ class GoogleCalendarSource:
         """``channels.stop``; a channel Google no longer knows (404) counts as stopped."""
         body = {"id": channel.id, "resourceId": channel.resource_id}
         async with self._lock:
-            await self._calls.run(
-                self._call, "stop", body, timeout=self._timeout,
+            await self._run(
+                self._call, "stop", body,
                 what=f"Google calendar {self.calendar_id!r}: channels.stop",
             )
 
@@ -188,12 +191,15 @@ class GoogleCalendarSource:
                 request = events.watch(calendarId=self.calendar_id, body=body)
             else:
                 request = channels.stop(body=body)
+            http = self._authorized_http()
             try:
-                answer = request.execute(http=self._authorized_http(), num_retries=0)
+                answer = request.execute(http=http, num_retries=0)
             except HttpError as exc:
                 if method == "stop" and int(exc.resp.status) == 404:
                     return {}  # already gone: stopped is stopped
                 raise
+            finally:
+                http.close()
             return answer if isinstance(answer, dict) else {}
 
         return _mapped(run, self.calendar_id)
@@ -210,10 +216,29 @@ class GoogleCalendarSource:
         if page_token is not None:
             params["pageToken"] = page_token
         events, _ = _service(self._api_endpoint)
-        return _mapped(
-            lambda: events.list(**params).execute(http=self._authorized_http(), num_retries=0),
-            self.calendar_id,
-        )
+        http = self._authorized_http()
+        try:
+            page = _mapped(
+                lambda: events.list(**params).execute(http=http, num_retries=0),
+                self.calendar_id,
+            )
+        except BaseException:
+            http.close()
+            raise
+        if not page.get("nextPageToken"):
+            # No socket stays open between syncs: thousands of links would otherwise
+            # hold thousands of idle connections (and file descriptors).
+            http.close()
+        return page
+
+    async def _run(self, function: Callable[..., dict[str, Any]], *args: Any, what: str) -> Any:
+        try:
+            return await self._calls.run(function, *args, timeout=self._timeout, what=what)
+        except CalendarUnavailable:
+            # The call may still hang in its thread with this link's Http (httplib2 is
+            # not thread-safe): the next call gets a new one. The token is kept.
+            self._http = None
+            raise
 
     def _authorized_http(self) -> Any:
         """This link's own connection and credentials (httplib2 is not thread-safe)."""
