@@ -218,12 +218,15 @@ def test_bad_recurrence_lines_are_dropped_and_the_rest_stays() -> None:
     [row] = rows_of({
         **WEEKLY,
         "recurrence": [
+            "RRULE:FREQ=SOMETIMES;COUNT=x",
             "RRULE:FREQ=WEEKLY;COUNT=2",
             "X-EVIL:1\r\nSUMMARY:hijack",
             "DESCRIPTION:not a recurrence line",
+            "EXDATE;VALUE=DATE:notadate",
         ],
     })
     assert "RRULE:FREQ=WEEKLY;COUNT=2\r\n" in row.ical
+    assert "SOMETIMES" not in row.ical and "notadate" not in row.ical
     assert "hijack" not in row.ical and "DESCRIPTION" not in row.ical
     assert len(expand([row], utc(2026, 3, 1), utc(2026, 5, 1))) == 2
 
