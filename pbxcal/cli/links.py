@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pbxcal.cli import args as parse
 from pbxcal.cli.common import global_options, load, opened_store, wants_json
+from pbxcal.cli.secret_input import add_secret_option
 from pbxcal.errors import InputError
 
 if TYPE_CHECKING:
@@ -50,14 +51,42 @@ def add_links(sub: Any) -> None:
     add.add_argument(
         "--source",
         required=True,
-        metavar="PATH|URL",
-        help="a local .ics file or an http(s)/webcal URL (the rules of [[link]] source)",
+        metavar="PATH|URL|ID",
+        help="ics: a local .ics file or an http(s)/webcal URL (the rules of [[link]] "
+        "source); caldav: the calendar's (or server's) URL; google: the calendar id",
     )
     add.add_argument("--pbx", metavar="NAME", help="the PBX (default: the first configured)")
     add.add_argument(
         "--timezone", type=parse.zone, metavar="TZ", help="zone for all-day and floating events"
     )
     add.add_argument("--disabled", action="store_true", help="add it disabled")
+    add.add_argument(
+        "--provider",
+        choices=("ics", "caldav", "google"),
+        default="ics",
+        help="ics (default): --source is a file or URL; caldav: --source is the calendar's "
+        "URL (or the server's, with --calendar NAME), with --username and the password "
+        "from --password-file or a prompt; google: --source is the calendar id "
+        "(default primary), with --credentials-file",
+    )
+    add.add_argument("--username", metavar="USER", help="caldav: the account's user name")
+    add.add_argument(
+        "--calendar", metavar="NAME", help="caldav: pick this calendar on the server --source"
+    )
+    add_secret_option(add, "password", "the CalDAV (app-specific) password")
+    add.add_argument(
+        "--credentials-file",
+        metavar="FILE",
+        help="google: an authorized-user JSON (pbxcal's own consent flow or gcloud) or, "
+        "with --subject, a Workspace service-account key with domain-wide delegation",
+    )
+    add.add_argument(
+        "--subject", metavar="EMAIL", help="google: the agent a service account acts for"
+    )
+    add.add_argument("--api-endpoint", help=argparse.SUPPRESS)  # tests: a fake Google
+    add.add_argument(
+        "--no-check", action="store_true", help="do not read the calendar once before saving"
+    )
     links.add_parser("list", parents=[common], help="list links with their status and last sync")
     show = links.add_parser("show", parents=[common], help="one link with its sync log")
     show.add_argument("id", type=parse.link_id, metavar="ID")
@@ -79,15 +108,25 @@ def add_links(sub: Any) -> None:
 def run_links(ns: argparse.Namespace) -> int:
     config = load(ns)
     if ns.links_command == "add":
-        source = _checked_source(ns.source)
+        if ns.provider == "ics":
+            source = _checked_source(ns.source)
+        else:
+            from pbxcal.cli.link_credentials import checked_provider_source
+
+            source = checked_provider_source(ns)
         pbx, extension = _checked_target(ns, config)
     with opened_store(ns, config) as (store, where):
         command = ns.links_command
         if command == "add":
             settings: dict[str, Any] = {"timezone": ns.timezone.key} if ns.timezone else {}
-            link = store.add_link(
-                extension, pbx, "ics", source, settings, active=not ns.disabled
-            )
+            if ns.provider == "ics":
+                link = store.add_link(
+                    extension, pbx, "ics", source, settings, active=not ns.disabled
+                )
+            else:
+                from pbxcal.cli.link_credentials import add_provider_link
+
+                link = add_provider_link(ns, config, store, extension, pbx, source, settings)
             _say(
                 ns,
                 f"link {link.id} added to {where}: extension {link.extension} on {link.pbx} "

@@ -33,7 +33,9 @@ from datetime import timedelta
 import httpx
 
 from pbxcal import __version__
+from pbxcal.calendars.blocking import BlockingCalls
 from pbxcal.calendars.health import LINK_STATUSES
+from pbxcal.calendars.providers import SourceFactory
 from pbxcal.config import Config, load_config
 from pbxcal.errors import ConfigError, PbxAuthFailed, PbxUnavailable, StoreError
 from pbxcal.pbx import ForwardingState
@@ -45,7 +47,7 @@ from pbxcal.service.notify import SystemdNotifier
 from pbxcal.service.reconciler import PbxSettings, Reconciler
 from pbxcal.service.store_health import StoreHealth
 from pbxcal.service.sync import CalendarSync
-from pbxcal.store import Link, Store
+from pbxcal.store import Link, Store, load_key_ring
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,8 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.store = await asyncio.to_thread(Store.open, self.store_url)
+        keys = load_key_ring(self.config.secrets_key_file, self.config.secrets_key_credential)
+        self.store = await asyncio.to_thread(Store.open, self.store_url, keys)
         try:
             await self._run()
         finally:
@@ -133,6 +136,7 @@ class Daemon:
         async with httpx.AsyncClient(
             timeout=self.config.sync_timeout, follow_redirects=True
         ) as client:
+            self.provider_calls = BlockingCalls()
             self.sync = CalendarSync(
                 self.store,
                 self.reconciler,
@@ -141,6 +145,13 @@ class Daemon:
                 self.config,
                 client,
                 store_health=self.store_health,
+                source_factory=SourceFactory(
+                    client,
+                    self.config.max_calendar_bytes,
+                    self.provider_calls,
+                    self.store.load_secret,
+                    timeout=self.config.sync_timeout,
+                ),
             )
             active = [link for link in links if link.active]
             await self.sync.restore(active)
@@ -181,6 +192,7 @@ class Daemon:
             self.notifier.stopping()
             log.info("stopping; forwardings stay as they are until the next start")
             self.sync.stop()
+            self.provider_calls.close()
             for task in [stopper, *tasks]:
                 task.cancel()
             results = await asyncio.gather(stopper, *tasks, return_exceptions=True)
@@ -228,6 +240,13 @@ class Daemon:
         if new.pbxes != self.config.pbxes:
             log.warning("SIGHUP: [pbx] changes take effect after a restart")
             new = replace(new, pbxes=self.config.pbxes)
+        try:
+            keys = load_key_ring(new.secrets_key_file, new.secrets_key_credential)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("SIGHUP: keys not reloaded: %s", problem)
+        else:
+            self.store.use_keys(keys)
         self.config = new
         self.sync.config = new
         self.reconciler.set_policy(new.policy)

@@ -133,10 +133,13 @@ class _BrokenSource:
 
     provider = "invalid"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, error: Exception | None = None) -> None:
         self.message = message
+        self.error = error
 
     async def fetch(self, previous: Validators | None) -> Fetched:
+        if isinstance(self.error, CalendarError):
+            raise self.error  # e.g. CalendarAuthFailed: no stored credentials
         raise CalendarError(self.message)
 
 
@@ -244,19 +247,20 @@ class CalendarSync:
         heapq.heappush(self._due, (0.0, state.generation, link.id))
         return state
 
-    def _source(self, state: _LinkState) -> AnySource:
+    async def _source(self, state: _LinkState) -> AnySource:
+        """The link's source, built on its first sync (in a thread: it may read a secret)."""
         if state.source is None:
             link = state.link
             problem = check_source(link.source) if link.provider == "ics" else None
             try:
                 if problem is not None:  # stored before sources were checked on the way in
                     raise ValueError(problem)
-                state.source = self.source_factory(link)
+                state.source = await asyncio.to_thread(self.source_factory, link)
+            except (CalendarError, StoreError) as exc:  # tried again at the next sync
+                return _BrokenSource(str(exc), exc)
             except Exception as exc:  # noqa: BLE001 - a bad stored source must not stop us
                 where = redact_url(link.source)
-                state.source = _BrokenSource(
-                    f"unusable calendar source {where!r}: {_one_line(exc)}"
-                )
+                return _BrokenSource(f"unusable calendar source {where!r}: {_one_line(exc)}")
         return state.source
 
     def _source_for(self, link: Link) -> AnySource:
@@ -343,7 +347,7 @@ class CalendarSync:
         except Exception as exc:
             outcome = SyncOutcome("error", message=f"{type(exc).__name__}: {_one_line(exc)}")
             log.debug("link %d: unexpected sync error", link_id, exc_info=True)
-        provider = self._source(state).provider
+        provider = (await self._source(state)).provider
         self.metrics.sync_duration.labels(provider).observe(time.perf_counter() - started)
         self.metrics.calendar_syncs.labels(provider, outcome.result).inc()
         previous, state.last_result = state.last_result, outcome.result
@@ -376,7 +380,7 @@ class CalendarSync:
             self.store_health.failed("sync-log", exc)
 
     async def _sync(self, state: _LinkState) -> SyncOutcome:
-        source = self._source(state)
+        source = await self._source(state)
         if hasattr(source, "changes"):
             return await self._sync_changes(state, cast(IncrementalSource, source))
         link = state.link

@@ -166,6 +166,7 @@ class DaemonRun:
         pbx_extra: str = "",
         sync_extra: str = "",
         store: str | None = None,
+        extra_config: str = "",
     ) -> None:
         self.work = work
         self.ast = ast
@@ -184,6 +185,7 @@ class DaemonRun:
             f'username = "{ast.ami_username}"\nsecret_file = "{secret_file}"\n'
             "ping_interval = 1\nping_timeout = 1\nbackoff_max = 1\n" + pbx_extra
         )
+        text += extra_config
         for link in links:
             text += f'\n[[link]]\nextension = "{link.extension}"\nsource = "{link.calendar}"\n'
         self.config.write_text(text)
