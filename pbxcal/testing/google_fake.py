@@ -19,7 +19,8 @@ and google-auth to work against it unchanged:
   ``authorization_code`` grant checks the PKCE S256 verifier and the redirect URI.
 * fault injection: ``fail_next(status, reason, retry_after)`` answers the next
   ``events.list`` calls with an error in Google's JSON error shape (403
-  ``rateLimitExceeded``, 429, 5xx...).
+  ``rateLimitExceeded``, 429, 5xx...); ``hold_next()`` makes the next one hang until
+  released.
 * ``requests`` counts requests per endpoint (``"token"``, ``"events.list"``), for
   tests and benchmarks.
 
@@ -117,6 +118,7 @@ class FakeGoogle:
         self._token_epoch = 0
         self._connections: set[socket.socket] = set()
         self._faults: list[_Fault] = []
+        self._holds: list[threading.Event] = []
         self._refresh_tokens: dict[str, tuple[str, str]] = {}  # token -> (client id, secret)
         self._revoked = False
         self._public_keys: dict[str, rsa.RSAPublicKey] = {}  # client_email -> key
@@ -335,6 +337,14 @@ class FakeGoogle:
         with self._lock:
             self._token_epoch += 1
 
+    def hold_next(self) -> threading.Event:
+        """The next events.list call hangs until the returned event is set (or 60 s):
+        a provider that does not answer. Set it at the end of the test."""
+        release = threading.Event()
+        with self._lock:
+            self._holds.append(release)
+        return release
+
     def fail_next(
         self, status: int, reason: str = "backendError", *, retry_after: int | None = None,
         times: int = 1,
@@ -525,6 +535,10 @@ class FakeGoogle:
         self, calendar_id: str, query: dict[str, str], authorization: str
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         self.requests["events.list"] += 1
+        with self._lock:
+            hold = self._holds.pop(0) if self._holds else None
+        if hold is not None:
+            hold.wait(60)
         if not self._authorized(authorization):
             return 401, _error(401, "authError", "Invalid Credentials"), {}
         with self._lock:

@@ -322,3 +322,18 @@ async def test_a_refused_oauth_client_is_auth_failed(
         await source.changes(None)
     assert not isinstance(caught.value, CalendarNeedsRelink)
     assert REFRESH not in str(caught.value)
+
+
+async def test_after_a_hang_the_next_sync_works_on_a_fresh_connection(
+    fake: FakeGoogle, calls: BlockingCalls
+) -> None:
+    fake.put_event("primary", timed("a", "333", 16))
+    source = source_for(fake, calls, timeout=1.5)
+    release = fake.hold_next()
+    try:
+        with pytest.raises(CalendarUnavailable, match=r"no answer within 1\.5s"):
+            await source.changes(None)
+    finally:
+        release.set()  # the hung thread gets its answer and finishes on its own
+    change_set = await source.changes(None)
+    assert change_set is not None and [r.uid for r in change_set.upserted] == ["a"]
