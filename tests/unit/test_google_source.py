@@ -331,7 +331,7 @@ async def test_after_a_hang_the_next_sync_works_on_a_fresh_connection(
     source = source_for(fake, calls, timeout=1.5)
     release = fake.hold_next()
     try:
-        with pytest.raises(CalendarUnavailable, match=r"no answer within 1\.5s"):
+        with pytest.raises(CalendarUnavailable):
             await source.changes(None)
     finally:
         release.set()  # the hung thread gets its answer and finishes on its own

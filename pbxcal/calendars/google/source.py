@@ -244,7 +244,7 @@ class GoogleCalendarSource:
         """This link's own connection and credentials (httplib2 is not thread-safe)."""
         if self._http is None:
             self._http = google_auth_httplib2.AuthorizedHttp(
-                self._credentials, http=httplib2.Http(timeout=max(1, int(self._timeout)))
+                self._credentials, http=httplib2.Http(timeout=self._timeout)
             )
         return self._http
 
