@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import phonenumbers
 
@@ -270,3 +271,16 @@ def printable_key(key: str) -> str:
 def is_extension(value: str, regex: re.Pattern[str] | None) -> bool:
     """ASCII digits that fit the wire and fully match the extension pattern."""
     return is_wire_extension(value) and (regex is None or regex.fullmatch(value) is not None)
+
+
+def public_url(value: str) -> str | None:
+    """``[http] public_url``: an absolute http(s) URL without user info, query or fragment."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return f"{show(value)} is not a URL"
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return f"{show(value)} must be an https URL like 'https://pbx.example/pbxcal'"
+    if parts.username or parts.password or parts.query or parts.fragment:
+        return "must not carry a user name, password, query or fragment"
+    return None

@@ -88,6 +88,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
 
     http = reader.table(raw, "http")
     listen = reader.get(http, "http", schema.LISTEN)
+    public_url = reader.optional(http, "http", schema.PUBLIC_URL)
     reader.done(http, "http", schema.SCHEMA["http"])
 
     sync = reader.table(raw, "sync")
@@ -126,6 +127,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
         policy=policy,
         store_url=store_url,
         listen=listen,
+        public_url=public_url,
         sync_interval=interval,
         sync_timeout=timeout,
         max_calendar_bytes=max_bytes,

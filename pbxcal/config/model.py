@@ -89,6 +89,8 @@ class Config:
     policy: NumberPolicy = field(default_factory=lambda: NumberPolicy.default(DEFAULT_REGION))
     store_url: str | None = None
     listen: str = DEFAULT_LISTEN
+    #: Where providers reach ``/webhooks/...`` from outside (push); None: polling only.
+    public_url: str | None = None
     sync_interval: float = DEFAULT_SYNC_INTERVAL
     sync_timeout: float = 30.0
     max_calendar_bytes: int = 20_000_000

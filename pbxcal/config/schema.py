@@ -78,6 +78,9 @@ STORE_URL = _opt("url", str, None, "sqlite:/// or postgresql:// URL (default: st
 # [http]
 LISTEN = _opt("listen", str, DEFAULT_LISTEN, "HOST:PORT of /metrics, /healthz, /readyz",
               checks.listen)
+PUBLIC_URL = _opt("public_url", str, None,
+                  "https URL where providers reach the webhooks (switches push on)",
+                  checks.public_url)
 # [sync]
 SYNC_INTERVAL = _opt("interval", float, DEFAULT_SYNC_INTERVAL, "seconds between reads",
                      checks.within(1.0, 86400.0))
@@ -143,7 +146,7 @@ SCHEMA: dict[str, tuple[Option[Any], ...]] = {
     "pbxcal": (REGION, TIMEZONE, EXTENSION_PATTERN),
     "policy": (ALLOWED_COUNTRIES, ALLOWED_TYPES, ALLOW_EMERGENCY, MAX_TARGETS),
     "store": (STORE_URL,),
-    "http": (LISTEN,),
+    "http": (LISTEN, PUBLIC_URL),
     "sync": (SYNC_INTERVAL, SYNC_TIMEOUT, MAX_BYTES, HORIZON_DAYS, MAX_EVENTS,
              MAX_INSTANCES_PER_EVENT, MAX_INSTANCES_PER_LINK),
     "secrets": (KEY_FILE, KEY_CREDENTIAL),

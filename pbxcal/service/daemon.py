@@ -22,6 +22,7 @@ Start reading at ``Daemon.run``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -41,9 +42,10 @@ from pbxcal.errors import ConfigError, PbxAuthFailed, PbxUnavailable, StoreError
 from pbxcal.pbx import ForwardingState
 from pbxcal.pbx.ami import AmiConfig, AmiPbx
 from pbxcal.service.clock import Clock, SystemClock
-from pbxcal.service.http import build_app, start_http
+from pbxcal.service.http import Webhook, build_app, start_http
 from pbxcal.service.metrics import Metrics
 from pbxcal.service.notify import SystemdNotifier
+from pbxcal.service.push import GOOGLE_WEBHOOK, GooglePush
 from pbxcal.service.reconciler import PbxSettings, Reconciler
 from pbxcal.service.store_health import StoreHealth
 from pbxcal.service.sync import CalendarSync
@@ -87,6 +89,7 @@ class Daemon:
         self._unsaved_applied: dict[str, dict[str, tuple[str, ...]]] = {}
         self._disabled: Counter[str] = Counter()
         self._providers_seen: set[str] = set()
+        self.push: GooglePush | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -153,6 +156,9 @@ class Daemon:
                     timeout=self.config.sync_timeout,
                 ),
             )
+            if self.config.public_url:
+                self.push = GooglePush(self.sync, self.config.public_url, self.metrics, self.clock)
+                self.sync.on_sources_changed = self.push.links_changed
             active = [link for link in links if link.active]
             await self.sync.restore(active)
             self.sync.set_links(active)
@@ -160,7 +166,8 @@ class Daemon:
             await self._first_contact()
             try:
                 runner = await start_http(
-                    build_app(self.metrics, self._health, self._readiness), self.config.listen
+                    build_app(self.metrics, self._health, self._readiness, self._webhooks()),
+                    self.config.listen,
                 )
             except OSError as exc:  # port taken, address not local: the operator must act
                 raise ConfigError(
@@ -175,6 +182,8 @@ class Daemon:
                 asyncio.create_task(self._watch_links(), name="link-watch"),
                 asyncio.create_task(self._watch_loop_lag(), name="loop-lag"),
             ]
+            if self.push is not None:
+                tasks.append(asyncio.create_task(self.push.run(), name="google-push"))
             self._install_signals()
             # READY: config, store (every link's last known instances restored) and the
             # first PBX contact are done; the first pass plans and applies from here on.
@@ -192,6 +201,9 @@ class Daemon:
             self.notifier.stopping()
             log.info("stopping; forwardings stay as they are until the next start")
             self.sync.stop()
+            if self.push is not None:  # stop our channels (they would expire anyway)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.push.close(), 5.0)
             self.provider_calls.close()
             for task in [stopper, *tasks]:
                 task.cancel()
@@ -269,6 +281,9 @@ class Daemon:
                 continue
             if version != self._links_version:
                 await self._refresh_links(version)
+
+    def _webhooks(self) -> dict[str, Webhook]:
+        return {GOOGLE_WEBHOOK: self.push.handle} if self.push is not None else {}
 
     async def _watch_loop_lag(self) -> None:
         """Measure how long the event loop is blocked (nothing may hold it for long)."""

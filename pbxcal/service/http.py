@@ -1,4 +1,5 @@
-"""The daemon's HTTP listener (loopback by default): /metrics, /healthz, /readyz.
+"""The daemon's HTTP listener (loopback by default): /metrics, /healthz, /readyz, and
+the providers' webhooks (``POST /webhooks/<provider>``) when push is configured.
 
 ``/healthz`` answers 200 while the reconciler loop has ticked recently (a stuck loop
 turns it 503); ``/readyz`` answers 200 once the daemon is ready and every PBX is
@@ -7,7 +8,7 @@ connected, 503 with the reason otherwise. Both return a small JSON body.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,9 +17,18 @@ from pbxcal.service.metrics import Metrics
 
 #: () -> (ok, details)
 Probe = Callable[[], tuple[bool, dict[str, object]]]
+#: request headers -> HTTP status (answered at once, with no body)
+Webhook = Callable[[Mapping[str, str]], int]
+#: A notification has no body worth reading; anything bigger is not one.
+_WEBHOOK_MAX_BODY = 64 * 1024
 
 
-def build_app(metrics: Metrics, health: Probe, ready: Probe) -> web.Application:
+def build_app(
+    metrics: Metrics,
+    health: Probe,
+    ready: Probe,
+    webhooks: Mapping[str, Webhook] | None = None,
+) -> web.Application:
     async def get_metrics(_: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -30,7 +40,15 @@ def build_app(metrics: Metrics, health: Probe, ready: Probe) -> web.Application:
 
         return handler
 
-    app = web.Application()
+    def hook(handle: Webhook) -> Callable[[web.Request], object]:
+        async def handler(request: web.Request) -> web.Response:
+            return web.Response(status=handle(request.headers))
+
+        return handler
+
+    app = web.Application(client_max_size=_WEBHOOK_MAX_BODY)
+    for path, handle in (webhooks or {}).items():
+        app.router.add_post(path, hook(handle))  # type: ignore[arg-type]
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", probe(health))  # type: ignore[arg-type]
     app.router.add_get("/readyz", probe(ready))  # type: ignore[arg-type]

@@ -107,6 +107,19 @@ class Metrics:
             registry=r,
         )
 
+        self.webhook_notifications = Counter(
+            "pbxcal_webhook_notifications_total",
+            "Provider push notifications accepted (each triggers one sync of its link)",
+            ["provider"],
+            registry=r,
+        )
+        self.webhook_refused = Counter(
+            "pbxcal_webhook_refused_total",
+            "Provider push notifications refused (spoofed, replayed, malformed), by reason",
+            ["provider", "reason"],
+            registry=r,
+        )
+
     def observe_ami_action(self, action: str, result: str, seconds: float) -> None:
         """The ``on_action`` observer handed to ``AmiPbx``."""
         self.ami_actions.labels(action, result).inc()

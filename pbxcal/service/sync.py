@@ -103,6 +103,7 @@ class _LinkState:
     last_result: str = "pending"
     running: bool = False
     retry_after: float = 0.0
+    again: bool = False  # a push arrived while it was being read: read once more
 
 
 @dataclass
@@ -158,6 +159,7 @@ class CalendarSync:
         store_health: StoreHealth | None = None,
         max_parallel: int = 8,
         source_factory: Callable[[Link], AnySource] | None = None,
+        on_sources_changed: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.reconciler = reconciler
@@ -167,6 +169,8 @@ class CalendarSync:
         self.client = client
         self.store_health = store_health or StoreHealth(metrics)
         self.source_factory = source_factory or self._source_for
+        #: Called when a link's source was built or a link went (push channels follow).
+        self.on_sources_changed = on_sources_changed
         self._links: dict[int, _LinkState] = {}
         self._due: list[tuple[float, int, int]] = []  # (monotonic due, generation, link id)
         self._generations = itertools.count(1)
@@ -227,6 +231,8 @@ class CalendarSync:
         for link_id in set(self._links) - set(wanted):
             del self._links[link_id]
             self.reconciler.remove_link(link_id)
+            if self.on_sources_changed is not None:
+                self.on_sources_changed()
         for link_id, link in wanted.items():
             current = self._links.get(link_id)
             if current is None or current.link != link:
@@ -256,6 +262,8 @@ class CalendarSync:
                 if problem is not None:  # stored before sources were checked on the way in
                     raise ValueError(problem)
                 state.source = await asyncio.to_thread(self.source_factory, link)
+                if self.on_sources_changed is not None:
+                    self.on_sources_changed()
             except (CalendarError, StoreError) as exc:  # tried again at the next sync
                 return _BrokenSource(str(exc), exc)
             except Exception as exc:  # noqa: BLE001 - a bad stored source must not stop us
@@ -290,6 +298,26 @@ class CalendarSync:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.0))
 
+    def sync_soon(self, link_id: int) -> bool:
+        """Read a link now (a push notification said it changed); False if unknown.
+
+        Repeated, late or out-of-order pushes cost at most one more cheap read: a link
+        already being read is read once more when it finishes, never twice at once.
+        """
+        state = self._links.get(link_id)
+        if state is None:
+            return False
+        if state.running:
+            state.again = True
+        else:
+            heapq.heappush(self._due, (0.0, state.generation, link_id))
+            self._wake.set()
+        return True
+
+    def built_sources(self) -> list[tuple[int, AnySource]]:
+        """(link id, source) of every link whose source exists (has been read once)."""
+        return [(i, s.source) for i, s in self._links.items() if s.source is not None]
+
     async def _sync_and_reschedule(self, state: _LinkState) -> None:
         try:
             await self.sync_link(state.link.id)
@@ -302,7 +330,9 @@ class CalendarSync:
             state.running = False
             if self._links.get(state.link.id) is state:
                 wait = max(self.config.sync_interval, state.retry_after)
-                state.retry_after = 0.0
+                if state.again and not state.retry_after:
+                    wait = 0.0
+                state.retry_after, state.again = 0.0, False
                 due = time.monotonic() + wait
                 heapq.heappush(self._due, (due, state.generation, state.link.id))
                 self._wake.set()

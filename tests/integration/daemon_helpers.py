@@ -167,6 +167,7 @@ class DaemonRun:
         sync_extra: str = "",
         store: str | None = None,
         extra_config: str = "",
+        http_extra: str = "",
     ) -> None:
         self.work = work
         self.ast = ast
@@ -179,7 +180,8 @@ class DaemonRun:
         secret_file.write_text(secret if secret is not None else ast.ami_secret)
         secret_file.chmod(0o600)
         text = (
-            f'[pbxcal]\nregion = "NL"\ntimezone = "UTC"\n\n[http]\nlisten = "{self.listen}"\n\n'
+            f'[pbxcal]\nregion = "NL"\ntimezone = "UTC"\n\n'
+            f'[http]\nlisten = "{self.listen}"\n{http_extra}\n'
             f"[sync]\ninterval = {interval}\n{sync_extra}\n"
             f'[pbx.main]\nhost = "{ast.ami_host}"\nport = {ast.ami_port}\n'
             f'username = "{ast.ami_username}"\nsecret_file = "{secret_file}"\n'

@@ -1,0 +1,117 @@
+"""Push notifications: Google Calendar channels for every Google link, and their webhook.
+
+With ``[http] public_url`` set, ``GooglePush`` keeps one ``events.watch`` channel per
+Google link whose calendar has been read once: it opens the channel, replaces it before
+it expires (a new channel first, then ``channels.stop`` of the old one: Google has no
+renewal) and stops it when the link goes. The webhook (``POST /webhooks/google``) checks
+each notification against the channel book (channel id, resource id, the per-channel
+secret token, message numbers: see ``pbxcal.calendars.google.push``), answers at once,
+counts refusals in ``pbxcal_webhook_refused_total{provider, reason}`` and asks the sync
+to read that one link now. Polling keeps running as the backstop.
+
+Must not do: sync inside the request, log a channel token, or let a failing channel call
+stop the loop. Start reading at ``GooglePush.handle`` and ``GooglePush.run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+
+from pbxcal.calendars.google.push import (
+    Accepted,
+    ChannelBook,
+    GoogleChannel,
+    open_channel,
+    replace_channel,
+)
+from pbxcal.calendars.google.source import GoogleCalendarSource
+from pbxcal.errors import CalendarError
+from pbxcal.service.clock import Clock
+from pbxcal.service.metrics import Metrics
+from pbxcal.service.sync import CalendarSync
+
+log = logging.getLogger(__name__)
+
+#: Seconds between looks at which channels to open, replace or stop.
+CHANNEL_CHECK_INTERVAL = 30.0
+#: The webhook path under ``public_url`` and on the listener.
+GOOGLE_WEBHOOK = "/webhooks/google"
+
+
+class GooglePush:
+    """Channels for Google links and their webhook. See the module docstring."""
+
+    def __init__(self, sync: CalendarSync, public_url: str, metrics: Metrics, clock: Clock) -> None:
+        self.sync = sync
+        self.address = public_url.rstrip("/") + GOOGLE_WEBHOOK
+        self.metrics = metrics
+        self.clock = clock
+        self.book: ChannelBook[int] = ChannelBook()
+        self._channels: dict[int, tuple[GoogleCalendarSource, GoogleChannel]] = {}
+        self._wake = asyncio.Event()
+
+    def handle(self, headers: Mapping[str, str]) -> int:
+        """One notification: the HTTP status to answer (at once; the sync runs later)."""
+        verdict = self.book.check(headers)
+        if isinstance(verdict, Accepted):
+            self.metrics.webhook_notifications.labels("google").inc()
+            self.sync.sync_soon(verdict.link)
+            return 200
+        self.metrics.webhook_refused.labels("google", verdict.reason).inc()
+        log.info("refused a Google notification: %s", verdict.reason)
+        return 403 if verdict.reason != "replayed" else 200
+
+    def links_changed(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            await self._tend(self.clock.now())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), CHANNEL_CHECK_INTERVAL)
+
+    async def _tend(self, now: datetime) -> None:
+        sources = {
+            link_id: source
+            for link_id, source in self.sync.built_sources()
+            if isinstance(source, GoogleCalendarSource)
+        }
+        for link_id in set(self._channels) - set(sources):  # unlinked, or source rebuilt
+            await self._stop(link_id)
+        for link_id, source in sources.items():
+            current = self._channels.get(link_id)
+            if current is not None and current[0] is not source:
+                await self._stop(link_id)
+                current = None
+            try:
+                if current is None:
+                    channel = await open_channel(source, self.book, link_id, self.address)
+                    log.info("link %d: Google push channel open", link_id)
+                elif current[1].needs_renewal(now):
+                    channel = await replace_channel(
+                        source, self.book, current[1], link_id, self.address
+                    )
+                    log.info("link %d: Google push channel replaced before it expires", link_id)
+                else:
+                    continue
+            except CalendarError as exc:  # polling covers the link meanwhile
+                log.warning("link %d: no Google push channel (%s); polling only", link_id, exc)
+                continue
+            self._channels[link_id] = (source, channel)
+
+    async def _stop(self, link_id: int) -> None:
+        source, channel = self._channels.pop(link_id)
+        self.book.remove(channel.id)
+        try:
+            await source.stop_channel(channel)
+        except CalendarError as exc:  # it expires on its own
+            log.info("link %d: stopping its Google channel failed (%s)", link_id, exc)
+
+    async def close(self) -> None:
+        for link_id in list(self._channels):
+            await self._stop(link_id)
