@@ -131,3 +131,36 @@ def _check(link: Link, store: Store, config: Config) -> None:
         raise InputError(f"the calendar did not answer within {CHECK_TIMEOUT:g}s") from None
     except PbxcalError as exc:
         raise InputError(f"the calendar cannot be read: {exc}") from None
+
+
+def authorize_google(ns: argparse.Namespace) -> int:
+    """``links authorize google``: the installed-app flow; writes the grant to a 0600 file."""
+    import os
+    import sys
+
+    from pbxcal.calendars.google.authorize import read_client_config, run_installed_app_flow
+
+    output = Path(ns.output)
+    if output.exists():
+        raise InputError(f"--output {output} exists; choose a new file")
+    client = read_client_config(Path(ns.client_file))
+
+    def show(url: str) -> None:
+        print(f"Open this address in a browser on this machine and sign in:\n\n  {url}\n",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    try:
+        info = run_installed_app_flow(client, show, timeout=ns.timeout, login_hint=ns.login_hint)
+    except PbxcalError as exc:
+        raise InputError(str(exc)) from None
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise InputError(f"--output {output}: cannot create: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(info, handle)
+    print(
+        f"signed in; the grant is in {output} (mode 0600). Next: pbxcal links add "
+        f"--provider google --source primary --credentials-file {output} --extension EXT"
+    )
+    return 0

@@ -91,6 +91,28 @@ def add_links(sub: Any) -> None:
     show = links.add_parser("show", parents=[common], help="one link with its sync log")
     show.add_argument("id", type=parse.link_id, metavar="ID")
     show.add_argument("--limit", type=int, default=20, metavar="N", help="sync log lines")
+    authorize = links.add_parser(
+        "authorize",
+        parents=[common],
+        help="sign in to a Google account (OAuth with PKCE) and save its grant for links add",
+        description="Opens Google's consent page (print the URL; open it in a browser on "
+        "this machine), receives the answer on a loopback port and writes an "
+        "authorized-user JSON file (mode 0600) for `links add --provider google "
+        "--credentials-file FILE`. The client file is the OAuth client (type Desktop app) "
+        "downloaded from the Google Cloud console.",
+    )
+    authorize.add_argument("provider", choices=("google",), help="the provider to sign in to")
+    authorize.add_argument("--client-file", required=True, metavar="FILE",
+                           help="the OAuth client JSON (Desktop app)")  # fmt: skip
+    authorize.add_argument(
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="where to write the authorized-user JSON (must not exist)",
+    )
+    authorize.add_argument("--login-hint", metavar="EMAIL", help="the account to suggest")
+    authorize.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                           help="seconds to wait for the browser (default 300)")  # fmt: skip
     sync = links.add_parser(
         "sync", parents=[common], help="read one link's calendar now and print what changed"
     )
@@ -106,6 +128,10 @@ def add_links(sub: Any) -> None:
 
 
 def run_links(ns: argparse.Namespace) -> int:
+    if ns.links_command == "authorize":
+        from pbxcal.cli.link_credentials import authorize_google
+
+        return authorize_google(ns)
     config = load(ns)
     if ns.links_command == "add":
         if ns.provider == "ics":
