@@ -20,7 +20,7 @@ import pytest
 from pbxcal.calendars import Fetched, NotModified, Validators
 from pbxcal.calendars.changes import ChangeSet, EventRow
 from pbxcal.config import Config
-from pbxcal.core.ical import ExpansionLimits
+from pbxcal.core.ical import EventInstance, ExpansionLimits
 from pbxcal.core.policy import NumberPolicy
 from pbxcal.errors import (
     CalendarAuthFailed,
@@ -381,3 +381,47 @@ async def test_provider_errors_become_a_link_status(
     assert await world.sync.sync_link(link.id) == "unchanged"
     assert world.log(link)[0].result == "unchanged"
     assert world.sync.health() == {("ics", "connected"): 1}
+
+
+async def test_a_hanging_source_never_delays_a_boundary(store: Store) -> None:
+    """Issue #9.6: a provider that hangs (here for good) while a boundary passes."""
+    from pbxcal.service.clock import SystemClock
+    from pbxcal.service.reconciler import LinkInstances
+
+    class Hanging:
+        provider = "hanging"
+
+        def __init__(self) -> None:
+            self.entered = asyncio.Event()
+
+        async def changes(self, cursor: str | None) -> ChangeSet | None:
+            self.entered.set()
+            await asyncio.Event().wait()  # never answers
+            return None
+
+    world = World(store, sync_timeout=600.0)
+    world.reconciler.clock = SystemClock()
+    world.sync.clock = SystemClock()
+    hanging = Hanging()
+    world.sync.source_factory = lambda link: hanging
+    link = world.link()
+    begin = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    instance = EventInstance("a@t", begin, begin + timedelta(hours=1), "0612345678")
+    world.reconciler.set_link_instances(
+        link.id,
+        LinkInstances(
+            ("main", "100"), (instance,), begin - timedelta(days=1), begin + timedelta(days=30)
+        ),
+    )
+    tasks = [asyncio.create_task(world.reconciler.run()), asyncio.create_task(world.sync.run())]
+    try:
+        await asyncio.wait_for(hanging.entered.wait(), 5)  # the read is hanging now
+        batch = await asyncio.wait_for(world.pbx.next_apply(), 10)
+        assert batch.applied == {"100": ("+31612345678",)}
+        assert datetime.now(UTC) >= begin  # at the boundary, not before
+        assert world.sync._links[link.id].running  # the read still hangs
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        world.sync.stop()
