@@ -111,3 +111,46 @@ def test_a_google_calendar_with_push_drives_a_forwarding(
         == 1
     )
     daemon.check_alive()
+
+
+def test_kill9_at_any_moment_of_a_sync_loses_no_change(
+    ast: AsteriskSandbox, daemons: list[DaemonRun], tmp_path: Path, google: FakeGoogle
+) -> None:
+    """Issue #9: a crash between a fetch and its commit loses nothing (kill -9 at random
+    moments while changes are being read; after each restart the last edit holds)."""
+    import random
+
+    from pbxcal.store import Store, load_key_ring
+
+    keys = tmp_path / "keys"
+    assert subprocess.run([str(PBXCAL), "keys", "generate", str(keys)], check=False).returncode == 0
+    google.add_calendar("primary")
+    info = google.add_user("client-2", "client-secret-2", "refresh-token-2")
+    daemon = DaemonRun(
+        tmp_path, ast, [], interval=1, extra_config=f'\n[secrets]\nkey_file = "{keys}"\n'
+    )
+    with Store.open(daemon.store, keys=load_key_ring(str(keys), None)) as store:
+        settings = {"auth": "user", "api_endpoint": google.api_endpoint}
+        link = store.add_link("100", "main", "google", "primary", settings)
+        store.save_secret(link.id, "google-credentials", json.dumps(info))
+    daemons.append(daemon)
+    targets = ["0612345678", "0201234567"]
+    expected = {"0612345678": "+31612345678", "0201234567": "+31201234567"}
+    rng = random.Random(7)
+    now = datetime.now(UTC)
+    for round_ in range(6):
+        title = targets[round_ % 2]
+        daemon.start()
+        google.put_event("primary", {
+            "id": "ev1", "summary": title,
+            "start": {"dateTime": (now - timedelta(minutes=1)).isoformat()},
+            "end": {"dateTime": (now + timedelta(minutes=30)).isoformat()},
+        })  # fmt: skip
+        time.sleep(rng.uniform(0.5, 2.0))  # a random moment: before, during or after a read
+        daemon.kill9()
+        daemon.start()
+        wait_forwarding(ast, "100", expected[title], timeout=15)
+        daemon.kill9()
+    daemon.start()
+    daemon.wait_ready()
+    daemon.check_alive()
