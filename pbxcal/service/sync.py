@@ -31,6 +31,7 @@ import hashlib
 import heapq
 import itertools
 import logging
+import random
 import threading
 import time
 from collections import Counter
@@ -330,7 +331,9 @@ class CalendarSync:
             state.running = False
             if self._links.get(state.link.id) is state:
                 wait = max(self.config.sync_interval, state.retry_after)
-                if state.again and not state.retry_after:
+                if state.retry_after:  # a provider asked us to slow down: spread the retries
+                    wait += random.uniform(0.0, 0.2 * wait)
+                elif state.again:
                     wait = 0.0
                 state.retry_after, state.again = 0.0, False
                 due = time.monotonic() + wait
