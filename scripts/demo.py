@@ -5,14 +5,19 @@ Run it with ``scripts/demo`` (which prepares the virtual environment first). It:
 2. writes a calendar for extension 100 whose appointments start ``--lead`` seconds from
    now: "201" for 40 s, "06-12345678" overlapping it (both ring in parallel), plus a
    "Lunch" and a premium-rate number that pbxcal refuses;
-3. runs ``pbxcal run`` with SQLite and that calendar, and prints what Asterisk holds
-   (AstDB ``pbxcal/fwd/100`` and the BLF device state) every time it changes.
+3. starts a CalDAV server (Radicale, on loopback) with a calendar for extension 101 and
+   links it with ``pbxcal links add --provider caldav`` (the password goes in on standard
+   input and is stored encrypted with a key from ``pbxcal keys generate``);
+4. runs ``pbxcal run`` with SQLite and both calendars, adds an appointment "202" to the
+   CalDAV calendar while it runs, and prints what Asterisk holds (AstDB
+   ``pbxcal/fwd/<ext>`` and the BLF device state) every time it changes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import socket
@@ -25,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pbxcal.testing.asterisk import AsteriskSandbox, SandboxError, ensure_root
+from pbxcal.testing.radicale import RadicaleServer
 
 REPO = Path(__file__).resolve().parents[1]
 PBXCAL = Path(sys.executable).parent / "pbxcal"
@@ -59,12 +65,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def forwarding(ast: AsteriskSandbox) -> str:
-    value = ast.cli("database get pbxcal fwd/100").strip()
+def forwarding(ast: AsteriskSandbox, ext: str = "100") -> str:
+    value = ast.cli(f"database get pbxcal fwd/{ext}").strip()
     state = ast.cli("devstate list").splitlines()
-    blf = next((line.split("'")[3] for line in state if "Custom:pbxcal100" in line), "?")
+    blf = next((line.split("'")[3] for line in state if f"Custom:pbxcal{ext}'" in line), "?")
     target = value.removeprefix("Value: ") if value.startswith("Value:") else "(none)"
-    return f"pbxcal/fwd/100 = {target:<22} BLF Custom:pbxcal100 = {blf}"
+    return f"pbxcal/fwd/{ext} = {target:<22} BLF Custom:pbxcal{ext} = {blf}"
+
+
+def caldav_event(uid: str, title: str, begin: datetime, end: datetime) -> str:
+    return (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//pbxcal//demo//EN\r\nBEGIN:VEVENT\r\n"
+        f"UID:{uid}@demo.pbxcal\r\nDTSTAMP:{ics_time(begin)}\r\nDTSTART:{ics_time(begin)}\r\n"
+        f"DTEND:{ics_time(end)}\r\nSUMMARY:{title}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
 
 
 def main() -> int:
@@ -80,6 +94,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pbxcal-demo-") as tmp, \
             AsteriskSandbox(root, "pbxcal-demo") as ast:
         work = Path(tmp)
+        logging.getLogger("radicale").setLevel(logging.WARNING)  # its start-up chatter
+        password = os.urandom(12).hex()
+        dav = RadicaleServer(work / "radicale", {"bob": password}).start()
+        bob_calendar = dav.make_calendar("bob", "work")
+        keys = work / "keys"
+        subprocess.run([str(PBXCAL), "keys", "generate", str(keys)], check=True,
+                       capture_output=True)  # fmt: skip
         start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=args.lead)
         (work / "anna.ics").write_text(calendar(start))
         secret = work / "ami.secret"
@@ -88,7 +109,7 @@ def main() -> int:
         listen = f"127.0.0.1:{free_port()}"
         (work / "pbxcal.toml").write_text(
             f'[pbxcal]\nregion = "NL"\n\n[http]\nlisten = "{listen}"\n\n'
-            f'[sync]\ninterval = 2\n\n'
+            f'[sync]\ninterval = 2\n\n[secrets]\nkey_file = "{keys}"\n\n'
             f'[pbx.main]\nhost = "{ast.ami_host}"\nport = {ast.ami_port}\n'
             f'username = "{ast.ami_username}"\nsecret_file = "{secret}"\n\n'
             f'[[link]]\nextension = "100"\nsource = "{work / "anna.ics"}"\n'
@@ -98,7 +119,21 @@ def main() -> int:
         print(f"  {start:%H:%M:%S}-{start + timedelta(seconds=40):%H:%M:%S}  '201'")
         print(f"  {start + timedelta(seconds=20):%H:%M:%S}-"
               f"{start + timedelta(seconds=60):%H:%M:%S}  '06-12345678' -> +31612345678")
-        print("  plus 'Lunch' (not a number) and '0900 1234567' (premium rate: blocked)\n")
+        print("  plus 'Lunch' (not a number) and '0900 1234567' (premium rate: blocked)")
+        store = f"sqlite:///{work / 'pbxcal.sqlite3'}"
+        added = subprocess.run(
+            [str(PBXCAL), "links", "add", "--provider", "caldav", "--source", bob_calendar,
+             "--username", "bob", "--password-file", "-", "--extension", "101",
+             "--config", str(work / "pbxcal.toml"), "--store", store],
+            input=password + "\n", capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if added.returncode != 0:
+            print(f"demo: linking the CalDAV calendar failed: {added.stderr}", file=sys.stderr)
+            return 1
+        print(f"CalDAV calendar {bob_calendar} (Radicale), extension 101: "
+              f"{added.stdout.strip()}")  # fmt: skip
+        print(f"  an appointment '202' will be added to it at "
+              f"{start + timedelta(seconds=10):%H:%M:%S}, for 30 s\n")  # fmt: skip
         plan = subprocess.run(
             [str(PBXCAL), "plan", "--ics", str(work / "anna.ics"), "--extension", "100",
              "--from", start.isoformat(), "--to", (start + timedelta(minutes=5)).isoformat(),
@@ -106,26 +141,32 @@ def main() -> int:
         print("pbxcal plan says:", json.dumps(json.loads(plan.stdout), indent=None), "\n")
         log = (work / "pbxcal.log").open("w")
         daemon = subprocess.Popen(
-            [str(PBXCAL), "run", "--config", str(work / "pbxcal.toml"),
-             "--store", f"sqlite:///{work / 'pbxcal.sqlite3'}"],
+            [str(PBXCAL), "run", "--config", str(work / "pbxcal.toml"), "--store", store],
             stdout=log, stderr=subprocess.STDOUT, cwd=work,
         )
         print(f"pbxcal run started (pid {daemon.pid}); metrics on http://{listen}/metrics")
-        print("Watching Asterisk (what a call to 100 would ring):\n")
-        last = ""
+        print("Watching Asterisk (what a call to 100 or 101 would ring):\n")
+        last: dict[str, str] = {}
         end = start + timedelta(seconds=66)
+        put = False
         try:
             while datetime.now(UTC) < end:
+                if not put and datetime.now(UTC) >= start + timedelta(seconds=8):
+                    begin = start + timedelta(seconds=10)
+                    meeting = caldav_event("bob", "202", begin, begin + timedelta(seconds=30))
+                    dav.put("bob", "work", "meeting.ics", meeting)
+                    put = True
                 if daemon.poll() is not None:
                     print("demo: pbxcal run exited early; its log:\n"
                           + (work / "pbxcal.log").read_text(), file=sys.stderr)
                     return 1
-                now_state = forwarding(ast)
-                if now_state != last:
-                    offset = (datetime.now(UTC) - start).total_seconds()
-                    print(f"  {datetime.now(UTC):%H:%M:%S.%f}"[:-3]
-                          + f" (t{offset:+6.1f}s)  {now_state}")
-                    last = now_state
+                for ext in ("100", "101"):
+                    now_state = forwarding(ast, ext)
+                    if now_state != last.get(ext):
+                        offset = (datetime.now(UTC) - start).total_seconds()
+                        print(f"  {datetime.now(UTC):%H:%M:%S.%f}"[:-3]
+                              + f" (t{offset:+6.1f}s)  {now_state}")
+                        last[ext] = now_state
                 time.sleep(0.2)
             with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as reply:
                 lines = reply.read().decode().splitlines()
@@ -140,6 +181,7 @@ def main() -> int:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=20)
             log.close()
+            dav.stop()
         print(f"\nDone. pbxcal's log was {work / 'pbxcal.log'} (removed with the demo);")
         print("try `pbxcal plan --help`, and see README.md for running it as a service.")
     return 0
