@@ -363,6 +363,7 @@ class CalendarSync:
             state.retry_after = exc.retry_after or 0.0
             outcome = SyncOutcome("rate-limited", message=str(exc))
         except CalendarUnavailable as exc:
+            state.retry_after = self.config.sync_interval  # the next poll, spread out
             outcome = SyncOutcome("unavailable", message=str(exc))
         except CalendarAuthFailed as exc:
             outcome = SyncOutcome("auth-failed", message=str(exc))
