@@ -30,8 +30,8 @@ when it is built, so one that exists is safe to put on the AMI wire.
 
 from __future__ import annotations
 
-import contextlib
 import re
+import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
@@ -117,7 +117,7 @@ class TitleParser:
     The cache is a bounded dict (oldest entries evicted first), so a calendar full of
     distinct titles costs at most ``max_entries`` results of memory. One parser may be
     shared by threads (the daemon plans in worker threads): results are immutable and
-    a race only costs a parse twice.
+    a race only costs a parse twice (writes take a lock, so the bound holds).
     """
 
     def __init__(
@@ -135,6 +135,7 @@ class TitleParser:
         )
         self.max_entries = max_entries
         self._cache: dict[str, Target | Rejection] = {}
+        self._writing = threading.Lock()
 
     def parse(self, title: str) -> Target | Rejection:
         """``parse_title(title, self.policy, self.known_extensions)``, remembered."""
@@ -143,11 +144,10 @@ class TitleParser:
             return cached
         result = parse_title(title, self.policy, self.known_extensions)
         if len(title) <= _MAX_CACHED_TITLE:
-            if len(self._cache) >= self.max_entries:
-                # another thread may have evicted or added meanwhile: then skip evicting
-                with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+            with self._writing:  # readers need no lock; two writers must not both evict
+                while len(self._cache) >= self.max_entries:
                     del self._cache[next(iter(self._cache))]
-            self._cache[title] = result
+                self._cache[title] = result
         return result
 
     @property
