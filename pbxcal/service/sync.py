@@ -2,23 +2,26 @@
 
 ``CalendarSync`` keeps one schedule entry per active link (a generation number makes a
 link that is re-added or changed replace its entry instead of adding a second one) and
-reads each source every ``sync_interval`` seconds (bounded concurrency), with
-conditional requests; a source without validators is compared by a hash of its body, so
-an unchanged calendar costs no parse, no write and no replan.
+reads each source every ``sync_interval`` seconds (bounded concurrency), or at once when
+a push notification asks (``sync_soon``). Two kinds of source: a document source (ICS:
+conditional requests, and a body without validators is compared by its hash, so an
+unchanged calendar costs no parse, no write and no replan), and an incremental source
+(``pbxcal.calendars.changes``: CalDAV, Google) answering with change sets since a
+cursor. A link's source is built on its first read (``pbxcal.calendars.providers``).
 
-A new version is worked on once, in a bounded worker pool, never on the event loop:
-counted against the limits (``[sync] max_events``), parsed, cut into per-event rows,
-expanded over ``[now - 1 day, now + 2 × horizon)`` with the instance caps, and its
-titles classified for the sync log. The expansion is saved first, then the events with
-their validators (so a crash between the two only costs one more read). The reconciler
-then gets the instances and plans from them; it never parses or expands. When the
-horizon moves past a link's expansion, it is expanded again from the stored rows.
+A new version is worked on once, in a bounded worker pool, never on the event loop
+(``calendar_work.CalendarWork``): limited, parsed, expanded over ``[now - 1 day, now +
+2 × horizon)`` with the instance caps, counted for the sync log, and committed with its
+cursor or validators and its expansion in one transaction. The reconciler then gets the
+instances and plans from them; it never parses or expands. When the horizon moves past
+a link's expansion, it is expanded again from the stored rows.
 
-Every outcome of a sync — changed, unchanged, unavailable, invalid, over-limit, an
-unwritable store, or any unexpected error — is counted, logged and written to the
-link's sync log; no error ever leaves a link's task, and the last known events keep
-driving the forwardings. A store that cannot be written does not stop the calendar
-from being followed in memory: the read is repeated until it is saved.
+Every outcome of a sync — changed, unchanged, unavailable, rate-limited, auth-failed,
+needs-relink, invalid, over-limit, an unwritable store, or any unexpected error — is
+counted, logged, written to the link's sync log (a recovery too) and becomes the link's
+status (``pbxcal.calendars.health``); no error ever leaves a link's task, and the last
+known events keep driving the forwardings. A store that cannot be written does not stop
+the calendar from being followed in memory: the read is repeated until it is saved.
 
 Start reading at ``sync_link``.
 """
@@ -40,28 +43,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar, cast
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
-import icalendar
 
 from pbxcal.calendars import CalendarSource, Fetched, Validators
-from pbxcal.calendars.changes import ChangeSet, EventRow, IncrementalSource
+from pbxcal.calendars.changes import IncrementalSource
 from pbxcal.calendars.health import STATUS_OF_RESULT, link_status
 from pbxcal.calendars.ics import source_for
 from pbxcal.calendars.locations import check_source
-from pbxcal.calendars.snapshot import join_calendar, split_calendar
 from pbxcal.config import Config
 from pbxcal.core.ical import (
-    EventInstance,
-    Expansion,
     OverLimit,
-    count_events,
-    expand_calendar,
-    parse_calendar,
 )
 from pbxcal.core.redact import redact_url
-from pbxcal.core.targets import Rejection, TitleParser
 from pbxcal.errors import (
     CalendarAuthFailed,
     CalendarError,
@@ -71,23 +65,18 @@ from pbxcal.errors import (
     InputError,
     StoreError,
 )
+from pbxcal.service.calendar_work import CalendarWork, Stopped
 from pbxcal.service.clock import Clock
 from pbxcal.service.metrics import Metrics
 from pbxcal.service.reconciler import PAST, LinkInstances, Reconciler
 from pbxcal.service.store_health import StoreHealth
-from pbxcal.store import ExpansionRecord, Link, Store, StoredEvent, SyncState
+from pbxcal.store import Link, Store
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 #: Workers that parse and expand calendars (CPU work; more would only fight for the GIL).
 EXPAND_WORKERS = 2
-#: Skipped events named one by one in the log per sync; the rest are counted.
-_SKIPPED_LOGGED = 3
-
-
-class Stopped(Exception):
-    """Raised inside a worker when the daemon stops: the work is abandoned."""
 
 
 AnySource = CalendarSource | IncrementalSource
@@ -105,19 +94,6 @@ class _LinkState:
     running: bool = False
     retry_after: float = 0.0
     again: bool = False  # a push arrived while it was being read: read once more
-
-
-@dataclass
-class _Work:
-    """What a worker made of one calendar version."""
-
-    instances: tuple[EventInstance, ...]
-    since: datetime
-    until: datetime
-    accepted: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    skipped: int = 0
-    store_error: StoreError | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +156,7 @@ class CalendarSync:
         self._running: set[asyncio.Task[None]] = set()
         self._stopping = threading.Event()
         self._executor = ThreadPoolExecutor(EXPAND_WORKERS, thread_name_prefix="pbxcal-calendar")
+        self._work = CalendarWork(store, self._checkpoint)
 
     @property
     def link_count(self) -> int:
@@ -430,10 +407,12 @@ class CalendarSync:
                 state.validators = fetched.validators
                 return SyncOutcome("unchanged")
             parser = self.reconciler.parser_for(link.pbx)
-            work = await self._in_worker(self._work_on_fetched, link, fetched, now, parser)
+            work = await self._in_worker(
+                self._work.on_fetched, self.config, link, fetched, now, parser
+            )
         elif stale:
             parser = self.reconciler.parser_for(link.pbx)
-            work = await self._in_worker(self._work_on_stored, link, now, parser)
+            work = await self._in_worker(self._work.on_stored, self.config, link, now, parser)
             digest = state.digest
         else:
             return SyncOutcome("unchanged")
@@ -465,9 +444,11 @@ class CalendarSync:
         if change is None:
             if not self._expansion_stale(link.id, now):
                 return SyncOutcome("unchanged")
-            work = await self._in_worker(self._work_on_stored, link, now, parser)
+            work = await self._in_worker(self._work.on_stored, self.config, link, now, parser)
         else:
-            work = await self._in_worker(self._work_on_changes, link, change, now, parser)
+            work = await self._in_worker(
+                self._work.on_changes, self.config, link, change, now, parser
+            )
         self.reconciler.set_link_instances(
             link.id, LinkInstances(_key(link), work.instances, work.since, work.until)
         )
@@ -483,6 +464,11 @@ class CalendarSync:
                 state.cursor = change.cursor
         return SyncOutcome("changed", work.accepted, work.rejected, message)
 
+    def _checkpoint(self) -> None:
+        """Called by the workers every ~1,000 items: abandon the work when stopping."""
+        if self._stopping.is_set():
+            raise Stopped
+
     def _expansion_stale(self, link_id: int, now: datetime) -> bool:
         """True when the link has no instances, or they no longer cover the horizon."""
         current = self.reconciler.link_instances(link_id)
@@ -495,159 +481,8 @@ class CalendarSync:
             raise Stopped
         return await loop.run_in_executor(self._executor, lambda: function(*args))
 
-    # -- in a worker thread -------------------------------------------------------------
-
-    def _checkpoint(self) -> None:
-        if self._stopping.is_set():
-            raise Stopped
-
-    def _work_on_fetched(
-        self, link: Link, fetched: Fetched, now: datetime, parser: TitleParser
-    ) -> _Work:
-        limits = self.config.limits
-        count = count_events(fetched.body)
-        if count > limits.max_events:
-            raise OverLimit(
-                f"the calendar has {count} events, more than the limit of "
-                f"{limits.max_events} ([sync] max_events)"
-            )
-        calendar = parse_calendar(fetched.body, source=f"link {link.id}")
-        self._checkpoint()
-        events, timezones, calendar_tz = split_calendar(calendar)
-        expansion, since, until = self._expand(link, calendar, now)
-        work = self._classified(expansion, since, until, now, parser, link)
-        # a whole document is a full change set: rows, validators and expansion in one
-        # transaction (one commit per new version instead of one per table)
-        change = ChangeSet(
-            cursor="",
-            full=True,
-            upserted=tuple(EventRow(e.uid, e.recurrence_id, e.ical) for e in events),
-            timezones=timezones,
-            calendar_tz=calendar_tz,
-        )
-        try:
-            self.store.apply_changes(
-                link.id,
-                change,
-                now,
-                self._record(work, now),
-                etag=fetched.validators.etag,
-                last_modified=fetched.validators.last_modified,
-            )
-        except StoreError as exc:
-            work.store_error = exc
-        return work
-
-    def _work_on_changes(
-        self, link: Link, change: ChangeSet, now: datetime, parser: TitleParser
-    ) -> _Work:
-        """The stored rows with ``change`` applied, expanded; then all of it committed."""
-        stored: list[StoredEvent] = []
-        state: SyncState | None = None
-        if not change.full:
-            stored, state = self.store.load_events(link.id)
-        rows = {(e.uid, e.recurrence_id): e for e in stored}
-        removed = set(change.removed)
-        instances = {(uid, rid) for uid, rid in change.removed_instances}
-        rows = {
-            key: row
-            for key, row in rows.items()
-            if key[0] not in removed and (key[0], key[1] or "") not in instances
-        }
-        for row in change.upserted:
-            rows[(row.uid, row.recurrence_id)] = StoredEvent(row.uid, row.recurrence_id, row.ical)
-        self._checkpoint()
-        timezones = change.timezones or (state.timezones if state is not None else "")
-        calendar_tz = change.calendar_tz or (state.calendar_tz if state is not None else None)
-        calendar = join_calendar(
-            list(rows.values()), timezones, calendar_tz, source=f"link {link.id}"
-        )
-        expansion, since, until = self._expand(link, calendar, now)
-        work = self._classified(expansion, since, until, now, parser, link)
-        try:
-            self.store.apply_changes(link.id, change, now, self._record(work, now))
-        except StoreError as exc:
-            work.store_error = exc
-        return work
-
-    def _work_on_stored(self, link: Link, now: datetime, parser: TitleParser) -> _Work:
-        events, state = self.store.load_events(link.id)
-        if state is None:
-            raise CalendarUnavailable("no events stored yet")
-        calendar = join_calendar(
-            events, state.timezones, state.calendar_tz, source=f"link {link.id}"
-        )
-        expansion, since, until = self._expand(link, calendar, now)
-        work = self._classified(expansion, since, until, now, parser, link)
-        try:
-            self.store.save_expansion(link.id, self._record(work, now))
-        except StoreError as exc:
-            work.store_error = exc
-        return work
-
-    def _expand(
-        self, link: Link, calendar: icalendar.Calendar, now: datetime
-    ) -> tuple[Expansion, datetime, datetime]:
-        since = now - PAST
-        until = now + 2 * timedelta(days=self.config.horizon_days)
-        expansion = expand_calendar(
-            calendar,
-            since,
-            until,
-            _zone(link, self.config.timezone),
-            owner_emails=_owners(link),
-            limits=self.config.limits,
-            checkpoint=self._checkpoint,
-        )
-        return expansion, since, until
-
-    def _classified(
-        self,
-        expansion: Expansion,
-        since: datetime,
-        until: datetime,
-        now: datetime,
-        parser: TitleParser,
-        link: Link,
-    ) -> _Work:
-        """Count what the sync log reports: instances ahead that forward, or why not."""
-        work = _Work(tuple(expansion.instances), since, until, skipped=len(expansion.skipped))
-        end = now + timedelta(days=self.config.horizon_days)
-        for instance in expansion.instances:
-            if instance.end <= now or instance.start >= end:
-                continue
-            parsed = parser.parse(instance.title)
-            if isinstance(parsed, Rejection):
-                work.rejected[parsed.reason.value] += 1
-            else:
-                work.accepted += 1
-        for skipped in expansion.skipped[:_SKIPPED_LOGGED]:
-            log.warning("link %d: skipped event %s: %s", link.id, skipped.uid, skipped.detail)
-        if len(expansion.skipped) > _SKIPPED_LOGGED:
-            more = len(expansion.skipped) - _SKIPPED_LOGGED
-            log.warning("link %d: %d more events skipped", link.id, more)
-        return work
-
-    @staticmethod
-    def _record(work: _Work, now: datetime) -> ExpansionRecord:
-        return ExpansionRecord(work.since, work.until, work.instances, now)
-
-
 def _key(link: Link) -> tuple[str, str]:
     return (link.pbx, link.extension)
-
-
-def _zone(link: Link, default: str) -> ZoneInfo:
-    name = str(link.settings.get("timezone") or default)
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
-        raise InputError(f"time zone {name[:64]!r} is not an IANA zone") from exc
-
-
-def _owners(link: Link) -> list[str]:
-    owners = link.settings.get("owner_emails") or []
-    return [str(o) for o in owners] if isinstance(owners, list) else []
 
 
 def _one_line(value: object) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from pbxcal.calendars.changes import ChangeSet
 from pbxcal.store.links import LinkSpec
 from pbxcal.store.records import (
     ExpansionRecord,
@@ -43,6 +44,16 @@ class SyncStore(Protocol):
         self, link_id: int, events: Sequence[StoredEvent], state: SyncState
     ) -> None: ...
     def save_expansion(self, link_id: int, record: ExpansionRecord) -> None: ...
+    def apply_changes(
+        self,
+        link_id: int,
+        change: ChangeSet,
+        fetched_at: datetime,
+        expansion: ExpansionRecord | None = None,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+    ) -> None: ...
     def log_sync(
         self,
         link_id: int,
