@@ -1,0 +1,52 @@
+"""Microsoft 365 / Outlook.com calendars through Microsoft Graph, as an
+``IncrementalSource`` (MSAL for tokens, a small httpx client for three GET requests).
+
+Usage (the daemon keeps one ``BlockingCalls`` for all providers)::
+
+    from pbxcal.calendars.graph import AppOnlyTokens, DelegatedTokens, GraphCalendarSource
+    # app-only: the organisation's app registration reads a mailbox the admin named
+    tokens = AppOnlyTokens(tenant_id, client_id, client_secret)
+    source = GraphCalendarSource(tokens, "agent@contoso.com", calls=calls)
+    # delegated: the user's own grant, a serialized MSAL token cache per link
+    tokens = DelegatedTokens(client_id, token_cache_text, tenant="organizations")
+    source = GraphCalendarSource(tokens, None, calls=calls)        # /me
+    change_set = await source.changes(stored_cursor)               # None: nothing changed
+    settings = await source.mailbox_settings()                     # time zone, working hours
+
+What a link stores: settings – provider ``graph``, tenant, client id, mailbox (app-only)
+or none (delegated); secrets (encrypted) – the client secret (app-only, may be shared by
+every link of one app registration) or the token cache text (delegated: after a sync,
+when ``tokens.changed()``, store ``tokens.serialize()`` again: the refresh token
+rotates); state – ``change_set.cursor`` (JSON with the window and the delta link), stored
+with the rows in one transaction. ``changes`` handles an expired delta link and the
+window's renewal inside (a full change set comes back).
+
+Errors are pbxcal's: ``CalendarRateLimited`` → back off ``retry_after`` (per mailbox);
+``CalendarNeedsRelink`` → "needs relink"; ``CalendarAuthFailed`` → "auth failed";
+``CalendarUnavailable`` → "unreachable", the stored events keep driving the forwardings.
+Row UIDs are Graph instance ids, one row per occurrence (see ``events``).
+
+Modules: ``events`` (event JSON → rows, pure), ``source`` (delta rounds, paging, error
+mapping, mailbox settings), ``tokens`` (MSAL). The fake for tests is
+``pbxcal.testing.graph_fake.FakeGraph``. Not yet: change notifications (subscriptions),
+the authorization-code flow for ``links authorize microsoft``.
+Must not do: be imported by the core, or run its calls on the event loop.
+"""
+
+from __future__ import annotations
+
+from pbxcal.calendars.graph.source import (
+    GraphCalendarSource,
+    MailboxSettings,
+    WorkingHours,
+)
+from pbxcal.calendars.graph.tokens import AppOnlyTokens, DelegatedTokens, GraphTokens
+
+__all__ = [
+    "AppOnlyTokens",
+    "DelegatedTokens",
+    "GraphCalendarSource",
+    "GraphTokens",
+    "MailboxSettings",
+    "WorkingHours",
+]

@@ -1,0 +1,220 @@
+"""Access tokens for Microsoft Graph through MSAL (blocking: call from a worker thread).
+
+* ``AppOnlyTokens`` – client credentials of an organisation's app registration
+  (``ConfidentialClientApplication.acquire_token_for_client``, scope
+  ``https://graph.microsoft.com/.default``); reads the mailboxes an admin names.
+  MSAL keeps the app token in memory until shortly before it expires.
+* ``DelegatedTokens`` – one user's grant: a serialized MSAL token cache (it holds the
+  refresh token) per link, ``acquire_token_silent_with_error``. MSAL may rotate the
+  refresh token: when ``changed()`` is true after a sync, store ``serialize()`` again
+  (encrypted, like every secret) so the newest refresh token survives a restart.
+
+``authority_host`` is ``https://login.microsoftonline.com`` in production; tests point it
+at ``FakeGraph`` (MSAL insists on https, so the fake speaks TLS and ``ca_file`` trusts
+its certificate). Instance discovery is switched off (``instance_discovery=False``):
+MSAL then fetches only ``{authority}/v2.0/.well-known/openid-configuration``.
+
+Errors are pbxcal's: ``invalid_grant``/``interaction_required`` (refresh token revoked
+or expired, consent withdrawn, no account in the cache) → ``CalendarNeedsRelink``;
+``invalid_client``/``unauthorized_client`` (wrong or expired client secret) →
+``CalendarAuthFailed``; the token endpoint unreachable or failing → ``CalendarUnavailable``.
+No message carries a token, a secret or the endpoint's answer text.
+
+Must not do: run on the event loop (MSAL uses requests), or log a token.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any, Protocol
+
+import msal  # type: ignore[import-untyped]
+import requests
+
+from pbxcal.errors import (
+    CalendarAuthFailed,
+    CalendarError,
+    CalendarNeedsRelink,
+    CalendarUnavailable,
+)
+
+#: Microsoft's public cloud.
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+#: App-only: whatever application permissions the admin granted (Calendars.Read,
+#: MailboxSettings.Read).
+APP_SCOPES = ("https://graph.microsoft.com/.default",)
+#: Delegated: what pbxcal reads of the user's mailbox (MSAL adds offline_access).
+DELEGATED_SCOPES = (
+    "https://graph.microsoft.com/Calendars.Read",
+    "https://graph.microsoft.com/MailboxSettings.Read",
+)
+
+_RELINK = frozenset({"invalid_grant", "interaction_required", "consent_required",
+                     "login_required"})
+_REFUSED = frozenset({"invalid_client", "unauthorized_client", "invalid_request",
+                      "unsupported_grant_type", "invalid_scope"})
+_TEMPORARY = frozenset({"temporarily_unavailable", "server_error"})
+
+
+class GraphTokens(Protocol):
+    """Where a ``GraphCalendarSource`` gets its bearer token (blocking)."""
+
+    def access_token(self) -> str:
+        """A valid access token, from memory or the token endpoint."""
+        ...
+
+
+class AppOnlyTokens:
+    """Client credentials (app-only) for tenant ``tenant``. See the module docstring."""
+
+    def __init__(
+        self, tenant: str, client_id: str, client_secret: str, *,
+        authority_host: str = DEFAULT_AUTHORITY_HOST, ca_file: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self._tenant = tenant
+        self._client_id = client_id
+        self._secret = client_secret
+        self._authority = f"{authority_host.rstrip('/')}/{tenant}"
+        self._ca_file = ca_file
+        self._timeout = timeout
+        self._app: Any = None
+        self._lock = threading.Lock()
+
+    def access_token(self) -> str:
+        with self._lock:
+            if self._app is None:
+                self._app = _msal(
+                    lambda: msal.ConfidentialClientApplication(
+                        self._client_id, client_credential=self._secret,
+                        authority=self._authority, instance_discovery=False,
+                        validate_authority=False,
+                        http_client=_session(self._ca_file, self._timeout),
+                    ),
+                    self._where,
+                )
+            app = self._app
+            result = _msal(lambda: app.acquire_token_for_client(scopes=list(APP_SCOPES)),
+                           self._where)
+            return _token(result, self._where)
+
+    @property
+    def _where(self) -> str:
+        return f"Microsoft token endpoint (tenant {self._tenant!r})"
+
+
+class DelegatedTokens:
+    """One user's grant held in a serialized MSAL token cache. See the module docstring.
+
+    ``client_secret`` is given for a confidential (web) app registration, ``None`` for
+    a public client (the CLI's installed-app flow).
+    """
+
+    def __init__(
+        self, client_id: str, token_cache: str, *, tenant: str = "organizations",
+        client_secret: str | None = None, authority_host: str = DEFAULT_AUTHORITY_HOST,
+        ca_file: str | None = None, timeout: float = 30.0,
+        scopes: tuple[str, ...] = DELEGATED_SCOPES,
+    ) -> None:
+        self._client_id = client_id
+        self._secret = client_secret
+        self._tenant = tenant
+        self._authority = f"{authority_host.rstrip('/')}/{tenant}"
+        self._ca_file = ca_file
+        self._timeout = timeout
+        self._scopes = list(scopes)
+        self._cache = msal.SerializableTokenCache()
+        try:
+            self._cache.deserialize(token_cache)
+        except ValueError:
+            raise CalendarNeedsRelink(
+                "Microsoft grant: the stored token cache is unreadable"
+            ) from None
+        self._app: Any = None
+        self._lock = threading.Lock()
+
+    def changed(self) -> bool:
+        """The cache changed (a new access or refresh token) and should be stored again."""
+        return bool(self._cache.has_state_changed)
+
+    def serialize(self) -> str:
+        """The cache as text to store (a secret: it holds the refresh token)."""
+        with self._lock:
+            text: str = self._cache.serialize()
+            self._cache.has_state_changed = False
+            return text
+
+    def access_token(self) -> str:
+        with self._lock:
+            if self._app is None:
+                self._app = _msal(self._build, self._where)
+            app = self._app
+            accounts = _msal(app.get_accounts, self._where)
+            if not accounts:
+                raise CalendarNeedsRelink(f"{self._where}: no account in the stored grant")
+            result = _msal(
+                lambda: app.acquire_token_silent_with_error(self._scopes, account=accounts[0]),
+                self._where,
+            )
+            if result is None:
+                raise CalendarNeedsRelink(f"{self._where}: the grant holds no usable token")
+            return _token(result, self._where)
+
+    def _build(self) -> Any:
+        options: dict[str, Any] = {
+            "authority": self._authority, "instance_discovery": False,
+            "validate_authority": False, "token_cache": self._cache,
+            "http_client": _session(self._ca_file, self._timeout),
+        }
+        if self._secret is not None:
+            return msal.ConfidentialClientApplication(
+                self._client_id, client_credential=self._secret, **options
+            )
+        return msal.PublicClientApplication(self._client_id, **options)
+
+    @property
+    def _where(self) -> str:
+        return f"Microsoft token endpoint (tenant {self._tenant!r})"
+
+
+def _session(ca_file: str | None, timeout: float) -> requests.Session:
+    """MSAL's HTTP client: ``verify`` and ``timeout`` on every request (a session's own
+    ``verify`` loses to ``REQUESTS_CA_BUNDLE``; an explicit one does not), no retries."""
+    session = requests.Session()
+    session.request = functools.partial(  # type: ignore[method-assign]
+        session.request, timeout=timeout, verify=ca_file if ca_file else True
+    )
+    return session
+
+
+def _msal(call: Any, where: str) -> Any:
+    """``call()`` with the transport's errors mapped (MSAL uses requests)."""
+    try:
+        return call()
+    except requests.Timeout as exc:
+        raise CalendarUnavailable(f"{where}: timed out") from exc
+    except requests.RequestException as exc:
+        raise CalendarUnavailable(f"{where}: network error ({type(exc).__name__})") from exc
+    except ValueError as exc:
+        # MSAL's authority discovery failed (unknown tenant, or an answer not JSON).
+        raise CalendarUnavailable(f"{where}: the authority cannot be used now") from exc
+
+
+def _token(result: Any, where: str) -> str:
+    if not isinstance(result, dict):
+        raise CalendarError(f"{where}: MSAL answered nothing usable")
+    token = result.get("access_token")
+    if isinstance(token, str) and token:
+        return token
+    code = str(result.get("error") or "")
+    safe = code if code.replace("_", "").isalnum() and len(code) <= 40 else "unknown"
+    if code in _RELINK:
+        raise CalendarNeedsRelink(f"{where}: the grant was revoked or has expired ({safe})")
+    if code in _REFUSED:
+        raise CalendarAuthFailed(f"{where}: the client credentials were refused ({safe})")
+    if code in _TEMPORARY or not code:
+        raise CalendarUnavailable(
+            f"{where}: the token endpoint failed for now ({safe or 'no answer'})"
+        )
+    raise CalendarAuthFailed(f"{where}: no token ({safe})")

@@ -1,0 +1,534 @@
+"""A protocol-level fake of Microsoft Graph's calendar endpoints and the Microsoft
+identity platform's token endpoint, for the real MSAL and pbxcal's Graph client.
+
+``FakeGraph`` is an HTTPS server (MSAL accepts only https authorities) on a free
+loopback port with a certificate made at start; ``ca_file`` is the file to trust.
+
+* ``GET /{tenant}/v2.0/.well-known/openid-configuration`` and
+  ``GET /common/discovery/instance`` – the documents MSAL fetches (``authority_host``).
+* ``POST /{tenant}/oauth2/v2.0/token`` – ``client_credentials`` (``add_app``; a wrong
+  secret → 401 ``invalid_client``) and ``refresh_token`` (``add_user`` returns one;
+  ``revoke_refresh_tokens()`` / ``expire_refresh_tokens()`` → 400 ``invalid_grant``).
+  Delegated answers carry an ``id_token`` and ``client_info`` so MSAL files an account.
+  ``expire_access_tokens()`` makes every issued token answer 401 at Graph.
+* ``GET /v1.0/users/{mailbox}/calendarView/delta`` (and ``/v1.0/me/...`` for a delegated
+  token) – ``startDateTime``/``endDateTime`` required, ``Prefer: odata.maxpagesize``
+  paging through ``@odata.nextLink``, ``@odata.deltaLink`` with a ``$deltatoken`` (a
+  version counter: a delta returns what changed since, deleted ones or ones that left
+  the window as ``@removed``); ``expire_delta_tokens()`` → 410 ``syncStateNotFound``.
+* ``GET /v1.0/users/{mailbox}/mailboxSettings`` – what ``set_mailbox_settings`` stored.
+* fault injection: ``fail_next(status, code, retry_after)`` answers the next Graph
+  calls with Graph's JSON error shape (429, 503...).
+* ``requests`` counts requests per endpoint (``"token"``, ``"delta"``, ``"discovery"``,
+  ``"mailboxSettings"``); ``prefer`` keeps the last ``Prefer`` header seen.
+
+The mailbox is edited from the test with ``put_event`` (Graph's field names, stored as
+given: the fake does not expand series, add occurrences as instances), ``cancel_event``,
+``decline_event`` and ``delete_event``; each edit bumps the version.
+
+Must not do: pretend to be complete, or be used outside tests (any bearer token the fake
+issued reads every mailbox).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import itertools
+import json
+import os
+import secrets
+import ssl
+import tempfile
+import threading
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+TENANT = "contoso"
+_BAD_SECRET = "AADSTS7000215: Invalid client secret provided."  # noqa: S105 - a message
+
+
+@dataclass
+class _Fault:
+    status: int
+    code: str
+    retry_after: int | None
+
+
+@dataclass
+class _Mailbox:
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+    deleted: dict[str, int] = field(default_factory=dict)  # id -> version of deletion
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Round:
+    mailbox: str
+    start: dt.datetime
+    end: dt.datetime
+    since: int  # 0: a full round
+    upto: int
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+
+class FakeGraph:
+    """The fake endpoints; use as a context manager (``start``/``stop``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._mailboxes: dict[str, _Mailbox] = {}
+        self._version = 0
+        self._delta_epoch = 0
+        self._apps: dict[str, str] = {}  # client id -> secret
+        self._refresh: dict[str, tuple[str, str]] = {}  # refresh token -> (client, user)
+        self._refresh_dead = ""  # "", "revoked", "expired"
+        self._tokens: dict[str, str | None] = {}  # access token -> user (None: app)
+        self._token_epoch = 0
+        self._token_epochs: dict[str, int] = {}
+        self._pages: dict[str, tuple[_Round, int]] = {}  # skip token -> (round, offset)
+        self._deltas: dict[str, tuple[str, dt.datetime, dt.datetime, int, int]] = {}
+        self._faults: list[_Fault] = []
+        self._ids = itertools.count(1)
+        self.requests: Counter[str] = Counter()
+        self.prefer: str | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- life cycle --------------------------------------------------------------------
+
+    def start(self) -> FakeGraph:
+        fake = self
+
+        class Handler(_Handler):
+            owner = fake
+
+        self._dir = tempfile.TemporaryDirectory(prefix="fake-graph-")
+        cert, key = _certificate()
+        cert_path = os.path.join(self._dir.name, "cert.pem")
+        key_path = os.path.join(self._dir.name, "key.pem")
+        with open(cert_path, "wb") as out:
+            out.write(cert)
+        with open(key_path, "wb") as out:
+            out.write(key)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_path, key_path)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="fake-graph", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> FakeGraph:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "FakeGraph is not started"
+        host, port = self._server.server_address[:2]
+        return f"https://{host!s}:{port}"
+
+    @property
+    def authority_host(self) -> str:
+        return self.base_url
+
+    @property
+    def graph_url(self) -> str:
+        return f"{self.base_url}/v1.0"
+
+    @property
+    def ca_file(self) -> str:
+        assert self._dir is not None, "FakeGraph is not started"
+        return os.path.join(self._dir.name, "cert.pem")
+
+    # --- accounts ----------------------------------------------------------------------
+
+    def add_app(self, client_id: str, client_secret: str) -> None:
+        """An app registration that may use client credentials (and refresh tokens)."""
+        with self._lock:
+            self._apps[client_id] = client_secret
+
+    def add_user(self, client_id: str, user: str) -> str:
+        """A user's grant for ``client_id``; returns its refresh token."""
+        token = "rt-" + secrets.token_urlsafe(24)
+        with self._lock:
+            self._refresh[token] = (client_id, user)
+        return token
+
+    def revoke_refresh_tokens(self) -> None:
+        with self._lock:
+            self._refresh_dead = "revoked"
+
+    def expire_refresh_tokens(self) -> None:
+        with self._lock:
+            self._refresh_dead = "expired"
+
+    def expire_access_tokens(self) -> None:
+        with self._lock:
+            self._token_epoch += 1
+
+    # --- the mailbox -------------------------------------------------------------------
+
+    def add_mailbox(self, mailbox: str, settings: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            self._mailboxes[mailbox.lower()] = _Mailbox(settings=settings or {})
+
+    def set_mailbox_settings(self, mailbox: str, settings: dict[str, Any]) -> None:
+        with self._lock:
+            self._mailboxes[mailbox.lower()].settings = settings
+
+    def put_event(self, mailbox: str, event: dict[str, Any]) -> None:
+        """Add or replace the instance ``event["id"]`` (Graph's JSON field names)."""
+        with self._lock:
+            box = self._mailboxes[mailbox.lower()]
+            self._version += 1
+            stored = {"type": "singleInstance", "isCancelled": False, **event}
+            box.events[event["id"]] = stored
+            box.versions[event["id"]] = self._version
+            box.deleted.pop(event["id"], None)
+
+    def edit_event(self, mailbox: str, event_id: str, **fields: Any) -> None:
+        with self._lock:
+            event = dict(self._mailboxes[mailbox.lower()].events[event_id])
+        self.put_event(mailbox, {**event, **fields})
+
+    def cancel_event(self, mailbox: str, event_id: str) -> None:
+        """The organiser cancelled the meeting: it stays, with ``isCancelled``."""
+        self.edit_event(mailbox, event_id, isCancelled=True)
+
+    def decline_event(self, mailbox: str, event_id: str) -> None:
+        """The owner declined the meeting."""
+        self.edit_event(mailbox, event_id, responseStatus={
+            "response": "declined", "time": "2026-03-01T10:00:00Z"})
+
+    def delete_event(self, mailbox: str, event_id: str) -> None:
+        with self._lock:
+            box = self._mailboxes[mailbox.lower()]
+            self._version += 1
+            del box.events[event_id]
+            box.versions.pop(event_id, None)
+            box.deleted[event_id] = self._version
+
+    def expire_delta_tokens(self) -> None:
+        """Every delta link given out so far answers 410 ``syncStateNotFound``."""
+        with self._lock:
+            self._delta_epoch += 1
+            self._deltas.clear()
+
+    def fail_next(
+        self, status: int, code: str = "", retry_after: int | None = None, times: int = 1
+    ) -> None:
+        with self._lock:
+            self._faults.extend(_Fault(status, code, retry_after) for _ in range(times))
+
+    # --- the endpoints (called by the handler) -----------------------------------------
+
+    def _token(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        self.requests["token"] += 1
+        client = form.get("client_id", "")
+        grant = form.get("grant_type")
+        with self._lock:
+            if grant == "client_credentials":
+                if self._apps.get(client) != form.get("client_secret") or not client:
+                    return 401, _oauth_error("invalid_client", _BAD_SECRET)
+                return 200, self._issue(None)
+            if grant == "refresh_token":
+                if client in self._apps and self._apps[client] != form.get("client_secret"):
+                    return 401, _oauth_error("invalid_client", _BAD_SECRET)
+                grant_of = self._refresh.get(form.get("refresh_token", ""))
+                if grant_of is None or grant_of[0] != client or self._refresh_dead:
+                    text = ("AADSTS700082: The refresh token has expired."
+                            if self._refresh_dead == "expired"
+                            else "AADSTS50173: The provided grant has been revoked.")
+                    return 400, _oauth_error("invalid_grant", text)
+                user = grant_of[1]
+                del self._refresh[form["refresh_token"]]
+                new = "rt-" + secrets.token_urlsafe(24)  # rotated, like Entra ID
+                self._refresh[new] = (client, user)
+                answer = self._issue(user)
+                answer.update(refresh_token=new, scope=form.get("scope", ""),
+                              id_token=_id_token(user, client, self.base_url),
+                              client_info=_client_info(user))
+                return 200, answer
+            return 400, _oauth_error("unsupported_grant_type", "AADSTS70003")
+
+    def _issue(self, user: str | None) -> dict[str, Any]:
+        token = "at-" + secrets.token_urlsafe(24)
+        self._tokens[token] = user
+        self._token_epochs[token] = self._token_epoch
+        return {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
+                "access_token": token}
+
+    def _user_of(self, authorization: str | None) -> tuple[bool, str | None]:
+        token = (authorization or "").removeprefix("Bearer ")
+        with self._lock:
+            if token not in self._tokens or self._token_epochs[token] != self._token_epoch:
+                return False, None
+            return True, self._tokens[token]
+
+    def _fault(self) -> _Fault | None:
+        with self._lock:
+            return self._faults.pop(0) if self._faults else None
+
+    def _delta(
+        self, mailbox: str, query: dict[str, str], page_size: int, route: str
+    ) -> tuple[int, dict[str, Any]]:
+        self.requests["delta"] += 1
+        with self._lock:
+            if "$skiptoken" in query:
+                state = self._pages.pop(query["$skiptoken"], None)
+                if state is None:
+                    return _graph_error(410, "syncStateNotFound")
+                round_, offset = state
+            elif "$deltatoken" in query:
+                delta = self._deltas.get(query["$deltatoken"])
+                if delta is None:
+                    return _graph_error(410, "syncStateNotFound")
+                box_name, start, end, since, _epoch = delta
+                if box_name != mailbox:
+                    return _graph_error(400, "badRequest")
+                round_ = self._new_round(mailbox, start, end, since)
+                offset = 0
+            else:
+                try:
+                    start = _moment(query["startDateTime"])
+                    end = _moment(query["endDateTime"])
+                except (KeyError, ValueError):
+                    return _graph_error(400, "ErrorInvalidParameter")
+                if mailbox not in self._mailboxes:
+                    return _graph_error(404, "ErrorItemNotFound")
+                round_ = self._new_round(mailbox, start, end, 0)
+                offset = 0
+            page = round_.items[offset:offset + page_size]
+            body: dict[str, Any] = {"value": page}
+            path = f"{self.graph_url}/{route}/calendarView/delta"
+            if offset + page_size < len(round_.items):
+                skip = secrets.token_urlsafe(12)
+                self._pages[skip] = (round_, offset + page_size)
+                body["@odata.nextLink"] = f"{path}?$skiptoken={skip}"
+            else:
+                token = secrets.token_urlsafe(12)
+                self._deltas[token] = (round_.mailbox, round_.start, round_.end, round_.upto,
+                                       self._delta_epoch)
+                body["@odata.deltaLink"] = f"{path}?$deltatoken={token}"
+            return 200, body
+
+    def _new_round(
+        self, mailbox: str, start: dt.datetime, end: dt.datetime, since: int
+    ) -> _Round:
+        box = self._mailboxes[mailbox]
+        round_ = _Round(mailbox, start, end, since, self._version)
+        for event_id, event in box.events.items():
+            inside = _overlaps(event, start, end)
+            if box.versions[event_id] <= since:
+                continue
+            if inside:
+                round_.items.append(_as_graph(event))
+            elif since:
+                round_.items.append({"id": event_id, "@removed": {"reason": "deleted"}})
+        if since:
+            for event_id, version in box.deleted.items():
+                if version > since:
+                    round_.items.append({"id": event_id, "@removed": {"reason": "deleted"}})
+        return round_
+
+
+def _overlaps(event: dict[str, Any], start: dt.datetime, end: dt.datetime) -> bool:
+    try:
+        begin = _moment(event["start"]["dateTime"])
+        finish = _moment(event["end"]["dateTime"])
+    except (KeyError, ValueError, TypeError):
+        return True
+    return begin < end and finish > start
+
+
+def _as_graph(event: dict[str, Any]) -> dict[str, Any]:
+    """The instance as Graph shows it with ``Prefer: outlook.timezone="UTC"``."""
+    shown = dict(event)
+    for key in ("start", "end"):
+        value = event.get(key)
+        if isinstance(value, dict) and "dateTime" in value and not event.get("isAllDay"):
+            moment = _moment(value["dateTime"]).astimezone(dt.UTC)
+            shown[key] = {"dateTime": moment.strftime("%Y-%m-%dT%H:%M:%S.0000000"),
+                          "timeZone": "UTC"}
+    return shown
+
+
+def _moment(text: str) -> dt.datetime:
+    moment = dt.datetime.fromisoformat(text.split(".")[0].replace("Z", "+00:00")
+                                       if "." in text else text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _oauth_error(code: str, description: str) -> dict[str, Any]:
+    return {"error": code, "error_description": description, "error_codes": [],
+            "trace_id": "fake", "correlation_id": "fake"}
+
+
+def _graph_error(status: int, code: str) -> tuple[int, dict[str, Any]]:
+    return status, {"error": {"code": code, "message": f"fake Graph: {code}"}}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _client_info(user: str) -> str:
+    return _b64(json.dumps({"uid": _oid(user), "utid": "tenant-id-" + TENANT}).encode())
+
+
+def _oid(user: str) -> str:
+    return "oid-" + _b64(user.encode())
+
+
+def _id_token(user: str, client: str, issuer: str) -> str:
+    now = int(dt.datetime.now(dt.UTC).timestamp())
+    claims = {"iss": f"{issuer}/{TENANT}/v2.0", "aud": client, "sub": _oid(user),
+              "oid": _oid(user), "tid": "tenant-id-" + TENANT, "preferred_username": user,
+              "iat": now, "nbf": now, "exp": now + 3600}
+    return ".".join([_b64(b'{"alg":"none","typ":"JWT"}'),
+                     _b64(json.dumps(claims).encode()), ""])
+
+
+def _certificate() -> tuple[bytes, bytes]:
+    """A self-signed certificate for 127.0.0.1 (PEM cert, PEM key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-graph")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption()),
+    )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FakeGraph
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        fake = self.owner
+        url = urllib.parse.urlsplit(self.path)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        parts = [p for p in url.path.split("/") if p]
+        if url.path.endswith("/v2.0/.well-known/openid-configuration") and len(parts) == 4:
+            fake.requests["discovery"] += 1
+            tenant = parts[0]
+            base = f"{fake.base_url}/{tenant}"
+            return self._json(200, {
+                "issuer": f"{base}/v2.0",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+            })
+        if url.path == "/common/discovery/instance":
+            fake.requests["discovery"] += 1
+            host = urllib.parse.urlsplit(fake.base_url).netloc
+            return self._json(200, {
+                "tenant_discovery_endpoint":
+                    f"{fake.base_url}/{TENANT}/v2.0/.well-known/openid-configuration",
+                "api-version": "1.1",
+                "metadata": [{"preferred_network": host, "preferred_cache": host,
+                              "aliases": [host]}],
+            })
+        if not parts or parts[0] != "v1.0":
+            return self._json(*_graph_error(404, "notFound"))
+        valid, user = fake._user_of(self.headers.get("Authorization"))
+        if not valid:
+            return self._json(*_graph_error(401, "InvalidAuthenticationToken"))
+        if parts[1] == "me" and user is not None:
+            mailbox, rest = user.lower(), parts[2:]
+        elif parts[1] == "users" and len(parts) > 2:
+            mailbox, rest = urllib.parse.unquote(parts[2]).lower(), parts[3:]
+            if user is not None and mailbox != user.lower():
+                return self._json(*_graph_error(403, "ErrorAccessDenied"))
+        else:
+            return self._json(*_graph_error(400, "BadRequest"))
+        fault = fake._fault()
+        if fault is not None:
+            headers = {}
+            if fault.retry_after is not None:
+                headers["Retry-After"] = str(fault.retry_after)
+            status, body = _graph_error(fault.status, fault.code or "TooManyRequests")
+            return self._json(status, body, headers)
+        if rest == ["mailboxSettings"]:
+            fake.requests["mailboxSettings"] += 1
+            with fake._lock:
+                box = fake._mailboxes.get(mailbox)
+            if box is None:
+                return self._json(*_graph_error(404, "ErrorItemNotFound"))
+            return self._json(200, box.settings)
+        if rest == ["calendarView", "delta"]:
+            fake.prefer = self.headers.get("Prefer")
+            size = 100
+            for part in (fake.prefer or "").split(","):
+                name, _, value = part.strip().partition("=")
+                if name == "odata.maxpagesize" and value.isdigit():
+                    size = max(1, int(value))
+            route = "me" if parts[1] == "me" else "users/" + parts[2]
+            return self._json(*fake._delta(mailbox, query, size, route))
+        return self._json(*_graph_error(404, "notFound"))
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode()
+        parts = [p for p in urllib.parse.urlsplit(self.path).path.split("/") if p]
+        if parts[1:] == ["oauth2", "v2.0", "token"]:
+            form = dict(urllib.parse.parse_qsl(body))
+            return self._json(*self.owner._token(form))
+        return self._json(404, {"error": "not_found"})
+
+    def _json(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
