@@ -22,7 +22,8 @@ requests. Errors are mapped here and in ``tokens``:
 
 * 429, 503 with ``Retry-After`` → ``CalendarRateLimited(retry_after)``;
 * other 5xx, network errors, timeouts → ``CalendarUnavailable``;
-* 401/403 → ``CalendarAuthFailed`` (token refused; the app may not read that mailbox);
+* 401 (after one more try with a fresh token), 403 → ``CalendarAuthFailed`` (token
+  refused; the app may not read that mailbox);
 * 404 (no such mailbox) and other answers → ``CalendarError``.
 No message carries a token, a secret or Graph's answer body.
 
@@ -207,7 +208,23 @@ class GraphCalendarSource:
     # --- in a worker thread ------------------------------------------------------------
 
     def _fetch(self, url: str) -> dict[str, Any]:
-        token = self._tokens.access_token()
+        response = self._request(url, fresh=False)
+        if response.status_code == 401:
+            # The token in memory was refused (revoked early, or the tenant changed its
+            # policy): one more try with a new one before "auth failed".
+            response = self._request(url, fresh=True)
+        if response.status_code != 200:
+            raise _http_error(response, self._where)
+        try:
+            body = response.json()
+        except ValueError:
+            raise CalendarError(f"{self._where}: the answer is not JSON") from None
+        if not isinstance(body, dict):
+            raise CalendarError(f"{self._where}: the answer is not a JSON object")
+        return body
+
+    def _request(self, url: str, *, fresh: bool) -> httpx.Response:
+        token = self._tokens.access_token(fresh)
         headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",
@@ -222,15 +239,7 @@ class GraphCalendarSource:
             raise CalendarUnavailable(
                 f"{self._where}: network error ({type(exc).__name__})"
             ) from exc
-        if response.status_code != 200:
-            raise _http_error(response, self._where)
-        try:
-            body = response.json()
-        except ValueError:
-            raise CalendarError(f"{self._where}: the answer is not JSON") from None
-        if not isinstance(body, dict):
-            raise CalendarError(f"{self._where}: the answer is not a JSON object")
-        return body
+        return response
 
     def _context(self) -> ssl.SSLContext:
         if self._ssl is None:

@@ -60,8 +60,9 @@ _TEMPORARY = frozenset({"temporarily_unavailable", "server_error"})
 class GraphTokens(Protocol):
     """Where a ``GraphCalendarSource`` gets its bearer token (blocking)."""
 
-    def access_token(self) -> str:
-        """A valid access token, from memory or the token endpoint."""
+    def access_token(self, fresh: bool = False) -> str:
+        """A valid access token, from memory or the token endpoint (``fresh``: never the
+        one in memory, which Graph just refused)."""
         ...
 
 
@@ -82,9 +83,11 @@ class AppOnlyTokens:
         self._app: Any = None
         self._lock = threading.Lock()
 
-    def access_token(self) -> str:
+    def access_token(self, fresh: bool = False) -> str:
         with self._lock:
-            if self._app is None:
+            if self._app is None or fresh:
+                # A new application forgets the refused token (MSAL 1.39 has no
+                # force_refresh for client credentials).
                 self._app = _msal(
                     lambda: msal.ConfidentialClientApplication(
                         self._client_id, client_credential=self._secret,
@@ -145,7 +148,7 @@ class DelegatedTokens:
             self._cache.has_state_changed = False
             return text
 
-    def access_token(self) -> str:
+    def access_token(self, fresh: bool = False) -> str:
         with self._lock:
             if self._app is None:
                 self._app = _msal(self._build, self._where)
@@ -154,7 +157,9 @@ class DelegatedTokens:
             if not accounts:
                 raise CalendarNeedsRelink(f"{self._where}: no account in the stored grant")
             result = _msal(
-                lambda: app.acquire_token_silent_with_error(self._scopes, account=accounts[0]),
+                lambda: app.acquire_token_silent_with_error(
+                    self._scopes, account=accounts[0], force_refresh=fresh
+                ),
                 self._where,
             )
             if result is None:
