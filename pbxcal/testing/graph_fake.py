@@ -18,7 +18,8 @@ loopback port with a certificate made at start; ``ca_file`` is the file to trust
   the window as ``@removed``); ``expire_delta_tokens()`` → 410 ``syncStateNotFound``.
 * ``GET /v1.0/users/{mailbox}/mailboxSettings`` – what ``set_mailbox_settings`` stored.
 * fault injection: ``fail_next(status, code, retry_after)`` answers the next Graph
-  calls with Graph's JSON error shape (429, 503...).
+  calls with Graph's JSON error shape (429, 503...); ``fail_token_next(status, error)``
+  the next token request.
 * ``requests`` counts requests per endpoint (``"token"``, ``"delta"``, ``"discovery"``,
   ``"mailboxSettings"``); ``prefer`` keeps the last ``Prefer`` header seen.
 
@@ -99,6 +100,7 @@ class FakeGraph:
         self._pages: dict[str, tuple[_Round, int]] = {}  # skip token -> (round, offset)
         self._deltas: dict[str, tuple[str, dt.datetime, dt.datetime, int, int]] = {}
         self._faults: list[_Fault] = []
+        self._token_faults: list[tuple[int, str]] = []
         self._ids = itertools.count(1)
         self.requests: Counter[str] = Counter()
         self.prefer: str | None = None
@@ -249,11 +251,19 @@ class FakeGraph:
 
     # --- the endpoints (called by the handler) -----------------------------------------
 
+    def fail_token_next(self, status: int, error: str = "temporarily_unavailable") -> None:
+        """The next token request answers ``status`` with an OAuth ``error``."""
+        with self._lock:
+            self._token_faults.append((status, error))
+
     def _token(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         self.requests["token"] += 1
         client = form.get("client_id", "")
         grant = form.get("grant_type")
         with self._lock:
+            if self._token_faults:
+                status, error = self._token_faults.pop(0)
+                return status, _oauth_error(error, "AADSTS90033: fake failure")
             if grant == "client_credentials":
                 if self._apps.get(client) != form.get("client_secret") or not client:
                     return 401, _oauth_error("invalid_client", _BAD_SECRET)

@@ -363,3 +363,15 @@ async def test_mailbox_settings(fake: FakeGraph, calls: BlockingCalls) -> None:
     fake.fail_next(429, retry_after=2)
     with pytest.raises(CalendarRateLimited):
         await source.mailbox_settings()
+
+
+async def test_a_failing_token_endpoint_is_unavailable(
+    fake: FakeGraph, calls: BlockingCalls
+) -> None:
+    fake.put_event(MAILBOX, timed("a", "333", 11))
+    fake.fail_token_next(503)
+    source = app_source(fake, calls)
+    with pytest.raises(CalendarUnavailable) as caught:
+        await source.changes(None)
+    assert SECRET not in str(caught.value)
+    assert fake.requests["delta"] == 0

@@ -197,6 +197,11 @@ def _msal(call: Any, where: str) -> Any:
     """``call()`` with the transport's errors mapped (MSAL uses requests)."""
     try:
         return call()
+    except msal.exceptions.MsalServiceError as exc:
+        # MSAL raises this for a 5xx answer of the token endpoint.
+        raise CalendarUnavailable(f"{where}: the token endpoint failed for now") from exc
+    except msal.exceptions.MsalError as exc:
+        raise CalendarError(f"{where}: MSAL refused ({type(exc).__name__})") from exc
     except requests.Timeout as exc:
         raise CalendarUnavailable(f"{where}: timed out") from exc
     except requests.RequestException as exc:
