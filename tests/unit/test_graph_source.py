@@ -23,6 +23,7 @@ from pbxcal.calendars.graph import (
     AppOnlyTokens,
     DelegatedTokens,
     GraphCalendarSource,
+    GraphNotFound,
     MailboxSettings,
     WorkingHours,
 )
@@ -248,7 +249,8 @@ async def test_unknown_mailbox_is_a_calendar_error(fake: FakeGraph, calls: Block
     )
     with pytest.raises(CalendarError) as caught:
         await source.changes(None)
-    assert type(caught.value) is CalendarError and "404" in str(caught.value)
+    assert isinstance(caught.value, GraphNotFound) and "404" in str(caught.value)
+    assert not isinstance(caught.value, CalendarUnavailable)
 
 
 async def test_unreachable_graph_is_unavailable(calls: BlockingCalls, tmp_path: Path) -> None:

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 from pbxcal.calendars.graph.source import (
     GraphCalendarSource,
+    GraphNotFound,
+    GraphSubscription,
     MailboxSettings,
     WorkingHours,
 )
@@ -46,6 +48,8 @@ __all__ = [
     "AppOnlyTokens",
     "DelegatedTokens",
     "GraphCalendarSource",
+    "GraphNotFound",
+    "GraphSubscription",
     "GraphTokens",
     "MailboxSettings",
     "WorkingHours",

@@ -35,8 +35,10 @@ Start reading at ``GraphCalendarSource.changes``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import secrets
 import ssl
 import urllib.parse
 from collections.abc import Callable
@@ -70,6 +72,19 @@ DEFAULT_RENEW_BEFORE = timedelta(days=30)
 
 _RESYNC_CODES = frozenset({"syncStateNotFound", "resyncRequired", "syncStateInvalid"})
 _log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GraphSubscription:
+    """One change-notification subscription. ``client_state`` is a secret: never log it."""
+
+    id: str
+    resource: str
+    client_state: str
+    expires_at: datetime
+
+    def needs_renewal(self, now: datetime, before: timedelta = timedelta(hours=12)) -> bool:
+        return now >= self.expires_at - before
 
 
 @dataclass(frozen=True)
@@ -199,21 +214,80 @@ class GraphCalendarSource:
             raise CalendarError(f"{self._where}: a paging link points outside Graph")
         return link
 
+    async def subscribe(
+        self, notification_url: str, lifecycle_url: str, expires_at: datetime,
+        *, client_state: str | None = None,
+    ) -> GraphSubscription:
+        """A change-notification subscription for this calendar's events (``POST
+        /subscriptions``); Graph checks both URLs with its validation handshake before it
+        answers. ``client_state`` (a secret, ≤ 128 characters) comes back in every
+        notification; a random one when not given. See ``push``."""
+        client_state = client_state or secrets.token_urlsafe(48)
+        resource = "me/events" if self.mailbox is None else (
+            "users/" + urllib.parse.quote(self.mailbox, safe="@.") + "/events"
+        )
+        body = {
+            "changeType": "created,updated,deleted",
+            "notificationUrl": notification_url,
+            "lifecycleNotificationUrl": lifecycle_url,
+            "resource": resource,
+            "expirationDateTime": _iso(expires_at),
+            "clientState": client_state,
+        }
+        async with self._lock:
+            answer = await self._send("POST", f"{self._base}/subscriptions", body,
+                                      "subscriptions (create)")
+        subscription_id = answer.get("id")
+        if not isinstance(subscription_id, str) or not subscription_id:
+            raise CalendarError(f"{self._where}: a subscription without an id")
+        return GraphSubscription(
+            subscription_id, resource, client_state, _expiry(answer, expires_at)
+        )
+
+    async def renew(
+        self, subscription: GraphSubscription, expires_at: datetime
+    ) -> GraphSubscription:
+        """Move the subscription's expiry (``PATCH``); also the answer to
+        ``reauthorizationRequired``. ``GraphNotFound``: it is gone, subscribe again."""
+        body = {"expirationDateTime": _iso(expires_at)}
+        url = f"{self._base}/subscriptions/{urllib.parse.quote(subscription.id, safe='')}"
+        async with self._lock:
+            answer = await self._send("PATCH", url, body, "subscriptions (renew)")
+        return GraphSubscription(
+            subscription.id, subscription.resource, subscription.client_state,
+            _expiry(answer, expires_at),
+        )
+
+    async def unsubscribe(self, subscription: GraphSubscription) -> None:
+        """``DELETE`` the subscription; one Graph no longer knows counts as deleted."""
+        url = f"{self._base}/subscriptions/{urllib.parse.quote(subscription.id, safe='')}"
+        async with self._lock:
+            with contextlib.suppress(GraphNotFound):
+                await self._send("DELETE", url, None, "subscriptions (delete)")
+
     async def _get(self, url: str, what: str) -> dict[str, Any]:
+        return await self._send("GET", url, None, what)
+
+    async def _send(
+        self, method: str, url: str, body: dict[str, Any] | None, what: str
+    ) -> dict[str, Any]:
         answer: dict[str, Any] = await self._calls.run(
-            self._fetch, url, timeout=self._timeout, what=f"{self._where}: {what}"
+            self._fetch, method, url, body, timeout=self._timeout,
+            what=f"{self._where}: {what}",
         )
         return answer
 
     # --- in a worker thread ------------------------------------------------------------
 
-    def _fetch(self, url: str) -> dict[str, Any]:
-        response = self._request(url, fresh=False)
+    def _fetch(self, method: str, url: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        response = self._request(method, url, body, fresh=False)
         if response.status_code == 401:
             # The token in memory was refused (revoked early, or the tenant changed its
             # policy): one more try with a new one before "auth failed".
-            response = self._request(url, fresh=True)
-        if response.status_code != 200:
+            response = self._request(method, url, body, fresh=True)
+        if response.status_code == 204:
+            return {}
+        if response.status_code not in (200, 201):
             raise _http_error(response, self._where)
         try:
             body = response.json()
@@ -223,7 +297,9 @@ class GraphCalendarSource:
             raise CalendarError(f"{self._where}: the answer is not a JSON object")
         return body
 
-    def _request(self, url: str, *, fresh: bool) -> httpx.Response:
+    def _request(
+        self, method: str, url: str, body: dict[str, Any] | None, *, fresh: bool
+    ) -> httpx.Response:
         token = self._tokens.access_token(fresh)
         headers = {
             "Authorization": f"Bearer {token}",
@@ -232,7 +308,7 @@ class GraphCalendarSource:
         }
         try:
             with httpx.Client(verify=self._context(), timeout=self._timeout) as client:
-                response = client.get(url, headers=headers)
+                response = client.request(method, url, headers=headers, json=body)
         except httpx.TimeoutException as exc:
             raise CalendarUnavailable(f"{self._where}: timed out") from exc
         except httpx.HTTPError as exc:
@@ -245,6 +321,10 @@ class GraphCalendarSource:
         if self._ssl is None:
             self._ssl = ssl.create_default_context(cafile=self._ca_file)
         return self._ssl
+
+
+class GraphNotFound(CalendarError):
+    """Graph answered 404: no such mailbox, or no such subscription."""
 
 
 class _DeltaGone(Exception):
@@ -287,7 +367,7 @@ def _http_error(response: httpx.Response, where: str) -> Exception:
     if status in (401, 403):
         return CalendarAuthFailed(f"{where}: access refused ({status} {code or 'denied'})")
     if status == 404:
-        return CalendarError(f"{where}: no such mailbox or calendar (404 {code})".rstrip())
+        return GraphNotFound(f"{where}: not found (404 {code})".rstrip())
     return CalendarError(f"{where}: Graph answered {status} {code}".rstrip())
 
 
@@ -345,6 +425,16 @@ def _settings(answer: dict[str, Any]) -> MailboxSettings:
             time_zone=_text(hours_zone.get("name")) if isinstance(hours_zone, dict) else None,
         )
     return MailboxSettings(time_zone=_text(zone), working_hours=working)
+
+
+def _expiry(answer: dict[str, Any], asked: datetime) -> datetime:
+    try:
+        moment = datetime.fromisoformat(
+            str(answer["expirationDateTime"]).replace("Z", "+00:00").split(".")[0]
+        )
+    except (KeyError, ValueError):
+        return asked
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _text(value: Any) -> str | None:
