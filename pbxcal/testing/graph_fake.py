@@ -20,6 +20,12 @@ loopback port with a certificate made at start; ``ca_file`` is the file to trust
 * fault injection: ``fail_next(status, code, retry_after)`` answers the next Graph
   calls with Graph's JSON error shape (429, 503...); ``fail_token_next(status, error)``
   the next token request.
+* ``POST /v1.0/subscriptions`` (the validation handshake to ``notificationUrl`` and
+  ``lifecycleNotificationUrl``: 400 ``ValidationError`` unless each echoes the token),
+  ``PATCH``/``DELETE /v1.0/subscriptions/{id}``; every edit of a mailbox POSTs a
+  notification (``clientState``, ``changeType``, ``resource``) to each of its
+  subscriptions, in order, from one thread; ``send_lifecycle(id, event)``;
+  ``deliveries`` / ``wait_for_deliveries(n)``.
 * ``requests`` counts requests per endpoint (``"token"``, ``"delta"``, ``"discovery"``,
   ``"mailboxSettings"``); ``prefer`` keeps the last ``Prefer`` header seen.
 
@@ -39,11 +45,14 @@ import ipaddress
 import itertools
 import json
 import os
+import queue
 import secrets
 import ssl
 import tempfile
 import threading
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,6 +72,27 @@ class _Fault:
     status: int
     code: str
     retry_after: int | None
+
+
+@dataclass
+class _Subscription:
+    id: str
+    mailbox: str
+    resource: str
+    notification_url: str
+    lifecycle_url: str | None
+    client_state: str | None
+    expires: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One notification the fake POSTed: where, the JSON body, the webhook's status
+    (0: no connection)."""
+
+    url: str
+    body: dict[str, Any]
+    status: int
 
 
 @dataclass
@@ -101,6 +131,11 @@ class FakeGraph:
         self._deltas: dict[str, tuple[str, dt.datetime, dt.datetime, int, int]] = {}
         self._faults: list[_Fault] = []
         self._token_faults: list[tuple[int, str]] = []
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._outbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+        self._delivered = threading.Condition()
+        self.deliveries: list[Delivery] = []
+        self._postman: threading.Thread | None = None
         self._ids = itertools.count(1)
         self.requests: Counter[str] = Counter()
         self.prefer: str | None = None
@@ -133,6 +168,9 @@ class FakeGraph:
             target=self._server.serve_forever, args=(0.05,), name="fake-graph", daemon=True
         )
         self._thread.start()
+        self._postman = threading.Thread(target=self._deliver, name="fake-graph-push",
+                                         daemon=True)
+        self._postman.start()
         return self
 
     def stop(self) -> None:
@@ -140,6 +178,10 @@ class FakeGraph:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._postman is not None:
+            self._outbox.put(None)
+            self._postman.join(10)
+            self._postman = None
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
@@ -214,6 +256,7 @@ class FakeGraph:
             box.events[event["id"]] = stored
             box.versions[event["id"]] = self._version
             box.deleted.pop(event["id"], None)
+            self._notify(mailbox.lower(), "updated", event["id"])
 
     def edit_event(self, mailbox: str, event_id: str, **fields: Any) -> None:
         with self._lock:
@@ -236,6 +279,104 @@ class FakeGraph:
             del box.events[event_id]
             box.versions.pop(event_id, None)
             box.deleted[event_id] = self._version
+            self._notify(mailbox.lower(), "deleted", event_id)
+
+    # --- subscriptions -----------------------------------------------------------------
+
+    def subscription_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._subscriptions)
+
+    def send_lifecycle(self, subscription_id: str, event: str) -> None:
+        """POST a lifecycle notification (``reauthorizationRequired``, ``missed``,
+        ``subscriptionRemoved``; the last also forgets the subscription)."""
+        with self._lock:
+            sub = self._subscriptions[subscription_id]
+            if event == "subscriptionRemoved":
+                del self._subscriptions[subscription_id]
+        item = {"subscriptionId": sub.id, "clientState": sub.client_state,
+                "lifecycleEvent": event, "subscriptionExpirationDateTime": sub.expires,
+                "tenantId": "tenant-id-" + TENANT, "resource": sub.resource}
+        self._outbox.put((sub.lifecycle_url or sub.notification_url,
+                          json.dumps({"value": [item]}).encode()))
+
+    def wait_for_deliveries(self, count: int, timeout: float = 10.0) -> list[Delivery]:
+        """Block until ``count`` notifications were delivered (or ``timeout``)."""
+        with self._delivered:
+            self._delivered.wait_for(lambda: len(self.deliveries) >= count, timeout)
+            return list(self.deliveries)
+
+    def _notify(self, mailbox: str, change: str, event_id: str) -> None:
+        """Called with the lock held: one notification per subscription of ``mailbox``."""
+        for sub in self._subscriptions.values():
+            if sub.mailbox != mailbox:
+                continue
+            item = {"subscriptionId": sub.id, "clientState": sub.client_state,
+                    "changeType": change, "resource": f"{sub.resource}/{event_id}",
+                    "subscriptionExpirationDateTime": sub.expires,
+                    "tenantId": "tenant-id-" + TENANT,
+                    "resourceData": {"@odata.type": "#Microsoft.Graph.Event",
+                                     "id": event_id}}
+            self._outbox.put((sub.notification_url, json.dumps({"value": [item]}).encode()))
+
+    def _deliver(self) -> None:
+        while True:
+            job = self._outbox.get()
+            if job is None:
+                return
+            url, data = job
+            status = _post(url, data)
+            with self._delivered:
+                self.deliveries.append(Delivery(url, json.loads(data), status))
+                self._delivered.notify_all()
+
+    def _subscribe(self, user: str | None, body: Any) -> tuple[int, dict[str, Any]]:
+        self.requests["subscriptions"] += 1
+        if not isinstance(body, dict):
+            return _graph_error(400, "BadRequest")
+        resource = str(body.get("resource", ""))
+        parts = resource.split("/")
+        if parts == ["me", "events"] and user is not None:
+            mailbox = user.lower()
+        elif len(parts) == 3 and parts[0] == "users" and parts[2] == "events":
+            mailbox = urllib.parse.unquote(parts[1]).lower()
+        else:
+            return _graph_error(400, "ExtensionError")
+        state = body.get("clientState")
+        if state is not None and (not isinstance(state, str) or len(state) > 128):
+            return _graph_error(400, "ValidationError")
+        urls = [body.get("notificationUrl"), body.get("lifecycleNotificationUrl")]
+        for url in urls:
+            if url is not None and not _validates(str(url)):
+                return _graph_error(400, "ValidationError")
+        sub = _Subscription(
+            "sub-" + secrets.token_hex(8), mailbox, resource, str(urls[0]),
+            str(urls[1]) if urls[1] else None, state, str(body.get("expirationDateTime")),
+        )
+        with self._lock:
+            if mailbox not in self._mailboxes:
+                return _graph_error(404, "ErrorItemNotFound")
+            self._subscriptions[sub.id] = sub
+        return 201, {"id": sub.id, "resource": resource, "changeType": body.get("changeType"),
+                     "notificationUrl": sub.notification_url, "expirationDateTime": sub.expires,
+                     "clientState": state}
+
+    def _renew(self, subscription_id: str, body: Any) -> tuple[int, dict[str, Any]]:
+        self.requests["subscriptions"] += 1
+        with self._lock:
+            sub = self._subscriptions.get(subscription_id)
+            if sub is None:
+                return _graph_error(404, "ResourceNotFound")
+            if isinstance(body, dict) and "expirationDateTime" in body:
+                sub.expires = str(body["expirationDateTime"])
+            return 200, {"id": sub.id, "expirationDateTime": sub.expires}
+
+    def _unsubscribe(self, subscription_id: str) -> tuple[int, dict[str, Any]]:
+        self.requests["subscriptions"] += 1
+        with self._lock:
+            if self._subscriptions.pop(subscription_id, None) is None:
+                return _graph_error(404, "ResourceNotFound")
+        return 204, {}
 
     def expire_delta_tokens(self) -> None:
         """Every delta link given out so far answers 410 ``syncStateNotFound``."""
@@ -369,6 +510,34 @@ class FakeGraph:
         return round_
 
 
+def _validates(url: str) -> bool:
+    """Graph's validation handshake: POST ?validationToken=..., expect the token back."""
+    token = "Validation: Testing client application reachability " + secrets.token_hex(4)
+    sep = "&" if "?" in url else "?"
+    request = urllib.request.Request(  # noqa: S310 - a test webhook URL
+        url + sep + urllib.parse.urlencode({"validationToken": token}), data=b"",
+        method="POST", headers={"Content-Type": "text/plain"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            return bool(answer.status == 200 and answer.read().decode() == token)
+    except (OSError, ValueError):
+        return False
+
+
+def _post(url: str, data: bytes) -> int:
+    request = urllib.request.Request(  # noqa: S310 - a test webhook URL
+        url, data=data, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (OSError, ValueError):
+        return 0
+
+
 def _overlaps(event: dict[str, Any], start: dt.datetime, end: dt.datetime) -> bool:
     try:
         begin = _moment(event["start"]["dateTime"])
@@ -403,6 +572,13 @@ def _oauth_error(code: str, description: str) -> dict[str, Any]:
 
 def _graph_error(status: int, code: str) -> tuple[int, dict[str, Any]]:
     return status, {"error": {"code": code, "message": f"fake Graph: {code}"}}
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _b64(data: bytes) -> str:
@@ -529,12 +705,37 @@ class _Handler(BaseHTTPRequestHandler):
         if parts[1:] == ["oauth2", "v2.0", "token"]:
             form = dict(urllib.parse.parse_qsl(body))
             return self._json(*self.owner._token(form))
+        if parts == ["v1.0", "subscriptions"]:
+            valid, user = self.owner._user_of(self.headers.get("Authorization"))
+            if not valid:
+                return self._json(*_graph_error(401, "InvalidAuthenticationToken"))
+            return self._json(*self.owner._subscribe(user, _loads(body)))
         return self._json(404, {"error": "not_found"})
+
+    def do_PATCH(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode()
+        parts = [p for p in urllib.parse.urlsplit(self.path).path.split("/") if p]
+        valid, _ = self.owner._user_of(self.headers.get("Authorization"))
+        if not valid:
+            return self._json(*_graph_error(401, "InvalidAuthenticationToken"))
+        if len(parts) == 3 and parts[:2] == ["v1.0", "subscriptions"]:
+            return self._json(*self.owner._renew(parts[2], _loads(body)))
+        return self._json(*_graph_error(404, "notFound"))
+
+    def do_DELETE(self) -> None:
+        parts = [p for p in urllib.parse.urlsplit(self.path).path.split("/") if p]
+        valid, _ = self.owner._user_of(self.headers.get("Authorization"))
+        if not valid:
+            return self._json(*_graph_error(401, "InvalidAuthenticationToken"))
+        if len(parts) == 3 and parts[:2] == ["v1.0", "subscriptions"]:
+            return self._json(*self.owner._unsubscribe(parts[2]))
+        return self._json(*_graph_error(404, "notFound"))
 
     def _json(
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
-        data = json.dumps(body).encode()
+        data = b"" if status == 204 else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
