@@ -26,10 +26,21 @@ Errors are pbxcal's: ``CalendarRateLimited`` → back off ``retry_after`` (per m
 ``CalendarUnavailable`` → "unreachable", the stored events keep driving the forwardings.
 Row UIDs are Graph instance ids, one row per occurrence (see ``events``).
 
+Push (when ``[http] public_url`` is set): one ``push.SubscriptionBook`` per process;
+per link ``sub = await source.subscribe(url, lifecycle_url, expiry)`` (Graph's
+validation handshake reaches the webhook before this returns: answer it with
+``push.validation_token(query)``), ``book.add(sub, link)``; ``source.renew(sub, expiry)``
+before ``sub.needs_renewal(now)`` and on ``reauthorizationRequired``;
+``subscriptionRemoved`` → subscribe again and sync; ``changed``/``missed`` → sync that
+link outside the request; unlink → ``source.unsubscribe(sub)`` + ``book.remove(sub.id)``.
+Graph allows at most about 7 days (⚠ docs say 4,230 or 10,080 minutes) per expiry.
+
 Modules: ``events`` (event JSON → rows, pure), ``source`` (delta rounds, paging, error
-mapping, mailbox settings), ``tokens`` (MSAL). The fake for tests is
-``pbxcal.testing.graph_fake.FakeGraph``. Not yet: change notifications (subscriptions),
-the authorization-code flow for ``links authorize microsoft``.
+mapping, mailbox settings, subscriptions), ``tokens`` (MSAL), ``push`` (handshake,
+checking notifications). The fake for tests is ``pbxcal.testing.graph_fake.FakeGraph``.
+Not yet: the authorization-code flow for ``links authorize microsoft`` (MSAL's
+``initiate_auth_code_flow``/``acquire_token_by_auth_code_flow`` write the token cache
+``DelegatedTokens`` reads), wiring into the daemon.
 Must not do: be imported by the core, or run its calls on the event loop.
 """
 
