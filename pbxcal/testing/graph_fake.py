@@ -11,6 +11,10 @@ loopback port with a certificate made at start; ``ca_file`` is the file to trust
   ``revoke_refresh_tokens()`` / ``expire_refresh_tokens()`` → 400 ``invalid_grant``).
   Delegated answers carry an ``id_token`` and ``client_info`` so MSAL files an account.
   ``expire_access_tokens()`` makes every issued token answer 401 at Graph.
+* the authorization-code flow: ``consent(auth_url, user)`` plays the sign-in page (a
+  redirect URL with a code, or ``access_denied``); the ``authorization_code`` grant
+  checks the PKCE S256 verifier and the redirect URI; ``add_public_client`` for apps
+  without a secret.
 * ``GET /v1.0/users/{mailbox}/calendarView/delta`` (and ``/v1.0/me/...`` for a delegated
   token) – ``startDateTime``/``endDateTime`` required, ``Prefer: odata.maxpagesize``
   paging through ``@odata.nextLink``, ``@odata.deltaLink`` with a ``$deltatoken`` (a
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import ipaddress
 import itertools
 import json
@@ -131,6 +136,8 @@ class FakeGraph:
         self._deltas: dict[str, tuple[str, dt.datetime, dt.datetime, int, int]] = {}
         self._faults: list[_Fault] = []
         self._token_faults: list[tuple[int, str]] = []
+        self._codes: dict[str, dict[str, str]] = {}
+        self._public: set[str] = set()
         self._subscriptions: dict[str, _Subscription] = {}
         self._outbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._delivered = threading.Condition()
@@ -224,6 +231,33 @@ class FakeGraph:
         with self._lock:
             self._refresh[token] = (client_id, user)
         return token
+
+    def consent(self, auth_url: str, user: str, *, approve: bool = True) -> str:
+        """Play the sign-in page for ``auth_url`` (what MSAL's ``initiate_auth_code_flow``
+        built): the redirect URL the browser would be sent to, with a code and the
+        state, or ``error=access_denied``. Checks client, redirect URI and PKCE S256."""
+        url = urllib.parse.urlsplit(auth_url)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        self.requests["authorize"] += 1
+        assert url.path.endswith("/oauth2/v2.0/authorize"), url.path
+        assert query.get("response_type") == "code"
+        assert query.get("code_challenge_method") == "S256" and query.get("code_challenge")
+        redirect = query["redirect_uri"]
+        answer: dict[str, str] = {"state": query.get("state", "")}
+        if not approve:
+            answer.update(error="access_denied", error_description="AADSTS65004: declined")
+        else:
+            code = "code-" + secrets.token_urlsafe(16)
+            with self._lock:
+                assert query["client_id"] in self._apps or query["client_id"] in self._public
+                self._codes[code] = {**query, "user": user}
+            answer["code"] = code
+        return redirect + ("&" if "?" in redirect else "?") + urllib.parse.urlencode(answer)
+
+    def add_public_client(self, client_id: str) -> None:
+        """An app registration without a secret (the CLI's installed-app flow)."""
+        with self._lock:
+            self._public.add(client_id)
 
     def revoke_refresh_tokens(self) -> None:
         with self._lock:
@@ -427,6 +461,25 @@ class FakeGraph:
                               id_token=_id_token(user, client, self.base_url),
                               client_info=_client_info(user))
                 return 200, answer
+            if grant == "authorization_code":
+                if client in self._apps and self._apps[client] != form.get("client_secret"):
+                    return 401, _oauth_error("invalid_client", _BAD_SECRET)
+                request = self._codes.pop(form.get("code", ""), None)
+                verifier = form.get("code_verifier", "")
+                challenge = _b64(hashlib.sha256(verifier.encode()).digest())
+                if (request is None or request["client_id"] != client
+                        or request["redirect_uri"] != form.get("redirect_uri")
+                        or request["code_challenge"] != challenge):
+                    return 400, _oauth_error("invalid_grant", "AADSTS70008: bad code")
+                user = request["user"]
+                refresh = "rt-" + secrets.token_urlsafe(24)
+                self._refresh[refresh] = (client, user)
+                answer = self._issue(user)
+                answer.update(refresh_token=refresh, scope=request.get("scope", ""),
+                              id_token=_id_token(user, client, self.base_url,
+                                                 request.get("nonce")),
+                              client_info=_client_info(user))
+                return 200, answer
             return 400, _oauth_error("unsupported_grant_type", "AADSTS70003")
 
     def _issue(self, user: str | None) -> dict[str, Any]:
@@ -593,11 +646,13 @@ def _oid(user: str) -> str:
     return "oid-" + _b64(user.encode())
 
 
-def _id_token(user: str, client: str, issuer: str) -> str:
+def _id_token(user: str, client: str, issuer: str, nonce: str | None = None) -> str:
     now = int(dt.datetime.now(dt.UTC).timestamp())
     claims = {"iss": f"{issuer}/{TENANT}/v2.0", "aud": client, "sub": _oid(user),
               "oid": _oid(user), "tid": "tenant-id-" + TENANT, "preferred_username": user,
               "iat": now, "nbf": now, "exp": now + 3600}
+    if nonce is not None:
+        claims["nonce"] = nonce
     return ".".join([_b64(b'{"alg":"none","typ":"JWT"}'),
                      _b64(json.dumps(claims).encode()), ""])
 
