@@ -1,0 +1,284 @@
+"""``EwsCalendarSource``: one Exchange mailbox's calendar through EWS (``IncrementalSource``).
+
+``changes(cursor)`` runs one EWS SyncFolderItems round (exchangelib's ``sync_items``, only
+item ids and UIDs) from the sync state in the cursor, then fetches the created and updated
+items' MimeContent with GetItem (batches of ``FETCH_BATCH``). Exchange exports a calendar
+item's MimeContent as a VCALENDAR holding the item's VEVENT — for a recurring master the
+RRULE, EXDATEs of deleted occurrences and one VEVENT per modified occurrence — which becomes
+one row per VEVENT (``caldav.objects.read_object``: the same per-UID object as CalDAV's).
+Deleted items become removed UIDs, overrides an item no longer carries removed instances.
+
+The cursor is compact JSON: ``{"v": 1, "state": <EWS sync state>, "items": {item id:
+[UID, [override RECURRENCE-IDs]]}, "tz": [TZIDs seen]}`` — SyncFolderItems reports a deletion
+by item id only, hence the map. No cursor, an unreadable one, or ``ErrorInvalidSyncStateData``
+mean a full read (``ChangeSet.full``); so does an incremental round bringing a time zone the
+stored calendar has not seen (the rows then need the new VTIMEZONE block).
+
+Construction does no I/O; each ``changes``/``check`` runs in ``BlockingCalls`` within
+``deadline`` seconds, each HTTP request within ``timeout``. Usage::
+
+    settings = EwsSettings(service_endpoint="https://mail.example/EWS/Exchange.asmx",
+                           mailbox="alice@example.org", username="EXAMPLE\\\\svc-pbxcal",
+                           auth="ntlm", access="impersonation", ca_bundle="/etc/pbxcal/ca.pem")
+    source = EwsCalendarSource(calls, settings, password=secret)
+    await source.check()                      # when the link is added: plain errors
+    change = await source.changes(stored_cursor)   # None: nothing changed
+
+Must not do: I/O on the event loop, keep state between calls but the resolved calendar
+folder (the cursor is the state), or put a password into a message. Start reading at
+``EwsCalendarSource.changes``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from exchangelib import errors as ews
+from exchangelib.properties import ItemId
+
+from pbxcal.calendars.blocking import BlockingCalls
+from pbxcal.calendars.caldav.objects import read_object
+from pbxcal.calendars.changes import ChangeSet, EventRow
+from pbxcal.calendars.ews.connection import EwsSettings, ews_errors, make_account
+from pbxcal.errors import CalendarError
+
+__all__ = ["DEFAULT_DEADLINE", "DEFAULT_TIMEOUT", "FETCH_BATCH", "EwsCalendarSource"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds per HTTP request.
+DEFAULT_TIMEOUT = 30.0
+#: Seconds for one whole ``changes`` round (sync plus fetches).
+DEFAULT_DEADLINE = 120.0
+#: Items per GetItem request.
+FETCH_BATCH = 50
+#: Changes per SyncFolderItems page.
+SYNC_PAGE = 200
+
+_CREATE = "create"
+_UPDATE = "update"
+_DELETE = "delete"
+
+
+@dataclass
+class _Cursor:
+    state: str | None = None
+    items: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
+    tzids: set[str] = field(default_factory=set)
+
+    def dump(self) -> str:
+        items = {k: [uid, sorted(rids)] for k, (uid, rids) in sorted(self.items.items())}
+        return json.dumps(
+            {"v": 1, "state": self.state, "items": items, "tz": sorted(self.tzids)},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def load(cls, text: str | None) -> _Cursor | None:
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            if (
+                not isinstance(data, dict)
+                or data.get("v") != 1
+                or not isinstance(data.get("state"), str)
+            ):
+                return None
+            items: dict[str, tuple[str, list[str]]] = {}
+            for key, value in data["items"].items():
+                uid, rids = value
+                if not isinstance(key, str) or not isinstance(uid, str):
+                    return None
+                items[key] = (uid, [str(r) for r in rids])
+            tzids = {str(t) for t in data.get("tz", [])}
+        except (ValueError, TypeError, AttributeError, KeyError):
+            return None
+        return cls(data["state"], items, tzids)
+
+
+@dataclass
+class _Fetched:
+    uid: str
+    rows: tuple[EventRow, ...]
+    overrides: list[str]
+    timezones: dict[str, str]
+
+
+class EwsCalendarSource:
+    """The default calendar of one Exchange mailbox, read incrementally (see the module)."""
+
+    provider = "ews"
+
+    def __init__(
+        self,
+        calls: BlockingCalls,
+        settings: EwsSettings,
+        *,
+        password: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        deadline: float = DEFAULT_DEADLINE,
+    ) -> None:
+        self._calls = calls
+        self._settings = settings
+        self._password = password
+        self._timeout = timeout
+        self._deadline = deadline
+        self._account: Any = None
+        self._folder: Any = None
+        self._where = f"EWS {settings.mailbox}"
+
+    def __repr__(self) -> str:
+        return f"EwsCalendarSource({self._settings.service_endpoint!r}, {self._settings.mailbox!r})"
+
+    async def check(self) -> None:
+        """Reach the server and the mailbox's calendar once: plain errors for a wrong
+        password (``CalendarAuthFailed``), URL (``CalendarUnavailable``/``CalendarError``)
+        or mailbox, when the link is added."""
+        await self._calls.run(self._check, timeout=self._deadline, what=self._where)
+
+    async def changes(self, cursor: str | None) -> ChangeSet | None:
+        """What changed since ``cursor``; ``None`` when nothing did. See the module docstring."""
+        return await self._calls.run(
+            self._changes, cursor, timeout=self._deadline, what=self._where
+        )
+
+    # --- in a worker thread -------------------------------------------------------------
+
+    def _calendar(self) -> Any:
+        if self._folder is None:
+            if self._account is None:
+                self._account = make_account(self._settings, self._password, timeout=self._timeout)
+            self._folder = self._account.calendar
+        return self._folder
+
+    def _check(self) -> None:
+        with ews_errors(self._where):
+            self._calendar()
+
+    def _changes(self, text: str | None) -> ChangeSet | None:
+        previous = _Cursor.load(text)
+        if text and previous is None:
+            log.info(
+                "%s: the stored cursor is unreadable; reading the calendar in full", self._where
+            )
+        with ews_errors(self._where):
+            if previous is not None:
+                try:
+                    change = self._incremental(previous)
+                except ews.ErrorInvalidSyncStateData:
+                    log.info("%s: the server refused the sync state; reading in full", self._where)
+                else:
+                    if change is not _FULL:
+                        return change  # type: ignore[return-value]
+                    log.info("%s: a new time zone; reading the calendar in full", self._where)
+            return self._full()
+
+    def _sync(self, state: str | None) -> tuple[list[tuple[str, str]], str]:
+        folder = self._calendar()
+        changes: list[tuple[str, str]] = []
+        for change_type, item in folder.sync_items(
+            sync_state=state, only_fields=["uid"], max_changes_returned=SYNC_PAGE
+        ):
+            if change_type in (_CREATE, _UPDATE) or change_type == _DELETE:
+                changes.append((change_type, item.id))
+        new_state = folder.item_sync_state
+        if not isinstance(new_state, str):
+            raise CalendarError(f"{self._where}: the server sent no sync state")
+        return changes, new_state
+
+    def _fetch(self, ids: list[str]) -> dict[str, _Fetched]:
+        account = self._account
+        out: dict[str, _Fetched] = {}
+        for start in range(0, len(ids), FETCH_BATCH):
+            batch = ids[start : start + FETCH_BATCH]
+            results = account.fetch(
+                ids=[ItemId(id=i) for i in batch], only_fields=["mime_content", "uid"]
+            )
+            for item_id, item in zip(batch, results, strict=True):
+                if isinstance(item, ews.ErrorItemNotFound):
+                    continue  # deleted between the sync and the fetch: the next round says so
+                if isinstance(item, Exception):
+                    raise item
+                fetched = self._read(item_id, item)
+                if fetched is not None:
+                    out[item_id] = fetched
+        return out
+
+    def _read(self, item_id: str, item: Any) -> _Fetched | None:
+        mime = item.mime_content
+        if not mime:
+            log.warning("%s: an item came without MimeContent; left out", self._where)
+            return None
+        raw = mime if isinstance(mime, bytes) else str(mime).encode()
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            obj = read_object(text, f"{self._where} item {item_id[-12:]}")
+        except CalendarError as exc:
+            log.warning("%s", exc)
+            return None
+        if obj.uid is None:
+            return None
+        return _Fetched(obj.uid, obj.rows, list(obj.overrides), obj.timezones)
+
+    def _full(self) -> ChangeSet:
+        changes, state = self._sync(None)
+        ids = [i for kind, i in changes if kind != _DELETE]
+        fetched = self._fetch(list(dict.fromkeys(ids)))
+        cursor = _Cursor(state)
+        rows: dict[tuple[str, str | None], EventRow] = {}
+        zones: dict[str, str] = {}
+        for item_id, got in fetched.items():
+            cursor.items[item_id] = (got.uid, got.overrides)
+            for row in got.rows:
+                rows[(row.uid, row.recurrence_id)] = row
+            for tzid, block in got.timezones.items():
+                zones.setdefault(tzid, block)
+        cursor.tzids = set(zones)
+        return ChangeSet(
+            cursor=cursor.dump(),
+            full=True,
+            upserted=tuple(rows.values()),
+            timezones="".join(zones[t] for t in sorted(zones)),
+        )
+
+    def _incremental(self, previous: _Cursor) -> ChangeSet | object | None:
+        changes, state = self._sync(previous.state)
+        cursor = _Cursor(state, dict(previous.items), set(previous.tzids))
+        updated = list(dict.fromkeys(i for kind, i in changes if kind != _DELETE))
+        deleted = [i for kind, i in changes if kind == _DELETE]
+        fetched = self._fetch(updated)
+        if any(t not in previous.tzids for got in fetched.values() for t in got.timezones):
+            return _FULL
+        upserted: list[EventRow] = []
+        removed_instances: list[tuple[str, str]] = []
+        removed_uids: set[str] = set()
+        for item_id in deleted:
+            gone = cursor.items.pop(item_id, None)
+            if gone is not None:
+                removed_uids.add(gone[0])
+        for item_id, got in fetched.items():
+            old = cursor.items.get(item_id)
+            if old is not None and old[0] != got.uid:
+                removed_uids.add(old[0])
+            elif old is not None:
+                removed_instances += [(got.uid, r) for r in old[1] if r not in got.overrides]
+            cursor.items[item_id] = (got.uid, got.overrides)
+            upserted.extend(got.rows)
+        live = {uid for uid, _ in cursor.items.values()}
+        removed = tuple(sorted(removed_uids - live))
+        if not upserted and not removed and not removed_instances:
+            return None
+        return ChangeSet(
+            cursor=cursor.dump(),
+            full=False,
+            upserted=tuple(upserted),
+            removed=removed,
+            removed_instances=tuple(removed_instances),
+        )
+
+
+_FULL = object()
