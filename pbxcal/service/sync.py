@@ -402,7 +402,8 @@ class CalendarSync:
         stale = self._expansion_stale(link.id, now)
         digest: str | None
         if isinstance(fetched, Fetched):
-            digest = hashlib.sha256(fetched.body).hexdigest()
+            # hashing a big calendar takes tens of ms: not on the event loop
+            digest = await asyncio.to_thread(_digest, fetched.body)
             if digest == state.digest and not stale:
                 state.validators = fetched.validators
                 return SyncOutcome("unchanged")
@@ -480,6 +481,10 @@ class CalendarSync:
         if self._stopping.is_set():
             raise Stopped
         return await loop.run_in_executor(self._executor, lambda: function(*args))
+
+def _digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
 
 def _key(link: Link) -> tuple[str, str]:
     return (link.pbx, link.extension)

@@ -326,3 +326,21 @@ def test_a_rule_that_never_matches_again_costs_a_bounded_allowance() -> None:
     with pytest.raises(recurrence.RuleTooCostly):
         list(recurrence.occurrences(components, START, END, None, budget, 10))
     assert 50_000 <= budget.overrun <= 50_002
+
+
+def test_count_events_in_pieces_counts_the_same_across_every_cut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counting runs in pieces (so the GIL is released between them); a folded
+    ``BEGIN:VEV`` / `` ENT`` line is never cut in two, whatever the piece size."""
+    from pbxcal.core import ical as module
+
+    doc = b"BEGIN:VCALENDAR\r\n" + b"".join(
+        b"BEGIN:VEVENT\r\nSUMMARY:x\r\n y\r\nEND:VEVENT\r\nBEGIN:VEV\r\n ENT\r\nEND:VEVENT\r\n"
+        for _ in range(30)
+    ) + b"END:VCALENDAR\r\n"
+    whole = module.count_events(doc)
+    assert whole == 60
+    for size in (1, 7, 13, 64, 1000):
+        monkeypatch.setattr(module, "_COUNT_CHUNK", size)
+        assert module.count_events(doc) == whole
