@@ -23,7 +23,8 @@ loopback port with a certificate made at start; ``ca_file`` is the file to trust
 * ``GET /v1.0/users/{mailbox}/mailboxSettings`` – what ``set_mailbox_settings`` stored.
 * fault injection: ``fail_next(status, code, retry_after)`` answers the next Graph
   calls with Graph's JSON error shape (429, 503...); ``fail_token_next(status, error)``
-  the next token request.
+  the next token request; ``hold_next()`` makes the next Graph request hang until
+  released.
 * ``POST /v1.0/subscriptions`` (the validation handshake to ``notificationUrl`` and
   ``lifecycleNotificationUrl``: 400 ``ValidationError`` unless each echoes the token),
   ``PATCH``/``DELETE /v1.0/subscriptions/{id}``; every edit of a mailbox POSTs a
@@ -137,6 +138,7 @@ class FakeGraph:
         self._faults: list[_Fault] = []
         self._token_faults: list[tuple[int, str]] = []
         self._codes: dict[str, dict[str, str]] = {}
+        self._holds: list[threading.Event] = []
         self._public: set[str] = set()
         self._subscriptions: dict[str, _Subscription] = {}
         self._outbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
@@ -417,6 +419,19 @@ class FakeGraph:
         with self._lock:
             self._delta_epoch += 1
             self._deltas.clear()
+
+    def hold_next(self) -> threading.Event:
+        """The next Graph request hangs until the returned event is set (at most 30 s)."""
+        release = threading.Event()
+        with self._lock:
+            self._holds.append(release)
+        return release
+
+    def _hold(self) -> None:
+        with self._lock:
+            release = self._holds.pop(0) if self._holds else None
+        if release is not None:
+            release.wait(30)
 
     def fail_next(
         self, status: int, code: str = "", retry_after: int | None = None, times: int = 1
@@ -728,6 +743,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(*_graph_error(403, "ErrorAccessDenied"))
         else:
             return self._json(*_graph_error(400, "BadRequest"))
+        fake._hold()
         fault = fake._fault()
         if fault is not None:
             headers = {}

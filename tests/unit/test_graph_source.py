@@ -6,6 +6,7 @@ the Microsoft identity platform's token endpoint on loopback (TLS): paging, delt
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -377,3 +378,28 @@ async def test_a_failing_token_endpoint_is_unavailable(
         await source.changes(None)
     assert SECRET not in str(caught.value)
     assert fake.requests["delta"] == 0
+
+
+async def test_a_hanging_graph_gives_up_and_the_next_sync_works(
+    fake: FakeGraph, calls: BlockingCalls
+) -> None:
+    fake.put_event(MAILBOX, timed("a", "333", 11))
+    full = await app_source(fake, calls).changes(None)
+    assert full is not None
+    tokens = AppOnlyTokens(
+        TENANT, "app-1", SECRET, authority_host=fake.authority_host, ca_file=fake.ca_file
+    )
+    await asyncio.to_thread(tokens.access_token)  # only the Graph request is timed below
+    source = GraphCalendarSource(
+        tokens, MAILBOX, calls=calls, graph_url=fake.graph_url, ca_file=fake.ca_file,
+        timeout=1.0, clock=Clock(),
+    )
+    release = fake.hold_next()
+    try:
+        with pytest.raises(CalendarUnavailable):
+            await source.changes(full.cursor)
+    finally:
+        release.set()
+    fake.put_event(MAILBOX, timed("b", "444", 12))
+    changed = await source.changes(full.cursor)
+    assert changed is not None and sorted(by_uid(changed)) == ["b"]

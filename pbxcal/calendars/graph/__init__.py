@@ -37,10 +37,10 @@ Graph allows at most about 7 days (⚠ docs say 4,230 or 10,080 minutes) per exp
 
 Modules: ``events`` (event JSON → rows, pure), ``source`` (delta rounds, paging, error
 mapping, mailbox settings, subscriptions), ``tokens`` (MSAL), ``push`` (handshake,
-checking notifications). The fake for tests is ``pbxcal.testing.graph_fake.FakeGraph``.
-Not yet: the authorization-code flow for ``links authorize microsoft`` (MSAL's
-``initiate_auth_code_flow``/``acquire_token_by_auth_code_flow`` write the token cache
-``DelegatedTokens`` reads), wiring into the daemon.
+checking notifications), ``authorize`` (authorization code with PKCE → the token cache
+``DelegatedTokens`` reads; for ``links authorize microsoft``). The fake for tests is
+``pbxcal.testing.graph_fake.FakeGraph``. Not yet: wiring into the daemon, the CLI
+command, the README's Entra ID section.
 Must not do: be imported by the core, or run its calls on the event loop.
 """
 
