@@ -184,6 +184,9 @@ def ews_errors(where: str) -> Iterator[None]:
         raise CalendarRateLimited(
             f"{where}: the Exchange server asked to slow down", retry_after=exc.wait
         ) from None
+    except (ews.ErrorTimeoutExpired, ews.ErrorInternalServerTransientError):
+        # exchangelib also reports a refused connection as ErrorTimeoutExpired
+        raise CalendarUnavailable(f"{where}: the Exchange server cannot be reached") from None
     except ews.ResponseMessageError as exc:
         raise CalendarError(f"{where}: the Exchange server answered {type(exc).__name__}") from None
     except requests.exceptions.SSLError:

@@ -179,6 +179,9 @@ class EwsCalendarSource:
 
     def _sync(self, state: str | None) -> tuple[list[tuple[str, str]], str]:
         folder = self._calendar()
+        # sync_items() falls back to the folder's own last state when given None: a full
+        # read must start from no state at all.
+        folder.item_sync_state = state
         changes: list[tuple[str, str]] = []
         for change_type, item in folder.sync_items(
             sync_state=state, only_fields=["uid"], max_changes_returned=SYNC_PAGE
