@@ -80,13 +80,26 @@ async def _sync(link_id: int, config: Config, store: Store, where: str, *, as_js
         metrics,
         settings=settings,
     )
+    from pbxcal.calendars.blocking import BlockingCalls
+    from pbxcal.calendars.providers import SourceFactory
+    from pbxcal.store import load_key_ring
+
+    store.use_keys(load_key_ring(config.secrets_key_file, config.secrets_key_credential))
+    calls = BlockingCalls(workers=2)
     async with httpx.AsyncClient(timeout=config.sync_timeout, follow_redirects=True) as client:
-        sync = CalendarSync(store, reconciler, metrics, clock, config, client)
+        factory = SourceFactory(
+            client, config.max_calendar_bytes, calls, store.load_secret,
+            timeout=config.sync_timeout,
+        )  # fmt: skip
+        sync = CalendarSync(
+            store, reconciler, metrics, clock, config, client, source_factory=factory
+        )
         await sync.restore([link])
         try:
             result = await sync.sync_link(link_id)
         finally:
             sync.stop()
+            calls.close()
     entry = next(iter(store.sync_log(link_id, 1)), None)
     now = clock.now()
     windows = []

@@ -310,7 +310,7 @@ def _print_links(links: list[Link], store: Store, where: str, *, as_json: bool) 
         state = r["status"]
         sync = f"{r['last_result']} at {r['last_sync']}" if r["last_sync"] else "never synced"
         print(
-            f"{r['id']:>4}  ext {r['extension']:<6} {r['pbx']:<8} {state:<8} {sync:<34} "
+            f"{r['id']:>4}  ext {r['extension']:<6} {r['pbx']:<8} {state:<12} {sync:<34} "
             f"{r['source']}"
         )
         if r["message"] and r["last_result"] not in ("changed", "unchanged"):

@@ -174,11 +174,13 @@ def associated_data(link_id: int, kind: str) -> bytes:
 def load_key_ring(key_file: str | None, key_credential: str | None) -> KeyRing | None:
     """The key ring of ``[secrets]``, or None when neither option is set.
 
-    ``key_credential`` wins when both are set (as for the AMI secret). Raises
-    ``ConfigError`` with one line naming the option and the file; never quotes a key.
+    ``key_credential`` wins when both are set and ``$CREDENTIALS_DIRECTORY`` exists (the
+    service under systemd); outside the service (the CLI as root) ``key_file`` is used,
+    so setting both serves both. Raises ``ConfigError`` with one line naming the option
+    and the file; never quotes a key.
     """
-    if key_credential:
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if key_credential and (directory or not key_file):
         if not directory:
             raise ConfigError(
                 [

@@ -101,6 +101,10 @@ def test_a_caldav_calendar_drives_a_forwarding(
     print(f"forwarding on {(seen - added_at).total_seconds():.2f}s after the appointment was put")
     wait_for(lambda: show(daemon, link)["status"], lambda s: s == "connected", 10, what="ok")
 
+    synced = cli(daemon, "links", "sync", link, "--json")  # the admin tool, same code path
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout)["status"] == "connected"
+
     radicale.stop()  # the server is down: the last known appointment keeps driving it
     wait_for(lambda: show(daemon, link)["status"], lambda s: s == "unreachable", 15,
              what="status unreachable")  # fmt: skip

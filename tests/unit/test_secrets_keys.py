@@ -178,3 +178,15 @@ def test_key_credential_from_credentials_directory(
     assert problem(lambda: load_key_ring(None, "other")) == (
         f"[secrets] key_credential: {credentials / 'other'}: cannot read: No such file or directory"
     )
+
+
+def test_outside_the_service_key_file_serves_when_both_are_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI as root has no $CREDENTIALS_DIRECTORY: with both options set it uses the
+    key file, while the service (which has one) uses the credential."""
+    key = new_key()
+    path = key_file(tmp_path, encode_key(key) + "\n", mode=0o600, name="keys")
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    ring = load_key_ring(str(path), "pbxcal-keys")
+    assert ring is not None and ring.ids == (key_id(key),) and ring.where == str(path)
