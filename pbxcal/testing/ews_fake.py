@@ -1,7 +1,8 @@
 """A protocol-level fake of an on-premises Exchange server's EWS endpoint, for the real
 exchangelib and ``pbxcal.calendars.ews``.
 
-``FakeEws`` is a plain-HTTP server on a free loopback port answering ``POST
+``FakeEws`` is an HTTP server (HTTPS with ``tls=True``: a self-signed certificate made at
+start, ``ca_file`` is the file to trust) on a free loopback port answering ``POST
 /EWS/Exchange.asmx`` with SOAP shaped like Exchange 2016's (``m:``/``t:`` namespaces,
 ``ResponseClass``/``ResponseCode``, ``ServerVersionInfo`` header), for the operations
 exchangelib sends to read a calendar:
@@ -36,12 +37,17 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
+import os
+import ssl
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import escape, quoteattr
+
+from pbxcal.testing.graph_fake import _certificate
 
 __all__ = ["FakeEws", "LoggedRequest"]
 
@@ -87,7 +93,9 @@ class _Refused(Exception):
 class FakeEws:
     """See the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: bool = False) -> None:
+        self._tls = tls
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._lock = threading.Lock()
         self._users: dict[str, str] = {}
         self._impersonators: set[str] = set()
@@ -123,8 +131,21 @@ class FakeEws:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        if self._tls:
+            self._dir = tempfile.TemporaryDirectory(prefix="fake-ews-")
+            cert, key = _certificate()
+            cert_path = os.path.join(self._dir.name, "cert.pem")
+            key_path = os.path.join(self._dir.name, "key.pem")
+            with open(cert_path, "wb") as out:
+                out.write(cert)
+            with open(key_path, "wb") as out:
+                out.write(key)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert_path, key_path)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-ews", daemon=True
+            target=self._server.serve_forever, args=(0.05,), name="fake-ews", daemon=True
         )
         self._thread.start()
         return self
@@ -137,6 +158,9 @@ class FakeEws:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
 
     def __enter__(self) -> FakeEws:
         return self.start()
@@ -148,7 +172,14 @@ class FakeEws:
     def url(self) -> str:
         """The service endpoint (``http://127.0.0.1:<port>/EWS/Exchange.asmx``)."""
         assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_port}/EWS/Exchange.asmx"
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_port}/EWS/Exchange.asmx"
+
+    @property
+    def ca_file(self) -> str:
+        """With ``tls=True``: the PEM file of the fake's self-signed certificate."""
+        assert self._dir is not None, "start(tls=True) first"
+        return os.path.join(self._dir.name, "cert.pem")
 
     # --- set-up and edits ----------------------------------------------------------------
 

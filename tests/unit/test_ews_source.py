@@ -110,6 +110,7 @@ def make(
         username=more.pop("username", SERVICE),
         auth="basic",
         access=more.pop("access", "impersonation"),
+        ca_bundle=more.pop("ca_bundle", None),
     )
     return EwsCalendarSource(calls, settings, password=password, timeout=5, deadline=20, **more)
 
@@ -322,10 +323,10 @@ def test_ca_bundle_is_used_for_its_endpoint_only(monkeypatch: pytest.MonkeyPatch
     ):
         request = requests.Request("POST", url).prepare()
         adapter.send(request, verify=True)
-    adapter.send(
-        requests.Request("POST", "https://mail.example.test/x").prepare(), verify="/own.pem"
-    )
-    assert seen == ["/etc/pbxcal/ca.pem", True, "/own.pem"]
+    system = "/etc/ssl/certs/ca-certificates.crt"  # what requests makes of REQUESTS_CA_BUNDLE
+    for url in ("https://mail.example.test/x", "https://other.example.test/x"):
+        adapter.send(requests.Request("POST", url).prepare(), verify=system)
+    assert seen == ["/etc/pbxcal/ca.pem", True, "/etc/pbxcal/ca.pem", system]
 
 
 def test_endpoint_with_user_info_is_refused() -> None:
@@ -333,3 +334,25 @@ def test_endpoint_with_user_info_is_refused() -> None:
     with pytest.raises(CalendarError) as caught:
         connection.make_account(settings, PASSWORD, timeout=5)
     assert "pw@" not in str(caught.value)
+
+
+async def test_tls_verified_with_the_configured_ca_bundle(calls: BlockingCalls) -> None:
+    with FakeEws(tls=True) as server:
+        server.add_user(SERVICE, PASSWORD)
+        server.add_mailbox(ALICE)
+        server.allow_impersonation(SERVICE)
+        server.put_item(ALICE, "single-1", single("single-1", "+31207654321", 2))
+        untrusted = make(calls, server.url)
+        with pytest.raises(CalendarUnavailable, match="TLS verification"):
+            await untrusted.check()
+        assert server.requests == []  # nothing was sent to the unverified server
+        trusted = make(calls, server.url, ca_bundle=server.ca_file)
+        change = await trusted.changes(None)
+        assert change is not None and keys(change) == {("single-1", None)}
+
+
+async def test_wrong_url_path_is_a_plain_error(fake: FakeEws, calls: BlockingCalls) -> None:
+    wrong = fake.url.replace("/EWS/Exchange.asmx", "/owa/")
+    with pytest.raises(CalendarError) as caught:
+        await make(calls, wrong).check()
+    print(type(caught.value), caught.value)

@@ -26,6 +26,7 @@ Start reading at ``make_account``.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,7 +100,9 @@ class _VerifyingAdapter(requests.adapters.HTTPAdapter):
     def send(
         self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
     ) -> requests.Response:
-        if kwargs.get("verify", True) is True and request.url:
+        # requests turns verify=True into REQUESTS_CA_BUNDLE's path when that is set;
+        # either way the endpoint's own bundle replaces it. False is never produced here.
+        if kwargs.get("verify", True) is not False and request.url:
             with _bundles_lock:
                 bundle = _bundles.get(origin(request.url))
             if bundle is not None:
@@ -200,7 +203,27 @@ def ews_errors(where: str) -> Iterator[None]:
         TimeoutError,
     ):
         raise CalendarUnavailable(f"{where}: the Exchange server cannot be reached") from None
+    except ews.MalformedResponseError:
+        raise CalendarUnavailable(
+            f"{where}: the answer is not EWS (check the service endpoint URL)"
+        ) from None
     except ews.TransportError as exc:
+        if _tls_failure(exc):
+            raise CalendarUnavailable(
+                f"{where}: TLS verification of the Exchange server failed"
+            ) from None
         raise CalendarUnavailable(f"{where}: EWS request failed ({type(exc).__name__})") from None
     except ews.EWSError as exc:
         raise CalendarError(f"{where}: EWS request failed ({type(exc).__name__})") from None
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused by a failed TLS handshake (exchangelib wraps those)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, (ssl.SSLError, requests.exceptions.SSLError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
