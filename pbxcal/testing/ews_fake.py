@@ -17,16 +17,18 @@ exchangelib sends to read a calendar:
   exports a calendar item (a recurring master carries its RRULE, EXDATEs of deleted
   occurrences and its modified occurrences as VEVENTs with RECURRENCE-ID).
 
-Authentication is HTTP basic only (no NTLM handshake): ``add_user(name, password)``; a
-wrong or missing password → 401. Each user may open its own mailbox (its name is the
-address) or, when ``allow_impersonation(user)`` was called, any mailbox named in an
-``ExchangeImpersonation`` SOAP header; without one a request for another mailbox is
-answered ``ErrorAccessDenied`` and an unwanted impersonation ``ErrorImpersonateUserDenied``.
-``fail_next(n, back_off_ms)`` answers the next ``n`` requests with the SOAP fault
-``ErrorServerBusy`` carrying ``BackOffMilliseconds``. ``requests`` logs every request
-(operation, authenticated user, impersonated address, body).
+Authentication: HTTP basic (``add_user(name, password)``; a wrong or missing password →
+401) and, with ``ntlm=True``, NTLM (the real handshake, checked by pyspnego's acceptor
+against ``ntlm_user_file``; the connection stays authenticated, as with IIS). Each user
+may open its own mailbox (its name is the address) or, when ``allow_impersonation(user)``
+was called, any mailbox named in an ``ExchangeImpersonation`` SOAP header; without that
+right an impersonation is answered ``ErrorImpersonateUserDenied``, and a request naming
+another mailbox ``ErrorAccessDenied``. ``fail_next(n, back_off_ms)`` answers the next
+``n`` requests with the SOAP fault ``ErrorServerBusy`` carrying ``BackOffMilliseconds``.
+``requests`` logs every request (operation, authenticated user, impersonated address,
+body).
 
-Mailboxes are edited from the test: ``put_item(mailbox, vcalendar)`` (one item per UID;
+Mailboxes are edited from the test: ``put_item(mailbox, uid, vcalendar)`` (one item per UID;
 an edit keeps the item id), ``delete_item(mailbox, uid)``; each edit bumps the version.
 
 Must not do: pretend to be complete, or be used outside tests.
@@ -46,6 +48,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import escape, quoteattr
+
+import spnego
+from spnego.exceptions import SpnegoError
 
 from pbxcal.testing.graph_fake import _certificate
 
@@ -93,8 +98,10 @@ class _Refused(Exception):
 class FakeEws:
     """See the module docstring."""
 
-    def __init__(self, *, tls: bool = False) -> None:
+    def __init__(self, *, tls: bool = False, ntlm: bool = False) -> None:
         self._tls = tls
+        self._ntlm_file: str | None = None
+        self._ntlm = ntlm
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._lock = threading.Lock()
         self._users: dict[str, str] = {}
@@ -114,14 +121,51 @@ class FakeEws:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # NTLM authenticates a connection, not a request
+            ntlm: Any = None
+            principal: str | None = None
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
-                status, reply = fake._handle(self.path, self.headers.get("Authorization"), body)
+                authorization = self.headers.get("Authorization") or ""
+                if authorization.startswith("NTLM ") and fake._ntlm_file is not None:
+                    challenge = self._ntlm_step(authorization[5:])
+                    if challenge is not None:
+                        self._reply(401, "", f"NTLM {challenge}")
+                        return
+                    user = self.principal
+                elif not authorization and self.principal is not None:
+                    user = self.principal  # an NTLM-authenticated connection
+                else:
+                    user = fake._authenticate(authorization)
+                status, reply = fake._handle(self.path, user, body)
+                self._reply(status, reply, None)
+
+            def _ntlm_step(self, token: str) -> str | None:
+                try:
+                    raw = base64.b64decode(token)
+                    if raw[8:9] == b"\x01" or self.ntlm is None:
+                        self.ntlm = spnego.server(protocol="ntlm")
+                    out = self.ntlm.step(raw)
+                except (SpnegoError, binascii.Error, ValueError):
+                    self.ntlm, self.principal = None, None
+                    return None
+                if self.ntlm.complete:
+                    self.principal = str(self.ntlm.client_principal)
+                    return None
+                return base64.b64encode(out).decode() if out else None
+
+            def _reply(self, status: int, reply: str, challenge: str | None) -> None:
                 data = reply.encode()
                 self.send_response(status)
                 if status == 401:
-                    self.send_header("WWW-Authenticate", 'Basic realm="fake-ews"')
+                    if challenge is not None:
+                        self.send_header("WWW-Authenticate", challenge)
+                    else:
+                        if fake._ntlm_file is not None:
+                            self.send_header("WWW-Authenticate", "NTLM")
+                        self.send_header("WWW-Authenticate", 'Basic realm="fake-ews"')
                 self.send_header("Content-Type", "text/xml; charset=utf-8")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -130,10 +174,13 @@ class FakeEws:
             def log_message(self, *args: Any) -> None:
                 pass
 
+        self._dir = tempfile.TemporaryDirectory(prefix="fake-ews-")
+        if self._ntlm:
+            self._ntlm_file = os.path.join(self._dir.name, "ntlm-users")
+            self._write_ntlm_users()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         if self._tls:
-            self._dir = tempfile.TemporaryDirectory(prefix="fake-ews-")
             cert, key = _certificate()
             cert_path = os.path.join(self._dir.name, "cert.pem")
             key_path = os.path.join(self._dir.name, "key.pem")
@@ -178,15 +225,35 @@ class FakeEws:
     @property
     def ca_file(self) -> str:
         """With ``tls=True``: the PEM file of the fake's self-signed certificate."""
-        assert self._dir is not None, "start(tls=True) first"
+        assert self._dir is not None and self._tls, "FakeEws(tls=True) and start() first"
         return os.path.join(self._dir.name, "cert.pem")
 
     # --- set-up and edits ----------------------------------------------------------------
 
     def add_user(self, name: str, password: str) -> None:
+        """A user for basic auth; with ``ntlm=True`` also for NTLM as ``DOMAIN\\name``."""
         with self._lock:
             self._users[name] = password
             self._mailboxes.setdefault(name.lower(), _Mailbox())
+        self._write_ntlm_users()
+
+    @property
+    def ntlm_user_file(self) -> str:
+        """With ``ntlm=True``: the credential file pyspnego's NTLM acceptor reads; the
+        test sets the ``NTLM_USER_FILE`` environment variable to it."""
+        assert self._ntlm_file is not None, "FakeEws(ntlm=True) and start() first"
+        return self._ntlm_file
+
+    def _write_ntlm_users(self) -> None:
+        if self._ntlm_file is None:
+            return
+        with self._lock:
+            lines = []
+            for name, password in self._users.items():
+                domain, _, user = name.rpartition("\\")
+                lines.append(f"{domain}:{user}:{password}\n")
+        with open(self._ntlm_file, "w", encoding="utf-8") as out:
+            out.writelines(lines)
 
     def add_mailbox(self, address: str) -> None:
         with self._lock:
@@ -230,10 +297,9 @@ class FakeEws:
 
     # --- the protocol --------------------------------------------------------------------
 
-    def _handle(self, path: str, authorization: str | None, body: bytes) -> tuple[int, str]:
+    def _handle(self, path: str, user: str | None, body: bytes) -> tuple[int, str]:
         if path != "/EWS/Exchange.asmx":
             return 404, ""
-        user = self._authenticate(authorization)
         try:
             root = ET.fromstring(body)  # noqa: S314 - a loopback test server; the client is exchangelib
         except ET.ParseError:

@@ -108,7 +108,7 @@ def make(
         service_endpoint=url,
         mailbox=more.pop("mailbox", ALICE),
         username=more.pop("username", SERVICE),
-        auth="basic",
+        auth=more.pop("auth", "basic"),
         access=more.pop("access", "impersonation"),
         ca_bundle=more.pop("ca_bundle", None),
     )
@@ -356,3 +356,31 @@ async def test_wrong_url_path_is_a_plain_error(fake: FakeEws, calls: BlockingCal
     with pytest.raises(CalendarError) as caught:
         await make(calls, wrong).check()
     print(type(caught.value), caught.value)
+
+
+async def test_ntlm_handshake_with_impersonation(
+    calls: BlockingCalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeEws(ntlm=True) as server:
+        server.add_user("EXAMPLE\\svc-pbxcal", PASSWORD)
+        server.add_mailbox(ALICE)
+        server.allow_impersonation("EXAMPLE\\svc-pbxcal")
+        server.put_item(ALICE, "single-1", single("single-1", "+31207654321", 2))
+        monkeypatch.setenv("NTLM_USER_FILE", server.ntlm_user_file)
+        wrong = make(
+            calls, server.url, username="EXAMPLE\\svc-pbxcal", password="nope", auth="ntlm"
+        )
+        with pytest.raises(CalendarAuthFailed):
+            await wrong.check()
+        good = make(calls, server.url, username="EXAMPLE\\svc-pbxcal", auth="ntlm")
+        change = await good.changes(None)
+        assert change is not None and keys(change) == {("single-1", None)}
+        served = [r for r in server.requests if r.user is not None]
+        assert [r.operation for r in served] == [
+            "GetFolder",
+            "GetFolder",
+            "SyncFolderItems",
+            "GetItem",
+        ]
+        assert {r.user for r in served} == {"EXAMPLE\\svc-pbxcal"}
+        assert all(r.impersonated == ALICE for r in served)
