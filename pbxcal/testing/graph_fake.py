@@ -5,7 +5,8 @@ identity platform's token endpoint, for the real MSAL and pbxcal's Graph client.
 loopback port with a certificate made at start; ``ca_file`` is the file to trust.
 
 * ``GET /{tenant}/v2.0/.well-known/openid-configuration`` and
-  ``GET /common/discovery/instance`` – the documents MSAL fetches (``authority_host``).
+  ``GET /common/discovery/instance`` – the documents MSAL fetches (``authority_host``;
+  a tenant other than ``TENANT``, organizations, common, consumers → 400).
 * ``POST /{tenant}/oauth2/v2.0/token`` – ``client_credentials`` (``add_app``; a wrong
   secret → 401 ``invalid_client``) and ``refresh_token`` (``add_user`` returns one;
   ``revoke_refresh_tokens()`` / ``expire_refresh_tokens()`` → 400 ``invalid_grant``).
@@ -713,6 +714,8 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path.endswith("/v2.0/.well-known/openid-configuration") and len(parts) == 4:
             fake.requests["discovery"] += 1
             tenant = parts[0]
+            if tenant not in (TENANT, "organizations", "common", "consumers"):
+                return self._json(400, _oauth_error("invalid_tenant", "AADSTS90002"))
             base = f"{fake.base_url}/{tenant}"
             return self._json(200, {
                 "issuer": f"{base}/v2.0",

@@ -403,3 +403,17 @@ async def test_a_hanging_graph_gives_up_and_the_next_sync_works(
     fake.put_event(MAILBOX, timed("b", "444", 12))
     changed = await source.changes(full.cursor)
     assert changed is not None and sorted(by_uid(changed)) == ["b"]
+
+
+async def test_an_unknown_tenant_is_auth_failed(fake: FakeGraph, calls: BlockingCalls) -> None:
+    tokens = AppOnlyTokens(
+        "no-such-tenant", "app-1", SECRET, authority_host=fake.authority_host,
+        ca_file=fake.ca_file,
+    )
+    source = GraphCalendarSource(
+        tokens, MAILBOX, calls=calls, graph_url=fake.graph_url, ca_file=fake.ca_file
+    )
+    with pytest.raises(CalendarAuthFailed) as caught:
+        await source.changes(None)
+    assert "tenant" in str(caught.value) and SECRET not in str(caught.value)
+    assert fake.requests["token"] == 0

@@ -17,7 +17,8 @@ MSAL then fetches only ``{authority}/v2.0/.well-known/openid-configuration``.
 Errors are pbxcal's: ``invalid_grant``/``interaction_required`` (refresh token revoked
 or expired, consent withdrawn, no account in the cache) → ``CalendarNeedsRelink``;
 ``invalid_client``/``unauthorized_client`` (wrong or expired client secret) →
-``CalendarAuthFailed``; the token endpoint unreachable or failing → ``CalendarUnavailable``.
+``CalendarAuthFailed``; an unknown tenant (discovery refused) → ``CalendarAuthFailed``;
+the token endpoint unreachable or failing → ``CalendarUnavailable``.
 No message carries a token, a secret or the endpoint's answer text.
 
 Must not do: run on the event loop (MSAL uses requests), or log a token.
@@ -207,8 +208,11 @@ def _msal(call: Any, where: str) -> Any:
     except requests.RequestException as exc:
         raise CalendarUnavailable(f"{where}: network error ({type(exc).__name__})") from exc
     except ValueError as exc:
-        # MSAL's authority discovery failed (unknown tenant, or an answer not JSON).
-        raise CalendarUnavailable(f"{where}: the authority cannot be used now") from exc
+        # MSAL's authority discovery was refused (4xx: an unknown tenant) or answered
+        # something that is not JSON; a 5xx is a requests.HTTPError above.
+        raise CalendarAuthFailed(
+            f"{where}: the tenant is unknown or its sign-in configuration is unusable"
+        ) from exc
 
 
 def _token(result: Any, where: str) -> str:
