@@ -7,7 +7,9 @@ core (``join_calendar`` + ``expand_calendar``).
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -384,3 +386,22 @@ async def test_ntlm_handshake_with_impersonation(
         ]
         assert {r.user for r in served} == {"EXAMPLE\\svc-pbxcal"}
         assert all(r.impersonated == ALICE for r in served)
+
+
+async def test_credentials_never_reach_the_logs(
+    fake: FakeEws, calls: BlockingCalls, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake.put_item(ALICE, "single-1", single("single-1", "+31207654321", 2))
+    with pytest.raises(CalendarAuthFailed):
+        await make(calls, fake.url, password="wrong-Pa55").changes(None)
+    fake.fail_next(1)
+    with pytest.raises(CalendarRateLimited):
+        await make(calls, fake.url).changes(None)
+    assert await make(calls, fake.url).changes(None) is not None
+    assert "Request headers" in caplog.text  # exchangelib did log its headers...
+    for secret in (PASSWORD, "wrong-Pa55"):
+        for user in (SERVICE,):
+            basic = base64.b64encode(f"{user}:{secret}".encode()).decode()
+            assert basic not in caplog.text  # ...without the Authorization value
+        assert secret not in caplog.text

@@ -26,6 +26,8 @@ Start reading at ``make_account``.
 
 from __future__ import annotations
 
+import logging
+import re
 import ssl
 import threading
 from collections.abc import Iterator
@@ -118,6 +120,38 @@ def _install_adapter() -> None:
         BaseProtocol.HTTP_ADAPTER_CLS = _VerifyingAdapter
 
 
+_SECRET_HEADER = re.compile(
+    r"""(['"](?:Authorization|Proxy-Authorization|Cookie|Set-Cookie|WWW-Authenticate)['"]\s*:\s*)"""
+    r"""(['"]).*?\2""",
+    re.IGNORECASE,
+)
+
+
+class _RedactHeaders(logging.Filter):
+    """exchangelib logs request and response headers (DEBUG, and ERROR on unexpected
+    failures): the Authorization header holds basic credentials. Blank those values."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is not ours to fix
+            return True
+        clean = _SECRET_HEADER.sub(r"\1'<redacted>'", text)
+        if clean != text:
+            record.msg, record.args = clean, ()
+        return True
+
+
+_LOGGERS_WITH_HEADERS = ("exchangelib.util", "exchangelib.util.xml", "exchangelib.protocol")
+
+
+def _install_log_filter() -> None:
+    for name in _LOGGERS_WITH_HEADERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactHeaders) for f in logger.filters):
+            logger.addFilter(_RedactHeaders())
+
+
 def make_account(settings: EwsSettings, password: str, *, timeout: float) -> Any:
     """An exchangelib ``Account`` for ``settings`` (no I/O); ``timeout`` per HTTP request."""
     url = settings.service_endpoint
@@ -125,6 +159,7 @@ def make_account(settings: EwsSettings, password: str, *, timeout: float) -> Any
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.username:
         raise CalendarError("EWS: the service endpoint must be an http(s) URL without user info")
     _install_adapter()
+    _install_log_filter()
     if settings.ca_bundle is not None:
         with _bundles_lock:
             _bundles[origin(url)] = settings.ca_bundle
