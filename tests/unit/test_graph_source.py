@@ -417,3 +417,17 @@ async def test_an_unknown_tenant_is_auth_failed(fake: FakeGraph, calls: Blocking
         await source.changes(None)
     assert "tenant" in str(caught.value) and SECRET not in str(caught.value)
     assert fake.requests["token"] == 0
+
+
+async def test_a_cursor_of_another_endpoint_or_garbage_starts_a_new_round(
+    fake: FakeGraph, calls: BlockingCalls
+) -> None:
+    fake.put_event(MAILBOX, timed("a", "333", 11))
+    source = app_source(fake, calls)
+    full = await source.changes(None)
+    assert full is not None
+    foreign = json.loads(full.cursor)
+    foreign["delta"] = "https://elsewhere.example/v1.0/users/x/calendarView/delta?$deltatoken=1"
+    for cursor in (json.dumps(foreign), "not json", '{"v": 2}'):
+        again = await source.changes(cursor)
+        assert again is not None and again.full and sorted(by_uid(again)) == ["a"]

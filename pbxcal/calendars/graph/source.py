@@ -159,7 +159,13 @@ class GraphCalendarSource:
         async with self._lock:
             state = _parse_cursor(cursor) if cursor is not None else None
             now = self._clock()
-            if state is not None and state.end - now >= self._renew_before:
+            if (
+                state is not None
+                and state.end - now >= self._renew_before
+                # A delta link of another Graph endpoint (the config changed) would
+                # carry this link's token there: start a new round instead.
+                and state.delta.startswith(self._base + "/")
+            ):
                 try:
                     return await self._round(state.start, state.end, state.delta)
                 except _DeltaGone:
