@@ -405,3 +405,15 @@ async def test_credentials_never_reach_the_logs(
             basic = base64.b64encode(f"{user}:{secret}".encode()).decode()
             assert basic not in caplog.text  # ...without the Authorization value
         assert secret not in caplog.text
+
+
+async def test_a_call_still_running_in_its_thread_blocks_the_next(
+    fake: FakeEws, calls: BlockingCalls
+) -> None:
+    src = make(calls, fake.url)
+    src._busy.acquire()  # as if a call that timed out were still running
+    with pytest.raises(CalendarUnavailable, match="still running"):
+        await src.changes(None)
+    assert fake.requests == []
+    src._busy.release()
+    assert await src.changes(None) is not None

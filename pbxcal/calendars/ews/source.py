@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from exchangelib import errors as ews
 from exchangelib.properties import ItemId
@@ -43,7 +45,7 @@ from pbxcal.calendars.blocking import BlockingCalls
 from pbxcal.calendars.caldav.objects import read_object
 from pbxcal.calendars.changes import ChangeSet, EventRow
 from pbxcal.calendars.ews.connection import EwsSettings, ews_errors, make_account
-from pbxcal.errors import CalendarError
+from pbxcal.errors import CalendarError, CalendarUnavailable
 
 __all__ = ["DEFAULT_DEADLINE", "DEFAULT_TIMEOUT", "FETCH_BATCH", "EwsCalendarSource"]
 
@@ -57,6 +59,8 @@ DEFAULT_DEADLINE = 120.0
 FETCH_BATCH = 50
 #: Changes per SyncFolderItems page.
 SYNC_PAGE = 200
+
+T = TypeVar("T")
 
 _CREATE = "create"
 _UPDATE = "update"
@@ -130,6 +134,9 @@ class EwsCalendarSource:
         self._account: Any = None
         self._folder: Any = None
         self._where = f"EWS {settings.mailbox}"
+        # A call that timed out keeps running in its thread; the next one must not share
+        # the folder (and its sync state) with it.
+        self._busy = threading.Lock()
 
     def __repr__(self) -> str:
         return f"EwsCalendarSource({self._settings.service_endpoint!r}, {self._settings.mailbox!r})"
@@ -138,15 +145,23 @@ class EwsCalendarSource:
         """Reach the server and the mailbox's calendar once: plain errors for a wrong
         password (``CalendarAuthFailed``), URL (``CalendarUnavailable``/``CalendarError``)
         or mailbox, when the link is added."""
-        await self._calls.run(self._check, timeout=self._deadline, what=self._where)
+        await self._calls.run(self._alone, self._check, timeout=self._deadline, what=self._where)
 
     async def changes(self, cursor: str | None) -> ChangeSet | None:
         """What changed since ``cursor``; ``None`` when nothing did. See the module docstring."""
         return await self._calls.run(
-            self._changes, cursor, timeout=self._deadline, what=self._where
+            self._alone, self._changes, cursor, timeout=self._deadline, what=self._where
         )
 
     # --- in a worker thread -------------------------------------------------------------
+
+    def _alone(self, function: Callable[..., T], *args: Any) -> T:
+        if not self._busy.acquire(blocking=False):
+            raise CalendarUnavailable(f"{self._where}: the previous request is still running")
+        try:
+            return function(*args)
+        finally:
+            self._busy.release()
 
     def _calendar(self) -> Any:
         if self._folder is None:
