@@ -431,3 +431,15 @@ async def test_a_cursor_of_another_endpoint_or_garbage_starts_a_new_round(
     for cursor in (json.dumps(foreign), "not json", '{"v": 2}'):
         again = await source.changes(cursor)
         assert again is not None and again.full and sorted(by_uid(again)) == ["a"]
+
+
+async def test_a_410_in_a_new_round_is_unavailable_not_a_loop(
+    fake: FakeGraph, calls: BlockingCalls
+) -> None:
+    fake.put_event(MAILBOX, timed("a", "333", 11))
+    source = app_source(fake, calls)
+    fake.fail_next(410, "syncStateNotFound")
+    with pytest.raises(CalendarUnavailable):
+        await source.changes(None)
+    full = await source.changes(None)
+    assert full is not None and sorted(by_uid(full)) == ["a"]

@@ -171,7 +171,14 @@ class GraphCalendarSource:
                 except _DeltaGone:
                     _log.info("%s: delta link no longer accepted, full resync", self._where)
             start = (now - self._past).replace(microsecond=0)
-            return await self._round(start, (now + self._ahead).replace(microsecond=0), None)
+            try:
+                return await self._round(
+                    start, (now + self._ahead).replace(microsecond=0), None
+                )
+            except _DeltaGone:
+                raise CalendarUnavailable(
+                    f"{self._where}: Graph lost the new delta round while paging"
+                ) from None
 
     async def mailbox_settings(self) -> MailboxSettings:
         """The mailbox's time zone and working hours (``GET .../mailboxSettings``)."""
