@@ -81,6 +81,8 @@ class _Item:
     created: int
     updated: int
     deleted: int | None = None
+    cancelled: bool = False
+    free_busy: str = "Busy"
 
 
 @dataclass
@@ -263,16 +265,28 @@ class FakeEws:
         with self._lock:
             self._impersonators.add(user)
 
-    def put_item(self, mailbox: str, uid: str, vcalendar: str) -> str:
-        """Create or replace the item with ``uid``; returns its item id."""
+    def put_item(
+        self,
+        mailbox: str,
+        uid: str,
+        vcalendar: str,
+        *,
+        cancelled: bool = False,
+        free_busy: str = "Busy",
+    ) -> str:
+        """Create or replace the item with ``uid`` (its MimeContent ``vcalendar``, its
+        ``IsCancelled`` and ``LegacyFreeBusyStatus``); returns its item id."""
         with self._lock:
             box = self._mailboxes[mailbox.lower()]
             self._version += 1
             item = box.items.get(uid)
             if item is None or item.deleted is not None:
                 item_id = base64.b64encode(f"AAMk-fake-{next(self._ids):06d}".encode()).decode()
-                box.items[uid] = _Item(item_id, uid, vcalendar, 1, self._version, self._version)
+                item = _Item(item_id, uid, vcalendar, 1, self._version, self._version)
+                box.items[uid] = item
+                item.cancelled, item.free_busy = cancelled, free_busy
                 return item_id
+            item.cancelled, item.free_busy = cancelled, free_busy
             item.ical = vcalendar
             item.change_key += 1
             item.updated = self._version
@@ -507,6 +521,10 @@ class FakeEws:
             fields += _item_ref(item)
             if "calendar:UID" in wanted:
                 fields += f"<t:UID>{escape(item.uid)}</t:UID>"
+            if "calendar:LegacyFreeBusyStatus" in wanted:
+                fields += f"<t:LegacyFreeBusyStatus>{item.free_busy}</t:LegacyFreeBusyStatus>"
+            if "calendar:IsCancelled" in wanted:
+                fields += f"<t:IsCancelled>{'true' if item.cancelled else 'false'}</t:IsCancelled>"
             messages.append(
                 '<m:GetItemResponseMessage ResponseClass="Success">'
                 "<m:ResponseCode>NoError</m:ResponseCode>"

@@ -417,3 +417,24 @@ async def test_a_call_still_running_in_its_thread_blocks_the_next(
     assert fake.requests == []
     src._busy.release()
     assert await src.changes(None) is not None
+
+
+async def test_cancelled_and_free_items_from_their_fields(
+    fake: FakeEws, calls: BlockingCalls
+) -> None:
+    fake.put_item(ALICE, "busy", single("busy", "+31201111111", 2))
+    fake.put_item(ALICE, "free", single("free", "+31202222222", 3), free_busy="Free")
+    fake.put_item(ALICE, "gone", single("gone", "+31203333333", 4), cancelled=True)
+    change = await make(calls, fake.url).changes(None)
+    assert change is not None
+    by_uid = {r.uid: r.ical for r in change.upserted}
+    assert "TRANSP:TRANSPARENT" in by_uid["free"] and "TRANSP:OPAQUE" in by_uid["busy"]
+    assert "STATUS:CANCELLED" in by_uid["gone"]
+    stored = [StoredEvent(r.uid, r.recurrence_id, r.ical) for r in change.upserted]
+    calendar = join_calendar(stored, "", None, source="ews test")
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    expansion = expand_calendar(calendar, start, datetime(2027, 1, 1, tzinfo=UTC), AMS)
+    assert sorted((i.title, i.transparent) for i in expansion.instances) == [
+        ("+31201111111", False),
+        ("+31202222222", True),
+    ]

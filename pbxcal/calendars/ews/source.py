@@ -2,7 +2,9 @@
 
 ``changes(cursor)`` runs one EWS SyncFolderItems round (exchangelib's ``sync_items``, only
 item ids and UIDs) from the sync state in the cursor, then fetches the created and updated
-items' MimeContent with GetItem (batches of ``FETCH_BATCH``). Exchange exports a calendar
+items' MimeContent (plus ``is_cancelled`` and ``legacy_free_busy_status``, laid over the
+exported master: ``STATUS:CANCELLED``, ``TRANSP:TRANSPARENT``) with GetItem (batches of
+``FETCH_BATCH``). Exchange exports a calendar
 item's MimeContent as a VCALENDAR holding the item's VEVENT — for a recurring master the
 RRULE, EXDATEs of deleted occurrences and one VEVENT per modified occurrence — which becomes
 one row per VEVENT (``caldav.objects.read_object``: the same per-UID object as CalDAV's).
@@ -38,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import icalendar
 from exchangelib import errors as ews
 from exchangelib.properties import ItemId
 
@@ -213,9 +216,7 @@ class EwsCalendarSource:
         out: dict[str, _Fetched] = {}
         for start in range(0, len(ids), FETCH_BATCH):
             batch = ids[start : start + FETCH_BATCH]
-            results = account.fetch(
-                ids=[ItemId(id=i) for i in batch], only_fields=["mime_content", "uid"]
-            )
+            results = account.fetch(ids=[ItemId(id=i) for i in batch], only_fields=list(_FIELDS))
             for item_id, item in zip(batch, results, strict=True):
                 if isinstance(item, ews.ErrorItemNotFound):
                     continue  # deleted between the sync and the fetch: the next round says so
@@ -240,7 +241,8 @@ class EwsCalendarSource:
             return None
         if obj.uid is None:
             return None
-        return _Fetched(obj.uid, obj.rows, list(obj.overrides), obj.timezones)
+        rows = tuple(_with_item_fields(row, item) for row in obj.rows)
+        return _Fetched(obj.uid, rows, list(obj.overrides), obj.timezones)
 
     def _full(self) -> ChangeSet:
         changes, state = self._sync(None)
@@ -300,3 +302,26 @@ class EwsCalendarSource:
 
 
 _FULL = object()
+
+#: What GetItem asks for: the iCalendar export, and the fields it may not carry.
+_FIELDS = ("mime_content", "uid", "is_cancelled", "legacy_free_busy_status")
+
+
+def _with_item_fields(row: EventRow, item: Any) -> EventRow:
+    """The item's own fields over its export: a cancelled meeting (``is_cancelled``) is
+    ``STATUS:CANCELLED``, a ``Free`` one ``TRANSP:TRANSPARENT`` — for the single event or
+    the series master; an exception keeps what its VEVENT says."""
+    if row.recurrence_id is not None:
+        return row
+    cancelled = item.is_cancelled is True
+    free = item.legacy_free_busy_status == "Free"
+    if not cancelled and not free:
+        return row
+    event = icalendar.Event.from_ical(row.ical)
+    if cancelled:
+        event.pop("STATUS", None)
+        event.add("STATUS", "CANCELLED")
+    if free:
+        event.pop("TRANSP", None)
+        event.add("TRANSP", "TRANSPARENT")
+    return EventRow(row.uid, row.recurrence_id, event.to_ical().decode())
