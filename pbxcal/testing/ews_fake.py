@@ -88,6 +88,7 @@ class _Item:
 @dataclass
 class _Mailbox:
     items: dict[str, _Item] = field(default_factory=dict)  # by UID
+    tombstones: list[_Item] = field(default_factory=list)  # deleted, then created again
 
 
 class _Refused(Exception):
@@ -281,6 +282,8 @@ class FakeEws:
             self._version += 1
             item = box.items.get(uid)
             if item is None or item.deleted is not None:
+                if item is not None:
+                    box.tombstones.append(item)
                 item_id = base64.b64encode(f"AAMk-fake-{next(self._ids):06d}".encode()).decode()
                 item = _Item(item_id, uid, vcalendar, 1, self._version, self._version)
                 box.items[uid] = item
@@ -445,7 +448,8 @@ class FakeEws:
         limit_elem = request.find(f"{{{M}}}MaxChangesReturned")
         limit = int(limit_elem.text) if limit_elem is not None and limit_elem.text else 512
         changes: list[tuple[int, str]] = []
-        for item in self._mailboxes[mailbox].items.values():
+        box = self._mailboxes[mailbox]
+        for item in [*box.tombstones, *box.items.values()]:
             if item.deleted is not None:
                 if item.created <= since < item.deleted:
                     changes.append(

@@ -438,3 +438,21 @@ async def test_cancelled_and_free_items_from_their_fields(
         ("+31201111111", False),
         ("+31202222222", True),
     ]
+
+
+async def test_a_uid_deleted_and_created_again_keeps_its_uid_and_drops_old_overrides(
+    fake: FakeEws, calls: BlockingCalls
+) -> None:
+    old_id = fake.put_item(ALICE, "series-1", SERIES)
+    src = make(calls, fake.url)
+    first = await src.changes(None)
+    assert first is not None
+    fake.delete_item(ALICE, "series-1")
+    new_id = fake.put_item(ALICE, "series-1", vcal(MASTER, zone=True))
+    assert new_id != old_id
+    second = await src.changes(first.cursor)
+    assert second is not None and not second.full
+    assert second.removed == ()
+    assert keys(second) == {("series-1", None)}
+    assert second.removed_instances == (("series-1", f"{TZ}:20261214T090000"),)
+    assert len(json.loads(second.cursor)["items"]) == 1

@@ -10,11 +10,12 @@ RRULE, EXDATEs of deleted occurrences and one VEVENT per modified occurrence —
 one row per VEVENT (``caldav.objects.read_object``: the same per-UID object as CalDAV's).
 Deleted items become removed UIDs, overrides an item no longer carries removed instances.
 
-The cursor is compact JSON: ``{"v": 1, "state": <EWS sync state>, "items": {item id:
-[UID, [override RECURRENCE-IDs]]}, "tz": [TZIDs seen]}`` — SyncFolderItems reports a deletion
-by item id only, hence the map. No cursor, an unreadable one, or ``ErrorInvalidSyncStateData``
-mean a full read (``ChangeSet.full``); so does an incremental round bringing a time zone the
-stored calendar has not seen (the rows then need the new VTIMEZONE block).
+The cursor is compact JSON: ``{"v": 1, "state": <EWS sync state>, "items": {digest of the
+item id: [UID, [override RECURRENCE-IDs]]}, "tz": [TZIDs seen]}`` — SyncFolderItems reports
+a deletion by item id only, hence the map (about 80 bytes per item). No cursor, an
+unreadable one, or ``ErrorInvalidSyncStateData`` mean a full read (``ChangeSet.full``); so
+does an incremental round bringing a time zone the stored calendar has not seen (the rows
+then need the new VTIMEZONE block).
 
 Construction does no I/O; each ``changes``/``check`` runs in ``BlockingCalls`` within
 ``deadline`` seconds, each HTTP request within ``timeout``. Usage::
@@ -33,6 +34,7 @@ folder (the cursor is the state), or put a password into a message. Start readin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -252,7 +254,7 @@ class EwsCalendarSource:
         rows: dict[tuple[str, str | None], EventRow] = {}
         zones: dict[str, str] = {}
         for item_id, got in fetched.items():
-            cursor.items[item_id] = (got.uid, got.overrides)
+            cursor.items[_key(item_id)] = (got.uid, got.overrides)
             for row in got.rows:
                 rows[(row.uid, row.recurrence_id)] = row
             for tzid, block in got.timezones.items():
@@ -276,20 +278,28 @@ class EwsCalendarSource:
         upserted: list[EventRow] = []
         removed_instances: list[tuple[str, str]] = []
         removed_uids: set[str] = set()
+        old_overrides: dict[str, set[str]] = {}
         for item_id in deleted:
-            gone = cursor.items.pop(item_id, None)
+            gone = cursor.items.pop(_key(item_id), None)
             if gone is not None:
                 removed_uids.add(gone[0])
+                old_overrides.setdefault(gone[0], set()).update(gone[1])
         for item_id, got in fetched.items():
-            old = cursor.items.get(item_id)
-            if old is not None and old[0] != got.uid:
-                removed_uids.add(old[0])
-            elif old is not None:
-                removed_instances += [(got.uid, r) for r in old[1] if r not in got.overrides]
-            cursor.items[item_id] = (got.uid, got.overrides)
+            old = cursor.items.get(_key(item_id))
+            if old is not None:
+                if old[0] != got.uid:
+                    removed_uids.add(old[0])
+                old_overrides.setdefault(old[0], set()).update(old[1])
+            cursor.items[_key(item_id)] = (got.uid, got.overrides)
             upserted.extend(got.rows)
-        live = {uid for uid, _ in cursor.items.values()}
-        removed = tuple(sorted(removed_uids - live))
+        live: dict[str, set[str]] = {}
+        for uid, current in cursor.items.values():
+            live.setdefault(uid, set()).update(current)
+        removed = tuple(sorted(removed_uids - set(live)))
+        # a UID still (or again) there drops the overrides it no longer has
+        for uid, had in sorted(old_overrides.items()):
+            if uid in live:
+                removed_instances += [(uid, r) for r in sorted(had - live[uid])]
         if not upserted and not removed and not removed_instances:
             return None
         return ChangeSet(
@@ -302,6 +312,12 @@ class EwsCalendarSource:
 
 
 _FULL = object()
+
+
+def _key(item_id: str) -> str:
+    """An EWS item id (~150 characters) as the cursor keeps it: a digest."""
+    return hashlib.sha256(item_id.encode()).hexdigest()[:24]
+
 
 #: What GetItem asks for: the iCalendar export, and the fields it may not carry.
 _FIELDS = ("mime_content", "uid", "is_cancelled", "legacy_free_busy_status")
