@@ -12,6 +12,10 @@ secret live in ``link.settings``, credentials in the store's encrypted secrets:
   ``auth`` (``user`` | ``service_account``), ``subject`` (the agent a service account
   acts for), ``api_endpoint`` (tests only); secret ``google-credentials`` (JSON: the
   authorized-user info, or the service-account key).
+* ``graph`` (Microsoft 365, app-only): ``source`` is the mailbox address; settings
+  ``tenant``, ``client_id`` (the Entra ID app registration), ``authority_host``,
+  ``graph_url`` and ``ca_file`` (tests only); secret ``graph-client-secret``.
+  (Delegated per-user grants come with ``links authorize microsoft``, not yet.)
 
 ``SourceFactory(link)`` builds the adapter (no I/O except reading the link's secret from
 the store, so call it in a worker thread). Blocking provider libraries share one
@@ -34,9 +38,10 @@ from pbxcal.errors import CalendarAuthFailed, CalendarError
 from pbxcal.store import Link
 
 #: Provider names a link may have.
-PROVIDERS = ("ics", "caldav", "google")
+PROVIDERS = ("ics", "caldav", "google", "graph")
 SECRET_CALDAV_PASSWORD = "caldav-password"  # noqa: S105 - a name, not a secret
 SECRET_GOOGLE = "google-credentials"  # noqa: S105 - a name, not a secret
+SECRET_GRAPH_CLIENT = "graph-client-secret"  # noqa: S105 - a name, not a secret
 
 #: (link id, kind) -> the decrypted secret, or None when the link has none.
 SecretReader = Callable[[int, str], bytes | None]
@@ -67,6 +72,8 @@ class SourceFactory:
             return self._caldav(link)
         if link.provider == "google":
             return self._google(link)
+        if link.provider == "graph":
+            return self._graph(link)
         raise CalendarError(f"unknown calendar provider {link.provider[:32]!r}")
 
     def _secret(self, link: Link, kind: str) -> bytes:
@@ -117,5 +124,29 @@ class SourceFactory:
             link.source,
             calls=self.calls,
             api_endpoint=str(endpoint) if endpoint else None,
+            timeout=self.timeout,
+        )
+
+    def _graph(self, link: Link) -> IncrementalSource:
+        from pbxcal.calendars.graph import AppOnlyTokens, GraphCalendarSource
+        from pbxcal.calendars.graph.source import DEFAULT_GRAPH_URL
+        from pbxcal.calendars.graph.tokens import DEFAULT_AUTHORITY_HOST
+
+        settings = link.settings
+        ca_file = str(settings["ca_file"]) if settings.get("ca_file") else None
+        tokens = AppOnlyTokens(
+            str(settings.get("tenant", "")),
+            str(settings.get("client_id", "")),
+            self._secret(link, SECRET_GRAPH_CLIENT).decode(),
+            authority_host=str(settings.get("authority_host") or DEFAULT_AUTHORITY_HOST),
+            ca_file=ca_file,
+            timeout=self.timeout,
+        )
+        return GraphCalendarSource(
+            tokens,
+            link.source,
+            calls=self.calls,
+            graph_url=str(settings.get("graph_url") or DEFAULT_GRAPH_URL),
+            ca_file=ca_file,
             timeout=self.timeout,
         )

@@ -1,4 +1,4 @@
-"""``pbxcal links add --provider caldav|google``: a link with credentials.
+"""``pbxcal links add --provider caldav|google|graph``: a link with credentials.
 
 The password or the Google credentials are read from a file, standard input or a prompt
 (``secret_input``; never from argv), stored encrypted with the ``[secrets]`` keys, and
@@ -44,6 +44,12 @@ def checked_provider_source(ns: argparse.Namespace) -> str:
         if not ns.username:
             raise InputError("--username is required for a CalDAV link")
         return source
+    if ns.provider == "graph":
+        if "@" not in source or len(source) > 256 or any(c.isspace() for c in source):
+            raise InputError("--source must be the mailbox's address, e.g. anna@contoso.com")
+        if not ns.tenant or not ns.client_id:
+            raise InputError("--tenant and --client-id are required for a Microsoft 365 link")
+        return source
     if not source or len(source) > 256 or any(c.isspace() or ord(c) < 32 for c in source):
         raise InputError("--source must be a Google calendar id such as primary")
     if not ns.credentials_file:
@@ -61,7 +67,11 @@ def add_provider_link(
     settings: dict[str, Any],
 ) -> Link:
     """Add the link switched off, store its secret, read it once, then switch it on."""
-    from pbxcal.calendars.providers import SECRET_CALDAV_PASSWORD, SECRET_GOOGLE
+    from pbxcal.calendars.providers import (
+        SECRET_CALDAV_PASSWORD,
+        SECRET_GOOGLE,
+        SECRET_GRAPH_CLIENT,
+    )
     from pbxcal.cli.keys import key_ring
     from pbxcal.cli.secret_input import read_secret_option
 
@@ -72,6 +82,13 @@ def add_provider_link(
             settings["calendar_name"] = ns.calendar
         secret = read_secret_option(ns, "password", "the CalDAV password").encode()
         kind = SECRET_CALDAV_PASSWORD
+    elif ns.provider == "graph":
+        settings.update(tenant=ns.tenant, client_id=ns.client_id)
+        for name in ("authority_host", "graph_url", "ca_file"):
+            if getattr(ns, name, None):
+                settings[name] = getattr(ns, name)
+        secret = read_secret_option(ns, "client-secret", "the client secret").encode()
+        kind = SECRET_GRAPH_CLIENT
     else:
         info = _google_info(Path(ns.credentials_file))
         if ns.subject:

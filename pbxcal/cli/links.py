@@ -62,13 +62,20 @@ def add_links(sub: Any) -> None:
     add.add_argument("--disabled", action="store_true", help="add it disabled")
     add.add_argument(
         "--provider",
-        choices=("ics", "caldav", "google"),
+        choices=("ics", "caldav", "google", "graph"),
         default="ics",
         help="ics (default): --source is a file or URL; caldav: --source is the calendar's "
         "URL (or the server's, with --calendar NAME), with --username and the password "
         "from --password-file or a prompt; google: --source is the calendar id "
-        "(default primary), with --credentials-file",
+        "(default primary), with --credentials-file; graph (Microsoft 365, app-only): "
+        "--source is the mailbox, with --tenant, --client-id and the client secret from "
+        "--client-secret-file or a prompt",
     )
+    add.add_argument("--tenant", metavar="ID", help="graph: the Entra ID tenant (id or domain)")
+    add.add_argument("--client-id", metavar="ID", help="graph: the app registration's id")
+    add_secret_option(add, "client-secret", "the app registration's client secret")
+    for hidden in ("--authority-host", "--graph-url", "--ca-file"):  # tests: a fake Graph
+        add.add_argument(hidden, help=argparse.SUPPRESS)
     add.add_argument("--username", metavar="USER", help="caldav: the account's user name")
     add.add_argument(
         "--calendar", metavar="NAME", help="caldav: pick this calendar on the server --source"
