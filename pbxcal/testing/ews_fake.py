@@ -113,7 +113,7 @@ class FakeEws:
         self._version = 0
         self._state_floor = 0
         self._ids = itertools.count(1)
-        self._busy: list[int] = []
+        self._busy: list[int | None] = []
         self.requests: list[LoggedRequest] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -304,8 +304,9 @@ class FakeEws:
         with self._lock:
             self._state_floor = self._version + 1
 
-    def fail_next(self, count: int = 1, back_off_ms: int = 30000) -> None:
-        """The next ``count`` requests get ``ErrorServerBusy`` with ``BackOffMilliseconds``."""
+    def fail_next(self, count: int = 1, back_off_ms: int | None = 30000) -> None:
+        """The next ``count`` requests get ``ErrorServerBusy`` with ``BackOffMilliseconds``
+        (``None``: without one)."""
         with self._lock:
             self._busy.extend([back_off_ms] * count)
 
@@ -581,7 +582,7 @@ def _fault(code: str, text: str) -> str:
     )
 
 
-def _busy_fault(back_off_ms: int) -> str:
+def _busy_fault(back_off_ms: int | None) -> str:
     text = "The server cannot service this request right now. Try again later."
     return (
         f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{SOAP}"><s:Body><s:Fault>'
@@ -589,7 +590,11 @@ def _busy_fault(back_off_ms: int) -> str:
         f'<faultstring xml:lang="en-US">{text}</faultstring>'
         f'<detail><e:ResponseCode xmlns:e="{E}">ErrorServerBusy</e:ResponseCode>'
         f'<e:Message xmlns:e="{E}">{text}</e:Message>'
-        f'<t:MessageXml xmlns:t="{T}">'
-        f'<t:Value Name="BackOffMilliseconds">{back_off_ms}</t:Value></t:MessageXml>'
-        "</detail></s:Fault></s:Body></s:Envelope>"
+        + (
+            f'<t:MessageXml xmlns:t="{T}">'
+            f'<t:Value Name="BackOffMilliseconds">{back_off_ms}</t:Value></t:MessageXml>'
+            if back_off_ms is not None
+            else ""
+        )
+        + "</detail></s:Fault></s:Body></s:Envelope>"
     )

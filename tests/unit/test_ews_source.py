@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import requests.adapters
+from exchangelib.protocol import BaseProtocol
 
 from pbxcal.calendars.blocking import BlockingCalls
 from pbxcal.calendars.changes import ChangeSet, EventRow
@@ -456,3 +457,13 @@ async def test_a_uid_deleted_and_created_again_keeps_its_uid_and_drops_old_overr
     assert keys(second) == {("series-1", None)}
     assert second.removed_instances == (("series-1", f"{TZ}:20261214T090000"),)
     assert len(json.loads(second.cursor)["items"]) == 1
+
+
+async def test_server_busy_without_a_back_off_waits_exchangelibs_default(
+    fake: FakeEws, calls: BlockingCalls
+) -> None:
+    fake.fail_next(1, back_off_ms=None)
+    with pytest.raises(CalendarRateLimited) as caught:
+        await make(calls, fake.url).check()
+    # exchangelib fills in its own first retry wait when the server names none
+    assert caught.value.retry_after == BaseProtocol.RETRY_WAIT

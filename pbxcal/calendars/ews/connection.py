@@ -62,7 +62,8 @@ from pbxcal.errors import (
 
 __all__ = ["EwsSettings", "ews_errors", "make_account", "origin"]
 
-#: Seconds to wait after ErrorServerBusy when the server names no BackOffMilliseconds.
+#: Seconds to wait after ErrorServerBusy when no back-off is known (exchangelib itself
+#: fills in its RETRY_WAIT, 10 s, when the server names no BackOffMilliseconds).
 DEFAULT_BACK_OFF = 60.0
 
 
