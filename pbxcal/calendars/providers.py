@@ -16,6 +16,10 @@ secret live in ``link.settings``, credentials in the store's encrypted secrets:
   ``tenant``, ``client_id`` (the Entra ID app registration), ``authority_host``,
   ``graph_url`` and ``ca_file`` (tests only); secret ``graph-client-secret``.
   (Delegated per-user grants come with ``links authorize microsoft``, not yet.)
+* ``ews`` (on-premises Exchange): ``source`` is the EWS URL (``.../EWS/Exchange.asmx``);
+  settings ``mailbox``, ``username`` (``DOMAIN\\user`` for NTLM), ``auth`` (``ntlm`` |
+  ``basic``), ``access`` (``delegate`` | ``impersonation``), ``ca_bundle``; secret
+  ``ews-password``.
 
 ``SourceFactory(link)`` builds the adapter (no I/O except reading the link's secret from
 the store, so call it in a worker thread). Blocking provider libraries share one
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -38,10 +42,11 @@ from pbxcal.errors import CalendarAuthFailed, CalendarError
 from pbxcal.store import Link
 
 #: Provider names a link may have.
-PROVIDERS = ("ics", "caldav", "google", "graph")
+PROVIDERS = ("ics", "caldav", "google", "graph", "ews")
 SECRET_CALDAV_PASSWORD = "caldav-password"  # noqa: S105 - a name, not a secret
 SECRET_GOOGLE = "google-credentials"  # noqa: S105 - a name, not a secret
 SECRET_GRAPH_CLIENT = "graph-client-secret"  # noqa: S105 - a name, not a secret
+SECRET_EWS_PASSWORD = "ews-password"  # noqa: S105 - a name, not a secret
 
 #: (link id, kind) -> the decrypted secret, or None when the link has none.
 SecretReader = Callable[[int, str], bytes | None]
@@ -74,6 +79,8 @@ class SourceFactory:
             return self._google(link)
         if link.provider == "graph":
             return self._graph(link)
+        if link.provider == "ews":
+            return self._ews(link)
         raise CalendarError(f"unknown calendar provider {link.provider[:32]!r}")
 
     def _secret(self, link: Link, kind: str) -> bytes:
@@ -148,5 +155,27 @@ class SourceFactory:
             calls=self.calls,
             graph_url=str(settings.get("graph_url") or DEFAULT_GRAPH_URL),
             ca_file=ca_file,
+            timeout=self.timeout,
+        )
+
+    def _ews(self, link: Link) -> IncrementalSource:
+        from pbxcal.calendars.ews import EwsCalendarSource, EwsSettings
+
+        settings = link.settings
+        auth: Literal["ntlm", "basic"] = "basic" if settings.get("auth") == "basic" else "ntlm"
+        access: Literal["delegate", "impersonation"] = (
+            "impersonation" if settings.get("access") == "impersonation" else "delegate"
+        )
+        return EwsCalendarSource(
+            self.calls,
+            EwsSettings(
+                service_endpoint=link.source,
+                mailbox=str(settings.get("mailbox", "")),
+                username=str(settings.get("username", "")),
+                auth=auth,
+                access=access,
+                ca_bundle=str(settings["ca_bundle"]) if settings.get("ca_bundle") else None,
+            ),
+            password=self._secret(link, SECRET_EWS_PASSWORD).decode(),
             timeout=self.timeout,
         )

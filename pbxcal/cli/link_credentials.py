@@ -1,4 +1,4 @@
-"""``pbxcal links add --provider caldav|google|graph``: a link with credentials.
+"""``pbxcal links add --provider caldav|google|graph|ews``: a link with credentials.
 
 The password or the Google credentials are read from a file, standard input or a prompt
 (``secret_input``; never from argv), stored encrypted with the ``[secrets]`` keys, and
@@ -44,6 +44,16 @@ def checked_provider_source(ns: argparse.Namespace) -> str:
         if not ns.username:
             raise InputError("--username is required for a CalDAV link")
         return source
+    if ns.provider == "ews":
+        try:
+            parts = urlsplit(source)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InputError("--source must be the EWS URL, e.g. https://mail.example/EWS/Exchange.asmx")
+        if not ns.mailbox or not ns.username:
+            raise InputError("--mailbox and --username are required for an Exchange link")
+        return source
     if ns.provider == "graph":
         if "@" not in source or len(source) > 256 or any(c.isspace() for c in source):
             raise InputError("--source must be the mailbox's address, e.g. anna@contoso.com")
@@ -69,6 +79,7 @@ def add_provider_link(
     """Add the link switched off, store its secret, read it once, then switch it on."""
     from pbxcal.calendars.providers import (
         SECRET_CALDAV_PASSWORD,
+        SECRET_EWS_PASSWORD,
         SECRET_GOOGLE,
         SECRET_GRAPH_CLIENT,
     )
@@ -82,6 +93,17 @@ def add_provider_link(
             settings["calendar_name"] = ns.calendar
         secret = read_secret_option(ns, "password", "the CalDAV password").encode()
         kind = SECRET_CALDAV_PASSWORD
+    elif ns.provider == "ews":
+        settings.update(
+            mailbox=ns.mailbox,
+            username=ns.username,
+            auth=ns.auth,
+            access="impersonation" if ns.impersonation else "delegate",
+        )
+        if ns.ca_bundle:
+            settings["ca_bundle"] = str(Path(ns.ca_bundle).resolve())
+        secret = read_secret_option(ns, "password", "the Exchange password").encode()
+        kind = SECRET_EWS_PASSWORD
     elif ns.provider == "graph":
         settings.update(tenant=ns.tenant, client_id=ns.client_id)
         for name in ("authority_host", "graph_url", "ca_file"):

@@ -62,15 +62,24 @@ def add_links(sub: Any) -> None:
     add.add_argument("--disabled", action="store_true", help="add it disabled")
     add.add_argument(
         "--provider",
-        choices=("ics", "caldav", "google", "graph"),
+        choices=("ics", "caldav", "google", "graph", "ews"),
         default="ics",
         help="ics (default): --source is a file or URL; caldav: --source is the calendar's "
         "URL (or the server's, with --calendar NAME), with --username and the password "
         "from --password-file or a prompt; google: --source is the calendar id "
         "(default primary), with --credentials-file; graph (Microsoft 365, app-only): "
         "--source is the mailbox, with --tenant, --client-id and the client secret from "
-        "--client-secret-file or a prompt",
+        "--client-secret-file or a prompt; ews (on-premises Exchange): --source is the "
+        "EWS URL (.../EWS/Exchange.asmx), with --mailbox, --username and the password",
     )
+    add.add_argument("--mailbox", metavar="ADDRESS", help="ews: the mailbox to read")
+    add.add_argument("--auth", choices=("ntlm", "basic"), default="ntlm", help="ews: NTLM or basic")
+    add.add_argument(
+        "--impersonation",
+        action="store_true",
+        help="ews: --username is a service account impersonating --mailbox",
+    )
+    add.add_argument("--ca-bundle", metavar="FILE", help="ews: a PEM CA bundle to trust")
     add.add_argument("--tenant", metavar="ID", help="graph: the Entra ID tenant (id or domain)")
     add.add_argument("--client-id", metavar="ID", help="graph: the app registration's id")
     add_secret_option(add, "client-secret", "the app registration's client secret")

@@ -1,0 +1,80 @@
+"""An on-premises Exchange mailbox (the EWS SOAP fake on loopback, driven by the real
+exchangelib) linked from the CLI drives a forwarding on the sandboxed Asterisk through
+``pbxcal run`` (issue #10, EWS with a service account impersonating the mailbox).
+
+The password goes in on standard input and is stored encrypted; a wrong password is
+refused when the link is added; a new appointment reaches Asterisk at the next poll.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from daemon_helpers import PBXCAL, DaemonRun, ics_time, wait_forwarding
+
+from pbxcal.testing.asterisk import AsteriskSandbox
+from pbxcal.testing.ews_fake import FakeEws
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+SERVICE = "svc-pbxcal"
+PASSWORD = "ews-pw-41d8"
+MAILBOX = "anna@example.org"
+
+
+@pytest.fixture
+def exchange() -> Iterator[FakeEws]:
+    with FakeEws() as server:
+        server.add_user(SERVICE, PASSWORD)
+        server.add_mailbox(MAILBOX)
+        server.allow_impersonation(SERVICE)
+        yield server
+
+
+def vcalendar(uid: str, title: str, start: datetime, end: datetime) -> str:
+    return (
+        "BEGIN:VCALENDAR\r\nMETHOD:PUBLISH\r\nPRODID:Microsoft Exchange Server 2010\r\n"
+        f"VERSION:2.0\r\nBEGIN:VEVENT\r\nUID:{uid}\r\nSUMMARY;LANGUAGE=en-US:{title}\r\n"
+        f"DTSTART:{ics_time(start)}\r\nDTEND:{ics_time(end)}\r\nTRANSP:OPAQUE\r\n"
+        f"DTSTAMP:{ics_time(start)}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+
+
+def test_an_exchange_mailbox_drives_a_forwarding(
+    ast: AsteriskSandbox, daemons: list[DaemonRun], tmp_path: Path, exchange: FakeEws
+) -> None:
+    keys = tmp_path / "keys"
+    assert subprocess.run([str(PBXCAL), "keys", "generate", str(keys)], check=False).returncode == 0
+    daemon = DaemonRun(tmp_path, ast, [], extra_config=f'\n[secrets]\nkey_file = "{keys}"\n')
+    daemons.append(daemon)
+    daemon.start()
+    daemon.wait_ready()
+
+    def add(password: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(PBXCAL), "links", "add", "--provider", "ews", "--source", exchange.url,
+             "--mailbox", MAILBOX, "--username", SERVICE, "--auth", "basic",
+             "--impersonation", "--password-file", "-", "--extension", "100",
+             "--config", str(daemon.config), "--store", daemon.store],
+            input=password + "\n", capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    wrong = add("not-the-password")
+    assert wrong.returncode == 2 and "not-the-password" not in wrong.stderr, wrong.stderr
+    added = add(PASSWORD)
+    assert added.returncode == 0, added.stderr
+    assert PASSWORD.encode() not in Path(daemon.store.removeprefix("sqlite:///")).read_bytes()
+
+    now = datetime.now(UTC)
+    exchange.put_item(MAILBOX, "meeting-1", vcalendar(
+        "meeting-1", "0612345678", now - timedelta(minutes=1), now + timedelta(minutes=20)
+    ))  # fmt: skip
+    put_at = time.monotonic()
+    wait_forwarding(ast, "100", "+31612345678", timeout=15)
+    print(f"forwarding on {time.monotonic() - put_at:.2f}s after the new item (poll every 1 s)")
+    daemon.check_alive()
