@@ -145,6 +145,16 @@ def wait_forwarding(
 # -- the daemon --------------------------------------------------------------------------
 
 
+def new_key_file(directory: Path) -> Path:
+    """A fresh encryption key file made by ``pbxcal keys generate`` (for ``[secrets]``)."""
+    path = directory / "keys"
+    made = subprocess.run(
+        [str(PBXCAL), "keys", "generate", str(path)], capture_output=True, text=True, check=False
+    )
+    assert made.returncode == 0, made.stderr
+    return path
+
+
 @dataclass
 class Link:
     extension: str
@@ -168,6 +178,7 @@ class DaemonRun:
         store: str | None = None,
         extra_config: str = "",
         http_extra: str = "",
+        key_file: Path | None = None,
     ) -> None:
         self.work = work
         self.ast = ast
@@ -188,6 +199,9 @@ class DaemonRun:
             "ping_interval = 1\nping_timeout = 1\nbackoff_max = 1\n" + pbx_extra
         )
         text += extra_config
+        if key_file is not None:
+            text += f'\n[secrets]\nkey_file = "{key_file}"\n'
+
         for link in links:
             text += f'\n[[link]]\nextension = "{link.extension}"\nsource = "{link.calendar}"\n'
         self.config.write_text(text)

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import PBXCAL, DaemonRun, forwarding, ics_time, wait_for, wait_forwarding
+from daemon_helpers import (
+    PBXCAL,
+    DaemonRun,
+    forwarding,
+    ics_time,
+    new_key_file,
+    wait_for,
+    wait_forwarding,
+)
 
 from pbxcal.testing.asterisk import AsteriskSandbox
 from pbxcal.testing.radicale import RadicaleServer
@@ -68,13 +76,9 @@ def show(daemon: DaemonRun, link: str) -> dict[str, Any]:
 def test_a_caldav_calendar_drives_a_forwarding(
     ast: AsteriskSandbox, daemons: list[DaemonRun], tmp_path: Path, radicale: RadicaleServer
 ) -> None:
-    keys = tmp_path / "keys"
-    generated = subprocess.run(
-        [str(PBXCAL), "keys", "generate", str(keys)], capture_output=True, text=True, check=False
-    )
-    assert generated.returncode == 0, generated.stderr
+    keys = new_key_file(tmp_path)
     calendar_url = radicale.make_calendar("alice", "work")
-    daemon = DaemonRun(tmp_path, ast, [], extra_config=f'\n[secrets]\nkey_file = "{keys}"\n')
+    daemon = DaemonRun(tmp_path, ast, [], key_file=keys)
     daemons.append(daemon)
     daemon.start()
     daemon.wait_ready()

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from daemon_helpers import PBXCAL, DaemonRun, ics_time, wait_forwarding
+from daemon_helpers import PBXCAL, DaemonRun, ics_time, new_key_file, wait_forwarding
 
 from pbxcal.testing.asterisk import AsteriskSandbox
 from pbxcal.testing.ews_fake import FakeEws
@@ -48,9 +48,8 @@ def vcalendar(uid: str, title: str, start: datetime, end: datetime) -> str:
 def test_an_exchange_mailbox_drives_a_forwarding(
     ast: AsteriskSandbox, daemons: list[DaemonRun], tmp_path: Path, exchange: FakeEws
 ) -> None:
-    keys = tmp_path / "keys"
-    assert subprocess.run([str(PBXCAL), "keys", "generate", str(keys)], check=False).returncode == 0
-    daemon = DaemonRun(tmp_path, ast, [], extra_config=f'\n[secrets]\nkey_file = "{keys}"\n')
+    keys = new_key_file(tmp_path)
+    daemon = DaemonRun(tmp_path, ast, [], key_file=keys)
     daemons.append(daemon)
     daemon.start()
     daemon.wait_ready()

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from daemon_helpers import PBXCAL, DaemonRun, wait_for, wait_forwarding
+from daemon_helpers import PBXCAL, DaemonRun, new_key_file, wait_for, wait_forwarding
 
 from pbxcal.testing.asterisk import AsteriskSandbox
 from pbxcal.testing.google_fake import FakeGoogle
@@ -48,8 +48,7 @@ def post(url: str, headers: dict[str, str]) -> int:
 def test_a_google_calendar_with_push_drives_a_forwarding(
     ast: AsteriskSandbox, daemons: list[DaemonRun], tmp_path: Path, google: FakeGoogle
 ) -> None:
-    keys = tmp_path / "keys"
-    assert subprocess.run([str(PBXCAL), "keys", "generate", str(keys)], check=False).returncode == 0
+    keys = new_key_file(tmp_path)
     google.add_calendar("primary")
     info = google.add_user("client-1", "client-secret-1", "refresh-token-1")
     credentials = tmp_path / "anna-google.json"
@@ -60,7 +59,7 @@ def test_a_google_calendar_with_push_drives_a_forwarding(
         ast,
         [],
         interval=3600,
-        extra_config=f'\n[secrets]\nkey_file = "{keys}"\n',
+        key_file=keys,
     )
     public = f"http://{daemon.listen}"
     daemon.config.write_text(
@@ -122,12 +121,11 @@ def test_kill9_at_any_moment_of_a_sync_loses_no_change(
 
     from pbxcal.store import Store, load_key_ring
 
-    keys = tmp_path / "keys"
-    assert subprocess.run([str(PBXCAL), "keys", "generate", str(keys)], check=False).returncode == 0
+    keys = new_key_file(tmp_path)
     google.add_calendar("primary")
     info = google.add_user("client-2", "client-secret-2", "refresh-token-2")
     daemon = DaemonRun(
-        tmp_path, ast, [], interval=1, extra_config=f'\n[secrets]\nkey_file = "{keys}"\n'
+        tmp_path, ast, [], interval=1, key_file=keys
     )
     with Store.open(daemon.store, keys=load_key_ring(str(keys), None)) as store:
         settings = {"auth": "user", "api_endpoint": google.api_endpoint}

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from daemon_helpers import PBXCAL, DaemonRun, wait_forwarding
+from daemon_helpers import PBXCAL, DaemonRun, new_key_file, wait_forwarding
 
 from pbxcal.testing.asterisk import AsteriskSandbox
 from pbxcal.testing.graph_fake import TENANT, FakeGraph
@@ -46,9 +46,8 @@ def event(title: str, start: datetime, end: datetime) -> dict[str, object]:
 def test_a_microsoft_365_mailbox_drives_a_forwarding(
     ast: AsteriskSandbox, daemons: list[DaemonRun], tmp_path: Path, graph: FakeGraph
 ) -> None:
-    keys = tmp_path / "keys"
-    assert subprocess.run([str(PBXCAL), "keys", "generate", str(keys)], check=False).returncode == 0
-    daemon = DaemonRun(tmp_path, ast, [], extra_config=f'\n[secrets]\nkey_file = "{keys}"\n')
+    keys = new_key_file(tmp_path)
+    daemon = DaemonRun(tmp_path, ast, [], key_file=keys)
     daemons.append(daemon)
     daemon.start()
     daemon.wait_ready()
