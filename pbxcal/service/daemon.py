@@ -45,7 +45,7 @@ from pbxcal.service.clock import Clock, SystemClock
 from pbxcal.service.http import Webhook, build_app, start_http
 from pbxcal.service.metrics import Metrics
 from pbxcal.service.notify import SystemdNotifier
-from pbxcal.service.push import GOOGLE_WEBHOOK, GooglePush
+from pbxcal.service.push import GOOGLE_WEBHOOK, GRAPH_WEBHOOK, GooglePush, GraphPush
 from pbxcal.service.reconciler import PbxSettings, Reconciler
 from pbxcal.service.store_health import StoreHealth
 from pbxcal.service.sync import CalendarSync
@@ -90,6 +90,7 @@ class Daemon:
         self._disabled: Counter[str] = Counter()
         self._providers_seen: set[str] = set()
         self.push: GooglePush | None = None
+        self.graph_push: GraphPush | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -158,7 +159,16 @@ class Daemon:
             )
             if self.config.public_url:
                 self.push = GooglePush(self.sync, self.config.public_url, self.metrics, self.clock)
-                self.sync.on_sources_changed = self.push.links_changed
+                self.graph_push = GraphPush(
+                    self.sync, self.config.public_url, self.metrics, self.clock
+                )
+                google, graph = self.push, self.graph_push
+
+                def sources_changed() -> None:
+                    google.links_changed()
+                    graph.links_changed()
+
+                self.sync.on_sources_changed = sources_changed
             active = [link for link in links if link.active]
             await self.sync.restore(active)
             self.sync.set_links(active)
@@ -182,8 +192,9 @@ class Daemon:
                 asyncio.create_task(self._watch_links(), name="link-watch"),
                 asyncio.create_task(self._watch_loop_lag(), name="loop-lag"),
             ]
-            if self.push is not None:
+            if self.push is not None and self.graph_push is not None:
                 tasks.append(asyncio.create_task(self.push.run(), name="google-push"))
+                tasks.append(asyncio.create_task(self.graph_push.run(), name="graph-push"))
             self._install_signals()
             # READY: config, store (every link's last known instances restored) and the
             # first PBX contact are done; the first pass plans and applies from here on.
@@ -201,9 +212,10 @@ class Daemon:
             self.notifier.stopping()
             log.info("stopping; forwardings stay as they are until the next start")
             self.sync.stop()
-            if self.push is not None:  # stop our channels (they would expire anyway)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.push.close(), 5.0)
+            for push in (self.push, self.graph_push):  # stop channels (they expire anyway)
+                if push is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(push.close(), 5.0)
             self.provider_calls.close()
             for task in [stopper, *tasks]:
                 task.cancel()
@@ -283,7 +295,12 @@ class Daemon:
                 await self._refresh_links(version)
 
     def _webhooks(self) -> dict[str, Webhook]:
-        return {GOOGLE_WEBHOOK: self.push.handle} if self.push is not None else {}
+        hooks: dict[str, Webhook] = {}
+        if self.push is not None:
+            hooks[GOOGLE_WEBHOOK] = self.push.webhook
+        if self.graph_push is not None:
+            hooks[GRAPH_WEBHOOK] = self.graph_push.webhook
+        return hooks
 
     async def _watch_loop_lag(self) -> None:
         """Measure how long the event loop is blocked (nothing may hold it for long)."""

@@ -8,7 +8,7 @@ connected, 503 with the reason otherwise. Both return a small JSON body.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,9 +17,9 @@ from pbxcal.service.metrics import Metrics
 
 #: () -> (ok, details)
 Probe = Callable[[], tuple[bool, dict[str, object]]]
-#: request headers -> HTTP status (answered at once, with no body)
-Webhook = Callable[[Mapping[str, str]], int]
-#: A notification has no body worth reading; anything bigger is not one.
+#: a provider's notification -> the answer (at once; the work happens outside the request)
+Webhook = Callable[[web.Request], Awaitable[web.Response]]
+#: A notification is small (Google's has no body); anything bigger is not one.
 _WEBHOOK_MAX_BODY = 64 * 1024
 
 
@@ -40,15 +40,9 @@ def build_app(
 
         return handler
 
-    def hook(handle: Webhook) -> Callable[[web.Request], object]:
-        async def handler(request: web.Request) -> web.Response:
-            return web.Response(status=handle(request.headers))
-
-        return handler
-
     app = web.Application(client_max_size=_WEBHOOK_MAX_BODY)
     for path, handle in (webhooks or {}).items():
-        app.router.add_post(path, hook(handle))  # type: ignore[arg-type]
+        app.router.add_post(path, handle)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", probe(health))  # type: ignore[arg-type]
     app.router.add_get("/readyz", probe(ready))  # type: ignore[arg-type]
