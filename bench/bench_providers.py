@@ -13,6 +13,11 @@ directory), then:
   the new number is taken by polling ``DBGet`` every 2 ms on a raw AMI socket.
   Baseline: the time until the fake sent its notification to the webhook
   (``Delivery.sent_at`` of the put's delivery). p50/p99/max; goal p99 <= 2 s.
+* **Graph notifications** -- ``FakeGraph`` (``pbxcal.testing.graph_fake``, TLS, the real
+  MSAL) with one mailbox linked to extension 100 (``--provider graph``, app-only),
+  ``public_url`` set, so the daemon holds a subscription, ``[sync] interval = 3600``;
+  the same ``--runs`` title flips, timed the same way; baseline: the fake's own
+  notification POST starting (``Delivery.sent_at``); goal p99 <= 2 s.
 * **CalDAV poll** -- a real Radicale (``pbxcal.testing.radicale``) linked to extension
   101 with ``pbxcal links add --provider caldav --password-file -``, ``[sync] interval
   = 1`` (the smallest allowed), no push. ``--caldav-runs`` (default 30) edits, timed
@@ -32,7 +37,8 @@ Everything started (daemon, fake, Radicale, Asterisk) is stopped at the end, als
 an error or Ctrl-C.
 
     sudo .venv/bin/python bench/bench_providers.py [--runs 200] [--caldav-runs 30]
-        [--links 5000] [--window 120] [--skip-push] [--skip-caldav] [--skip-many]
+        [--links 5000] [--window 120] [--skip-push] [--skip-graph] [--skip-caldav]
+        [--skip-many]
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ from bench_daemon import PBXCAL, cpu_seconds, free_port, metric_sum, ms, percent
 from pbxcal.store import Store, load_key_ring
 from pbxcal.testing.asterisk import AsteriskSandbox, ensure_root
 from pbxcal.testing.google_fake import FakeGoogle
+from pbxcal.testing.graph_fake import TENANT as GRAPH_TENANT
+from pbxcal.testing.graph_fake import FakeGraph
 from pbxcal.testing.radicale import RadicaleServer
 
 POLL = 0.002  # seconds between two DBGet while waiting for a change
@@ -320,6 +328,61 @@ def push_benchmark(sandbox: AsteriskSandbox, runs: int) -> None:
         print(f"  goal p99 <= 2 s: {'OK' if p99 <= 2.0 else 'OVER TARGET'}")
 
 
+# -- 1b. Microsoft Graph change notifications ----------------------------------------------
+
+
+def graph_event(title: str, start: datetime, end: datetime) -> dict[str, object]:
+    def when(moment: datetime) -> dict[str, str]:
+        return {"dateTime": moment.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"}
+
+    return {"id": "ev1", "subject": title, "showAs": "busy",
+            "start": when(start), "end": when(end)}  # fmt: skip
+
+
+def graph_benchmark(sandbox: AsteriskSandbox, runs: int) -> None:
+    print(f"Graph notifications: edit -> pbxcal/fwd/100 changed ([sync] interval = 3600), "
+          f"{runs} runs:")  # fmt: skip
+    mailbox = "bench@contoso.com"
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pbxcal-bench-")))
+        graph = stack.enter_context(FakeGraph())
+        graph.add_app("bench-app", "bench-secret")
+        graph.add_mailbox(mailbox)
+        daemon = started(stack, Daemon(work, sandbox, 3600, push=True))
+        astdb = AstDb(sandbox)
+        stack.callback(astdb.close)
+        daemon.cli("links", "add", "--provider", "graph", "--source", mailbox,
+                   "--tenant", GRAPH_TENANT, "--client-id", "bench-app",
+                   "--client-secret-file", "-", "--authority-host", graph.authority_host,
+                   "--graph-url", graph.graph_url, "--ca-file", graph.ca_file,
+                   "--extension", "100", stdin="bench-secret\n")  # fmt: skip
+        log = daemon.log_path
+        wait_until("the subscription", 30, lambda: "notifications on" in log.read_text())
+        now = datetime.now(UTC)
+        start, end = now - timedelta(minutes=1), now + timedelta(hours=3)
+        graph.put_event(mailbox, graph_event(TITLES[0], start, end))
+        astdb.wait("100", EXPECTED[TITLES[0]], 30)
+        lags: list[float] = []
+        notified: list[float] = []
+        for i in range(runs):
+            title = TITLES[(i + 1) % 2]
+            before = len(graph.deliveries)
+            put_at = time.monotonic()
+            graph.put_event(mailbox, graph_event(title, start, end))
+            seen = astdb.wait("100", EXPECTED[title], 30)
+            wait_until("the notification", 10, lambda: len(graph.deliveries) > before, 0.001)  # noqa: B023
+            lags.append(seen - put_at)
+            notified.append(graph.deliveries[before].sent_at - put_at)
+            time.sleep(random.uniform(0.02, 0.08))  # not at a fixed phase
+            daemon.check_alive()
+        p99 = report("edit -> AstDB changed", lags)
+        report("baseline: edit -> notification sent", notified)
+        failed = sum(1 for d in graph.deliveries if d.status >= 300 or d.status == 0)
+        print(f"  {len(graph.deliveries)} notifications, {failed} not answered 2xx; "
+              f"delta {graph.requests['delta']}, token {graph.requests['token']}")  # fmt: skip
+        print(f"  goal p99 <= 2 s: {'OK' if p99 <= 2.0 else 'OVER TARGET'}")
+
+
 # -- 2. CalDAV poll ---------------------------------------------------------------------------
 
 
@@ -509,6 +572,7 @@ def main() -> int:
     parser.add_argument("--links", type=int, default=5000, help="Google links (many)")
     parser.add_argument("--window", type=float, default=120.0, help="seconds per measurement")
     parser.add_argument("--skip-push", action="store_true")
+    parser.add_argument("--skip-graph", action="store_true")
     parser.add_argument("--skip-caldav", action="store_true")
     parser.add_argument("--skip-many", action="store_true")
     args = parser.parse_args()
@@ -516,6 +580,8 @@ def main() -> int:
         print(f"Asterisk sandbox on {sandbox.ami_host}:{sandbox.ami_port}; {os.cpu_count()} CPUs")
         if not args.skip_push:
             push_benchmark(sandbox, args.runs)
+        if not args.skip_graph:
+            graph_benchmark(sandbox, args.runs)
         if not args.skip_caldav:
             caldav_benchmark(sandbox, args.caldav_runs)
         if not args.skip_many:

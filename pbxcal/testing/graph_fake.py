@@ -57,6 +57,7 @@ import secrets
 import ssl
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -100,6 +101,8 @@ class Delivery:
     url: str
     body: dict[str, Any]
     status: int
+    #: ``time.monotonic()`` when the POST started (the benchmarks' baseline).
+    sent_at: float = 0.0
 
 
 @dataclass
@@ -362,9 +365,10 @@ class FakeGraph:
             if job is None:
                 return
             url, data = job
+            sent_at = time.monotonic()
             status = _post(url, data)
             with self._delivered:
-                self.deliveries.append(Delivery(url, json.loads(data), status))
+                self.deliveries.append(Delivery(url, json.loads(data), status, sent_at))
                 self._delivered.notify_all()
 
     def _subscribe(self, user: str | None, body: Any) -> tuple[int, dict[str, Any]]:
