@@ -56,17 +56,52 @@ GRAPH_WEBHOOK = "/webhooks/graph"
 GRAPH_LIFETIME = timedelta(days=2)
 
 
-class GooglePush:
+class _Keeper:
+    """What both kinds of push share: a loop that opens, renews and stops the links'
+    channels or subscriptions every ``CHANNEL_CHECK_INTERVAL`` and whenever the set of
+    built sources changed (``links_changed``), and ``close`` on shutdown."""
+
+    def __init__(self, sync: CalendarSync, metrics: Metrics, clock: Clock) -> None:
+        self.sync = sync
+        self.metrics = metrics
+        self.clock = clock
+        self._wake = asyncio.Event()
+
+    def links_changed(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            await self._tend(self.clock.now())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), CHANNEL_CHECK_INTERVAL)
+
+    async def close(self) -> None:
+        for link_id in self._live_links():
+            await self._stop(link_id)
+
+    async def _tend(self, now: datetime) -> None:
+        raise NotImplementedError
+
+    async def _stop(self, link_id: int) -> None:
+        raise NotImplementedError
+
+    def _live_links(self) -> list[int]:
+        raise NotImplementedError
+
+
+class GooglePush(_Keeper):
     """Channels for Google links and their webhook. See the module docstring."""
 
     def __init__(self, sync: CalendarSync, public_url: str, metrics: Metrics, clock: Clock) -> None:
-        self.sync = sync
+        super().__init__(sync, metrics, clock)
         self.address = public_url.rstrip("/") + GOOGLE_WEBHOOK
-        self.metrics = metrics
-        self.clock = clock
         self.book: ChannelBook[int] = ChannelBook()
         self._channels: dict[int, tuple[GoogleCalendarSource, GoogleChannel]] = {}
-        self._wake = asyncio.Event()
+
+    def _live_links(self) -> list[int]:
+        return list(self._channels)
 
     async def webhook(self, request: web.Request) -> web.Response:
         return web.Response(status=self.handle(request.headers))
@@ -81,16 +116,6 @@ class GooglePush:
         self.metrics.webhook_refused.labels("google", verdict.reason).inc()
         log.info("refused a Google notification: %s", verdict.reason)
         return 403 if verdict.reason != "replayed" else 200
-
-    def links_changed(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            self._wake.clear()
-            await self._tend(self.clock.now())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), CHANNEL_CHECK_INTERVAL)
 
     async def _tend(self, now: datetime) -> None:
         sources = {
@@ -129,23 +154,20 @@ class GooglePush:
         except CalendarError as exc:  # it expires on its own
             log.info("link %d: stopping its Google channel failed (%s)", link_id, exc)
 
-    async def close(self) -> None:
-        for link_id in list(self._channels):
-            await self._stop(link_id)
 
 
-class GraphPush:
+class GraphPush(_Keeper):
     """Subscriptions for Microsoft 365 links and their webhook. See the module docstring."""
 
     def __init__(self, sync: CalendarSync, public_url: str, metrics: Metrics, clock: Clock) -> None:
-        self.sync = sync
+        super().__init__(sync, metrics, clock)
         self.address = public_url.rstrip("/") + GRAPH_WEBHOOK
-        self.metrics = metrics
-        self.clock = clock
         self.book: graph_push.SubscriptionBook[int] = graph_push.SubscriptionBook()
         self._subscriptions: dict[int, tuple[GraphCalendarSource, GraphSubscription]] = {}
         self._renew: set[int] = set()
-        self._wake = asyncio.Event()
+
+    def _live_links(self) -> list[int]:
+        return list(self._subscriptions)
 
     async def webhook(self, request: web.Request) -> web.Response:
         """Graph's validation handshake, or notifications: answered at once."""
@@ -163,16 +185,6 @@ class GraphPush:
             if verdict.kind != "reauthorizationRequired":
                 self.sync.sync_soon(verdict.link)
         return web.Response(status=202)
-
-    def links_changed(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            self._wake.clear()
-            await self._tend(self.clock.now())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), CHANNEL_CHECK_INTERVAL)
 
     async def _tend(self, now: datetime) -> None:
         sources = {
@@ -218,6 +230,3 @@ class GraphPush:
         except CalendarError as exc:  # it expires on its own
             log.info("link %d: deleting its Graph subscription failed (%s)", link_id, exc)
 
-    async def close(self) -> None:
-        for link_id in list(self._subscriptions):
-            await self._stop(link_id)
