@@ -4,8 +4,10 @@
 (google-auth-oauthlib's ``Flow``): PKCE with S256 (a fresh code verifier per run), a
 random ``state``, and a redirect to a one-shot HTTP listener on ``127.0.0.1`` with a port
 the system picks. ``show_url(url)`` is the caller's way of getting the consent URL to
-the user (the CLI prints it and may open a browser). It asks for offline access with
-``prompt=consent``, so Google hands out a refresh token even if the user linked before.
+the user (the CLI prints it and may open a browser); the listener is
+``pbxcal.calendars.loopback.LoopbackRedirect``, shared with Microsoft's flow. It asks
+for offline access with ``prompt=consent``, so Google hands out a refresh token even if
+the user linked before.
 It returns *authorized-user info* (``type``, ``client_id``, ``client_secret``,
 ``refresh_token``, ``token_uri``), the dict ``credentials.user_credentials`` takes and
 the store keeps encrypted.
@@ -29,26 +31,19 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
-import urllib.parse
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 from google_auth_oauthlib.flow import Flow  # type: ignore[import-untyped]
 
 from pbxcal.calendars.google.credentials import CALENDAR_SCOPE, GOOGLE_TOKEN_URI
-from pbxcal.errors import CalendarAuthFailed, CalendarUnavailable
+from pbxcal.calendars.loopback import LoopbackRedirect
+from pbxcal.errors import CalendarAuthFailed
 
 #: Seconds to wait for the user to finish in the browser.
 DEFAULT_TIMEOUT = 300.0
 _MAX_FILE = 64 * 1024
-
-_PAGE = (
-    b"<!doctype html><meta charset=utf-8><title>pbxcal</title>"
-    b"<p>pbxcal: you can close this window and return to the terminal.</p>"
-)
 
 
 def run_installed_app_flow(
@@ -64,16 +59,15 @@ def run_installed_app_flow(
         {"installed": installed}, scopes=[CALENDAR_SCOPE], autogenerate_code_verifier=True
     )
     state = secrets.token_urlsafe(24)
-    with HTTPServer(("127.0.0.1", 0), _RedirectHandler) as listener:
-        port = listener.server_address[1]
-        flow.redirect_uri = f"http://127.0.0.1:{port}/"
+    with LoopbackRedirect() as listener:
+        flow.redirect_uri = f"http://127.0.0.1:{listener.port}/"
         extra = {"login_hint": login_hint} if login_hint else {}
         url, _ = flow.authorization_url(
             access_type="offline", prompt="consent", state=state,
             include_granted_scopes="true", **extra,
         )
         show_url(url)
-        query = _wait_for_redirect(listener, timeout)
+        query = listener.wait(timeout, what="Google authorization")
     if query.get("state") != state:
         raise CalendarAuthFailed("Google authorization: the answer's state does not match")
     if "error" in query:
@@ -127,41 +121,6 @@ def read_authorized_user_file(path: Path) -> dict[str, str]:
         "refresh_token": data["refresh_token"],
         "token_uri": str(data.get("token_uri") or GOOGLE_TOKEN_URI),
     }
-
-
-class _RedirectHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        parsed = urllib.parse.urlsplit(self.path)
-        query = dict(urllib.parse.parse_qsl(parsed.query))
-        if parsed.path != "/" or not ({"code", "error"} & query.keys()):
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.server.pbxcal_query = query  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(_PAGE)))
-        self.end_headers()
-        self.wfile.write(_PAGE)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # the query holds the authorization code: never log it
-
-
-def _wait_for_redirect(listener: HTTPServer, timeout: float) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise CalendarUnavailable(
-                f"Google authorization: no answer from the browser within {timeout:g}s"
-            )
-        listener.timeout = left
-        listener.handle_request()  # one request (or the timeout); favicon & co. ignored
-        query: dict[str, str] | None = getattr(listener, "pbxcal_query", None)
-        if query is not None:
-            return query
 
 
 def _client(config: Mapping[str, Any]) -> dict[str, Any]:
