@@ -284,3 +284,45 @@ def public_url(value: str) -> str | None:
     if parts.username or parts.password or parts.query or parts.fragment:
         return "must not carry a user name, password, query or fragment"
     return None
+
+
+def networks(value: list[Any]) -> str | None:
+    """``[portal] allow_networks``: CIDRs such as "10.20.0.0/16" or "127.0.0.0/8"."""
+    import ipaddress
+
+    for item in value:
+        if not isinstance(item, str):
+            return "must be a list of CIDR strings like '10.20.0.0/16'"
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"{show(item)} is not a network like '10.20.0.0/16'"
+    return None
+
+
+#: Languages the customer pages are translated into.
+PORTAL_LANGUAGES = ("en", "nl")
+
+
+def languages(value: list[Any]) -> str | None:
+    if not value:
+        return "must name at least one language"
+    for item in value:
+        if item not in PORTAL_LANGUAGES:
+            return f"{show(str(item))} is not one of {', '.join(PORTAL_LANGUAGES)}"
+    return None
+
+
+def token(value: str) -> str | None:
+    """An id such as an app registration's client id or a tenant name."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", value):
+        return "may only hold letters, digits, '_', '.', '-'"
+    return None
+
+
+def email(value: str) -> str | None:
+    local, at, domain = value.rpartition("@")
+    if not at or not local or "." not in domain or len(value) > 254 or not value.isprintable() \
+            or any(c.isspace() for c in value):
+        return f"{show(value)} is not an e-mail address"
+    return None

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pbxcal.config import checks, schema
-from pbxcal.config.model import Config, LinkConfig, PbxConfig
+from pbxcal.config.model import (
+    Config,
+    LinkConfig,
+    PbxConfig,
+    PortalConfig,
+    PortalGoogle,
+    PortalMicrosoft,
+    SmtpConfig,
+)
 from pbxcal.config.schema import Option
 from pbxcal.core.ical import ExpansionLimits
 from pbxcal.core.policy import ANY_COUNTRY, NumberPolicy
@@ -108,6 +116,12 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     key_credential = reader.optional(secrets, "secrets", schema.KEY_CREDENTIAL)
     reader.done(secrets, "secrets", schema.SCHEMA["secrets"])
 
+    portal = _read_portal(reader, raw)
+    admin = reader.table(raw, "admin")
+    admin_listen = reader.optional(admin, "admin", schema.ADMIN_LISTEN)
+    reader.done(admin, "admin", schema.SCHEMA["admin"])
+    smtp = _read_smtp(reader, raw)
+
     pbxes = _read_pbxes(reader, raw.get("pbx", {}), regex)
     links = _read_links(reader, raw.get("link", []), pbxes, regex)
 
@@ -135,6 +149,9 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
         limits=limits,
         secrets_key_file=key_file,
         secrets_key_credential=key_credential,
+        portal=portal,
+        admin_listen=admin_listen,
+        smtp=smtp,
         pbxes=pbxes,
         links=tuple(links),
         source=source,
@@ -166,6 +183,76 @@ def read_secret(pbx: PbxConfig) -> str:
     if not secret or any(c in secret for c in "\r\n\0"):
         raise ConfigError([f"[pbx.{pbx.name}] secret: {path} is empty or has line breaks"])
     return secret
+
+
+def _read_portal(reader: _Reader, raw: dict[str, Any]) -> PortalConfig | None:
+    """``[portal]`` with its ``[portal.google]`` and ``[portal.microsoft]`` tables."""
+    table = reader.table(raw, "portal")
+    public_url = reader.optional(table, "portal", schema.PORTAL_PUBLIC_URL)
+    listen = reader.optional(table, "portal", schema.PORTAL_LISTEN)
+    networks: list[str] = reader.get(table, "portal", schema.ALLOW_NETWORKS)
+    hours = reader.get(table, "portal", schema.INVITATION_HOURS)
+    languages: list[str] = reader.get(table, "portal", schema.LANGUAGES)
+    reader.done(table, "portal", schema.SCHEMA["portal"], also=set(schema.PORTAL_PROVIDERS))
+    google_table = reader.table(table, "google")
+    section = "portal.google"
+    client_file = reader.optional(google_table, section, schema.GOOGLE_CLIENT_FILE)
+    revoke_uri = reader.get(google_table, section, schema.GOOGLE_REVOKE_URI)
+    api_endpoint = reader.optional(google_table, section, schema.GOOGLE_API_ENDPOINT)
+    reader.done(google_table, section, schema.SCHEMA[section])
+    google = None
+    if client_file is not None:
+        google = PortalGoogle(client_file, revoke_uri, api_endpoint)
+    elif google_table:
+        reader.problem(section, "client_file", "is required for Google sign-in")
+    ms_table = reader.table(table, "microsoft")
+    section = "portal.microsoft"
+    client_id = reader.optional(ms_table, section, schema.MS_CLIENT_ID)
+    tenant = reader.get(ms_table, section, schema.MS_TENANT)
+    secret_file = reader.optional(ms_table, section, schema.MS_CLIENT_SECRET_FILE)
+    microsoft = PortalMicrosoft(
+        client_id or "",
+        secret_file or "",
+        tenant,
+        reader.optional(ms_table, section, schema.MS_AUTHORITY_HOST),
+        reader.optional(ms_table, section, schema.MS_GRAPH_URL),
+        reader.optional(ms_table, section, schema.MS_CA_FILE),
+    )
+    reader.done(ms_table, section, schema.SCHEMA[section])
+    if ms_table and (client_id is None or secret_file is None):
+        reader.problem(section, None, "needs client_id and client_secret_file")
+    if public_url is None:
+        if table:
+            reader.problem("portal", "public_url", "is required to switch the portal on")
+        return None
+    return PortalConfig(
+        public_url=public_url.rstrip("/"),
+        listen=listen,
+        allow_networks=tuple(networks),
+        invitation_hours=hours,
+        languages=tuple(languages),
+        google=google,
+        microsoft=microsoft if ms_table and client_id and secret_file else None,
+    )
+
+
+def _read_smtp(reader: _Reader, raw: dict[str, Any]) -> SmtpConfig | None:
+    table = reader.table(raw, "smtp")
+    host = reader.optional(table, "smtp", schema.SMTP_HOST)
+    port = reader.get(table, "smtp", schema.SMTP_PORT)
+    sender = reader.optional(table, "smtp", schema.SMTP_FROM)
+    starttls = reader.get(table, "smtp", schema.SMTP_STARTTLS)
+    username = reader.optional(table, "smtp", schema.SMTP_USERNAME)
+    password_file = reader.optional(table, "smtp", schema.SMTP_PASSWORD_FILE)
+    reader.done(table, "smtp", schema.SCHEMA["smtp"])
+    if host is None:
+        if table:
+            reader.problem("smtp", "host", "is required to send e-mail")
+        return None
+    if sender is None:
+        reader.problem("smtp", "from", "is required with host")
+        return None
+    return SmtpConfig(host, sender, port, starttls, username, password_file)
 
 
 def _read_pbxes(

@@ -70,6 +70,56 @@ class PbxConfig:
 
 
 @dataclass(frozen=True)
+class PortalGoogle:
+    """``[portal.google]``: Google sign-in on the customer pages (a web OAuth client)."""
+
+    client_file: str
+    revoke_uri: str = "https://oauth2.googleapis.com/revoke"
+    #: The Calendar API's URL; ``None`` is Google's (tests point it at the fake).
+    api_endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class PortalMicrosoft:
+    """``[portal.microsoft]``: Microsoft 365 sign-in (a confidential Entra ID app)."""
+
+    client_id: str
+    client_secret_file: str
+    tenant: str = "common"
+    #: ``None``: Microsoft's public cloud (tests point these at the fake).
+    authority_host: str | None = None
+    graph_url: str | None = None
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class PortalConfig:
+    """``[portal]``: the customer pages (self-service linking)."""
+
+    public_url: str
+    #: Where the customer pages and webhooks listen; ``None``: ``[http] listen``.
+    listen: str | None = None
+    #: CIDRs customers' calendar URLs may reach although private (default: none).
+    allow_networks: tuple[str, ...] = ()
+    invitation_hours: int = 72
+    languages: tuple[str, ...] = ("en", "nl")
+    google: PortalGoogle | None = None
+    microsoft: PortalMicrosoft | None = None
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """``[smtp]``: where invitation e-mails are sent through."""
+
+    host: str
+    sender: str
+    port: int = 25
+    starttls: bool = False
+    username: str | None = None
+    password_file: str | None = None
+
+
+@dataclass(frozen=True)
 class LinkConfig:
     """A calendar declared in the config file that drives one extension."""
 
@@ -99,6 +149,12 @@ class Config:
     #: ``[secrets]``: where the keys that encrypt stored credentials come from.
     secrets_key_file: str | None = None
     secrets_key_credential: str | None = None
+    #: ``[portal]``; ``None``: no customer pages.
+    portal: PortalConfig | None = None
+    #: ``[admin] listen``; ``None``: the admin API shares ``listen``.
+    admin_listen: str | None = None
+    #: ``[smtp]``; ``None``: invitations are not e-mailed.
+    smtp: SmtpConfig | None = None
     pbxes: dict[str, PbxConfig] = field(default_factory=dict)
     links: tuple[LinkConfig, ...] = ()
     source: str = "(defaults)"

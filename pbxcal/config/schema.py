@@ -105,6 +105,54 @@ KEY_FILE = _opt("key_file", str, None,
 KEY_CREDENTIAL = _opt("key_credential", str, None,
                       "systemd credential holding the keys that encrypt stored credentials",
                       checks.credential)
+# [portal]
+PORTAL_PUBLIC_URL = _opt("public_url", str, None,
+                         "https base URL customers open (switches the portal on)",
+                         checks.public_url)
+PORTAL_LISTEN = _opt("listen", str, None,
+                     "HOST:PORT of the customer pages and webhooks (default: [http] listen)",
+                     checks.listen)
+ALLOW_NETWORKS = _opt("allow_networks", list, [],
+                      "CIDRs that customers' calendar URLs may reach (default: none private)",
+                      checks.networks)
+INVITATION_HOURS = _opt("invitation_hours", int, 72, "hours an invitation link stays valid",
+                        checks.within(1, 24 * 60))
+LANGUAGES = _opt("languages", list, ["en", "nl"], "languages of the customer pages",
+                 checks.languages)
+# [portal.google]
+GOOGLE_CLIENT_FILE = _opt("client_file", str, None,
+                          "the Google \"Web application\" OAuth client JSON (a secret file)",
+                          checks.path)
+GOOGLE_REVOKE_URI = _opt("revoke_uri", str, "https://oauth2.googleapis.com/revoke",
+                         "Google's token revocation endpoint", checks.public_url)
+GOOGLE_API_ENDPOINT = _opt("api_endpoint", str, None, "the Calendar API's URL (tests only)",
+                           checks.public_url)
+# [portal.microsoft]
+MS_CLIENT_ID = _opt("client_id", str, None, "the Entra ID app registration's client id",
+                    checks.token)
+MS_TENANT = _opt("tenant", str, "common",
+                 "tenant id, or common / organizations / consumers", checks.token)
+MS_CLIENT_SECRET_FILE = _opt("client_secret_file", str, None,
+                             "file holding the app registration's client secret", checks.path)
+MS_AUTHORITY_HOST = _opt("authority_host", str, None, "Microsoft sign-in host (tests only)",
+                         checks.public_url)
+MS_GRAPH_URL = _opt("graph_url", str, None, "Microsoft Graph's URL (tests only)",
+                    checks.public_url)
+MS_CA_FILE = _opt("ca_file", str, None, "CA bundle for the two above (tests only)", checks.path)
+# [admin]
+ADMIN_LISTEN = _opt("listen", str, None,
+                    "HOST:PORT of the admin API (default: [http] listen; keep it internal)",
+                    checks.listen)
+# [smtp]
+SMTP_HOST = _opt("host", str, None, "mail server that sends invitations (switches e-mail on)",
+                 checks.host)
+SMTP_PORT = _opt("port", int, 25, "its port", checks.within(1, 65535))
+SMTP_FROM = _opt("from", str, None, "sender address of invitations (required with host)",
+                 checks.email)
+SMTP_STARTTLS = _opt("starttls", bool, False, "upgrade the connection with STARTTLS")
+SMTP_USERNAME = _opt("username", str, None, "user for SMTP AUTH", checks.host)
+SMTP_PASSWORD_FILE = _opt("password_file", str, None, "file holding the SMTP password",
+                          checks.path)
 # [pbx.NAME]
 HOST = _opt("host", str, "127.0.0.1", "AMI host", checks.host)
 PORT = _opt("port", int, 5038, "AMI port", checks.within(1, 65535))
@@ -150,10 +198,19 @@ SCHEMA: dict[str, tuple[Option[Any], ...]] = {
     "sync": (SYNC_INTERVAL, SYNC_TIMEOUT, MAX_BYTES, HORIZON_DAYS, MAX_EVENTS,
              MAX_INSTANCES_PER_EVENT, MAX_INSTANCES_PER_LINK),
     "secrets": (KEY_FILE, KEY_CREDENTIAL),
+    "portal": (PORTAL_PUBLIC_URL, PORTAL_LISTEN, ALLOW_NETWORKS, INVITATION_HOURS, LANGUAGES),
+    "portal.google": (GOOGLE_CLIENT_FILE, GOOGLE_REVOKE_URI, GOOGLE_API_ENDPOINT),
+    "portal.microsoft": (MS_CLIENT_ID, MS_TENANT, MS_CLIENT_SECRET_FILE, MS_AUTHORITY_HOST,
+                         MS_GRAPH_URL, MS_CA_FILE),
+    "admin": (ADMIN_LISTEN,),
+    "smtp": (SMTP_HOST, SMTP_PORT, SMTP_FROM, SMTP_STARTTLS, SMTP_USERNAME, SMTP_PASSWORD_FILE),
     "pbx.*": (HOST, PORT, USERNAME, SECRET_FILE, SECRET_CREDENTIAL, ACTION_TIMEOUT,
               PING_INTERVAL, PING_TIMEOUT, BACKOFF_MAX, DEVICE_STATE, EXTENSIONS,
               DISCOVER_EXTENSIONS, READBACK_INTERVAL),
     "link": (LINK_EXTENSION, LINK_SOURCE, LINK_PBX, LINK_TIMEZONE, OWNER_EMAILS),
 }
 #: The top-level tables.
-SECTIONS = ("pbxcal", "policy", "store", "http", "sync", "secrets", "pbx", "link")
+SECTIONS = ("pbxcal", "policy", "store", "http", "sync", "secrets", "portal", "admin", "smtp",
+            "pbx", "link")
+#: Sub-tables of ``[portal]``.
+PORTAL_PROVIDERS = ("google", "microsoft")

@@ -507,3 +507,46 @@ def test_an_unknown_option_names_the_closest_known_one_with_its_doc(tmp_path: Pa
     found = problems(tmp_path, '[pbx.main]\nsecret_file = "/x"\ndevicestate = false\n')
     (line,) = found
     assert ": [pbx.main] devicestate: unknown option (did you mean 'device_state': keep " in line
+
+
+def test_the_portal_admin_and_smtp_sections_are_typed_and_checked(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, """
+[portal]
+public_url = "https://pbx.example/"
+allow_networks = ["127.0.0.0/8"]
+[portal.google]
+client_file = "/etc/pbxcal/google.json"
+[portal.microsoft]
+client_id = "abc-123"
+client_secret_file = "/etc/pbxcal/ms"
+[admin]
+listen = "127.0.0.1:9642"
+[smtp]
+host = "localhost"
+from = "pbxcal@example.com"
+"""))
+    assert config.portal is not None
+    assert config.portal.public_url == "https://pbx.example"
+    assert config.portal.allow_networks == ("127.0.0.0/8",)
+    assert config.portal.google is not None and config.portal.google.client_file.endswith(".json")
+    assert config.portal.microsoft is not None and config.portal.microsoft.tenant == "common"
+    assert config.admin_listen == "127.0.0.1:9642"
+    assert config.smtp is not None and config.smtp.sender == "pbxcal@example.com"
+    assert load_config(write(tmp_path, "")).portal is None
+
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, """
+[portal]
+allow_networks = ["10.0.0.0/33"]
+languages = ["fr"]
+[portal.microsoft]
+client_id = "abc"
+[smtp]
+host = "localhost"
+"""))
+    text = str(info.value)
+    assert "[portal] allow_networks: '10.0.0.0/33' is not a network" in text
+    assert "[portal] languages: 'fr' is not one of en, nl" in text
+    assert "[portal] public_url: is required" in text
+    assert "[portal.microsoft]: needs client_id and client_secret_file" in text
+    assert "[smtp] from: is required with host" in text
