@@ -70,7 +70,23 @@ class ChangeSet:
 
 
 class IncrementalSource(Protocol):
-    """One calendar of one provider account, read incrementally."""
+    """One calendar of one provider account, read incrementally.
+
+    Optional members (looked up with ``getattr``; a source without them has neither):
+
+    * ``throttle_key: str | None`` – links whose sources have the same key share one
+      provider quota (Graph: the app, or the app and the signed-in account, and the
+      mailbox). When one is rate limited (``CalendarRateLimited.retry_after``), the
+      scheduler holds back every link with that key until then, not only the one.
+    * ``updated_secret() -> tuple[str, bytes] | None`` – a credential the source changed
+      while it worked (an OAuth token cache whose refresh token rotated), as ``(secret
+      kind, value)`` for the link's encrypted secrets, or ``None``. Blocking (it may wait
+      for a token request in progress): ``CalendarSync`` calls it in a worker thread
+      after every sync and stores the value (``store.save_secret``), so the newest
+      credential survives a restart; a value that could not be stored is kept and
+      stored at the next try. Others that use the source's credential (the push keeper)
+      ask ``CalendarSync.save_updated_secret(link_id)`` to do the same.
+    """
 
     provider: str
 

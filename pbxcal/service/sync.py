@@ -23,6 +23,12 @@ status (``pbxcal.calendars.health``); no error ever leaves a link's task, and th
 known events keep driving the forwardings. A store that cannot be written does not stop
 the calendar from being followed in memory: the read is repeated until it is saved.
 
+Two optional members of a source (``IncrementalSource``'s docstring): ``throttle_key``
+(a provider's 429/503 ``Retry-After`` holds back every link with the key, not only the
+one that was answered: ``throttle.ThrottleBook``) and ``updated_secret()`` (a credential
+the source changed, e.g. a rotated OAuth refresh token: stored encrypted after every
+sync by ``save_updated_secret``: ``source_secrets.SourceSecrets``).
+
 Start reading at ``sync_link``.
 """
 
@@ -69,7 +75,9 @@ from pbxcal.service.calendar_work import CalendarWork, Stopped
 from pbxcal.service.clock import Clock
 from pbxcal.service.metrics import Metrics
 from pbxcal.service.reconciler import PAST, LinkInstances, Reconciler
+from pbxcal.service.source_secrets import SourceSecrets
 from pbxcal.service.store_health import StoreHealth
+from pbxcal.service.throttle import ThrottleBook
 from pbxcal.store import Link, Store
 
 log = logging.getLogger(__name__)
@@ -157,6 +165,9 @@ class CalendarSync:
         self._stopping = threading.Event()
         self._executor = ThreadPoolExecutor(EXPAND_WORKERS, thread_name_prefix="pbxcal-calendar")
         self._work = CalendarWork(store, self._checkpoint)
+        #: Provider quotas shared by several links (``throttle_key``) and when to go on.
+        self.throttles = ThrottleBook()
+        self.secrets = SourceSecrets(store, self.store_health)
 
     @property
     def link_count(self) -> int:
@@ -208,6 +219,7 @@ class CalendarSync:
         wanted = {link.id: link for link in links if link.active}
         for link_id in set(self._links) - set(wanted):
             del self._links[link_id]
+            self.secrets.forget(link_id)
             self.reconciler.remove_link(link_id)
             if self.on_sources_changed is not None:
                 self.on_sources_changed()
@@ -228,6 +240,7 @@ class CalendarSync:
         """
         state = _LinkState(link, None, next(self._generations))
         self._links[link.id] = state
+        self.secrets.forget(link.id)  # a new grant may have replaced the old secret
         heapq.heappush(self._due, (0.0, state.generation, link.id))
         return state
 
@@ -267,6 +280,11 @@ class CalendarSync:
                 state = self._links.get(link_id)
                 if state is None or state.generation != generation or state.running:
                     continue  # removed, replaced, or still being read
+                held = self.throttles.until(_throttle_key(state), now)
+                if held is not None:  # its quota is used up (another link was told so)
+                    later = held + random.uniform(0.0, 0.1 * (held - now))
+                    heapq.heappush(self._due, (later, generation, link_id))
+                    continue
                 await self._slots.acquire()
                 state.running = True
                 task = asyncio.create_task(self._sync_and_reschedule(state))
@@ -288,7 +306,8 @@ class CalendarSync:
         if state.running:
             state.again = True
         else:
-            heapq.heappush(self._due, (0.0, state.generation, link_id))
+            held = self.throttles.until(_throttle_key(state), time.monotonic())
+            heapq.heappush(self._due, (held or 0.0, state.generation, link_id))
             self._wake.set()
         return True
 
@@ -338,6 +357,8 @@ class CalendarSync:
             outcome = SyncOutcome("unavailable", message=f"no answer within {timeout:g}s")
         except CalendarRateLimited as exc:
             state.retry_after = exc.retry_after or 0.0
+            if state.retry_after > 0:  # every link of this quota waits, not only this one
+                self.throttles.hold(_throttle_key(state), time.monotonic() + state.retry_after)
             outcome = SyncOutcome("rate-limited", message=str(exc))
         except CalendarUnavailable as exc:
             state.retry_after = self.config.sync_interval  # the next poll, spread out
@@ -358,6 +379,7 @@ class CalendarSync:
         except Exception as exc:
             outcome = SyncOutcome("error", message=f"{type(exc).__name__}: {_one_line(exc)}")
             log.debug("link %d: unexpected sync error", link_id, exc_info=True)
+        await self.save_updated_secret(link_id)  # a token may have rotated, even on errors
         provider = (await self._source(state)).provider
         self.metrics.sync_duration.labels(provider).observe(time.perf_counter() - started)
         self.metrics.calendar_syncs.labels(provider, outcome.result).inc()
@@ -375,6 +397,15 @@ class CalendarSync:
                 )
             await self._log_sync(link.id, outcome)
         return outcome.result
+
+    async def save_updated_secret(self, link_id: int) -> None:
+        """Store the credential the link's source changed (``updated_secret``), if any
+        (``source_secrets.SourceSecrets``). Never raises; the push keeper calls it too."""
+        state = self._links.get(link_id)
+        if state is not None and state.source is not None:
+            await self.secrets.save(
+                link_id, state.source, lambda: self._links.get(link_id) is state
+            )
 
     async def _log_sync(self, link_id: int, outcome: SyncOutcome) -> None:
         try:
@@ -484,6 +515,11 @@ class CalendarSync:
 
 def _digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
+
+
+def _throttle_key(state: _LinkState) -> str | None:
+    key = getattr(state.source, "throttle_key", None)
+    return key if isinstance(key, str) else None
 
 
 def _key(link: Link) -> tuple[str, str]:

@@ -15,7 +15,10 @@ loopback port with a certificate made at start; ``ca_file`` is the file to trust
 * the authorization-code flow: ``consent(auth_url, user)`` plays the sign-in page (a
   redirect URL with a code, or ``access_denied``); the ``authorization_code`` grant
   checks the PKCE S256 verifier and the redirect URI; ``add_public_client`` for apps
-  without a secret.
+  without a secret. ``sign_in(auth_url, user)`` is the whole browser: consent, then the
+  redirect followed to the app's loopback listener (``links authorize microsoft``).
+  A refresh rotates the refresh token (the old one answers ``invalid_grant``, as Entra
+  ID may); ``refresh_token_works(client, token)`` asks without spending it.
 * ``GET /v1.0/users/{mailbox}/calendarView/delta`` (and ``/v1.0/me/...`` for a delegated
   token) – ``startDateTime``/``endDateTime`` required, ``Prefer: odata.maxpagesize``
   paging through ``@odata.nextLink``, ``@odata.deltaLink`` with a ``$deltatoken`` (a
@@ -259,6 +262,26 @@ class FakeGraph:
                 self._codes[code] = {**query, "user": user}
             answer["code"] = code
         return redirect + ("&" if "?" in redirect else "?") + urllib.parse.urlencode(answer)
+
+    def sign_in(self, auth_url: str, user: str, *, approve: bool = True) -> int:
+        """The browser: ``consent``, then a GET of the redirect (the app's loopback
+        listener on http://localhost:PORT/); the listener's HTTP status."""
+        redirect = self.consent(auth_url, user, approve=approve)
+        parts = urllib.parse.urlsplit(redirect)
+        assert parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1"), parts
+        # "localhost" as a browser would reach it: the loopback listener is IPv4
+        url = parts._replace(netloc=f"127.0.0.1:{parts.port}").geturl()
+        try:
+            with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - loopback
+                return int(answer.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    def refresh_token_works(self, client_id: str, refresh_token: str) -> bool:
+        """Whether the token endpoint would take ``refresh_token`` now (not spent)."""
+        with self._lock:
+            grant = self._refresh.get(refresh_token)
+            return grant is not None and grant[0] == client_id and not self._refresh_dead
 
     def add_public_client(self, client_id: str) -> None:
         """An app registration without a secret (the CLI's installed-app flow)."""

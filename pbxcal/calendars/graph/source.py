@@ -113,7 +113,8 @@ class GraphCalendarSource:
     ``tokens`` is a ``tokens.AppOnlyTokens`` or ``tokens.DelegatedTokens``;
     ``graph_url`` points elsewhere in tests (``FakeGraph.graph_url``), ``ca_file``
     trusts that server's certificate; ``clock`` gives the aware "now" the window is
-    planned from.
+    planned from; ``token_secret`` is the secret kind under which ``updated_secret``
+    hands back a changed token cache (delegated links; ``None``: never).
     """
 
     provider = "graph"
@@ -133,6 +134,7 @@ class GraphCalendarSource:
         ahead: timedelta = DEFAULT_AHEAD,
         renew_before: timedelta = DEFAULT_RENEW_BEFORE,
         clock: Callable[[], datetime] | None = None,
+        token_secret: str | None = None,
     ) -> None:
         if renew_before >= ahead:
             raise ValueError("renew_before must be shorter than ahead")
@@ -149,6 +151,7 @@ class GraphCalendarSource:
         self._ahead = ahead
         self._renew_before = renew_before
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._token_secret = token_secret
         self._lock = asyncio.Lock()
         root = "/me" if mailbox is None else "/users/" + urllib.parse.quote(mailbox, safe="@.")
         self._root = self._base + root
@@ -179,6 +182,27 @@ class GraphCalendarSource:
                 raise CalendarUnavailable(
                     f"{self._where}: Graph lost the new delta round while paging"
                 ) from None
+
+    @property
+    def throttle_key(self) -> str | None:
+        """Links with the same key share Graph's quota (per app and mailbox): a 429 of
+        one holds back the others (``CalendarSync``). ``None`` for unknown tokens."""
+        identity = getattr(self._tokens, "identity", None)
+        if not isinstance(identity, str):
+            return None
+        return f"graph:{identity}:{(self.mailbox or 'me').lower()}"
+
+    def updated_secret(self) -> tuple[str, bytes] | None:
+        """``(kind, value)`` to store when the token cache changed (MSAL refreshed, maybe
+        rotating the refresh token), else ``None``. Blocking: call from a worker thread
+        (it waits for a token request in progress)."""
+        changed = getattr(self._tokens, "changed", None)
+        serialize = getattr(self._tokens, "serialize", None)
+        if self._token_secret is None or changed is None or serialize is None:
+            return None
+        if not changed():
+            return None
+        return self._token_secret, str(serialize()).encode()
 
     async def mailbox_settings(self) -> MailboxSettings:
         """The mailbox's time zone and working hours (``GET .../mailboxSettings``)."""

@@ -84,6 +84,11 @@ class AppOnlyTokens:
         self._app: Any = None
         self._lock = threading.Lock()
 
+    @property
+    def identity(self) -> str:
+        """Whose quota the calls use (Graph throttles per app and mailbox): the app."""
+        return f"app:{self._tenant}:{self._client_id}"
+
     def access_token(self, fresh: bool = False) -> str:
         with self._lock:
             if self._app is None or fresh:
@@ -137,6 +142,16 @@ class DelegatedTokens:
             ) from None
         self._app: Any = None
         self._lock = threading.Lock()
+        accounts = self._cache.find(msal.TokenCache.CredentialType.ACCOUNT)
+        home = next((str(a.get("home_account_id")) for a in accounts
+                     if isinstance(a, dict) and a.get("home_account_id")), "")  # fmt: skip
+        self._account = home or "unknown"
+
+    @property
+    def identity(self) -> str:
+        """Whose quota the calls use: the app and the signed-in account (MSAL's home
+        account id, read from the cache without I/O)."""
+        return f"user:{self._client_id}:{self._account}"
 
     def changed(self) -> bool:
         """The cache changed (a new access or refresh token) and should be stored again."""
