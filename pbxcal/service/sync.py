@@ -274,25 +274,29 @@ class CalendarSync:
         """Read due links forever."""
         while True:
             self._wake.clear()
-            now = time.monotonic()
-            while self._due and self._due[0][0] <= now:
-                _, generation, link_id = heapq.heappop(self._due)
-                state = self._links.get(link_id)
-                if state is None or state.generation != generation or state.running:
-                    continue  # removed, replaced, or still being read
-                held = self.throttles.until(_throttle_key(state), now)
-                if held is not None:  # its quota is used up (another link was told so)
-                    later = held + random.uniform(0.0, 0.1 * (held - now))
-                    heapq.heappush(self._due, (later, generation, link_id))
-                    continue
-                await self._slots.acquire()
-                state.running = True
-                task = asyncio.create_task(self._sync_and_reschedule(state))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
+            await self._start_due(time.monotonic())
             wait = self._due[0][0] - time.monotonic() if self._due else 60.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.0))
+
+    async def _start_due(self, now: float) -> None:
+        """Start a read of every link due at ``now`` (monotonic); a link whose quota is
+        held (``throttles``) is moved to when it is free again."""
+        while self._due and self._due[0][0] <= now:
+            _, generation, link_id = heapq.heappop(self._due)
+            state = self._links.get(link_id)
+            if state is None or state.generation != generation or state.running:
+                continue  # removed, replaced, or still being read
+            held = self.throttles.until(_throttle_key(state), now)
+            if held is not None:  # its quota is used up (another link was told so)
+                later = held + random.uniform(0.0, 0.1 * (held - now))
+                heapq.heappush(self._due, (later, generation, link_id))
+                continue
+            await self._slots.acquire()
+            state.running = True
+            task = asyncio.create_task(self._sync_and_reschedule(state))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     def sync_soon(self, link_id: int) -> bool:
         """Read a link now (a push notification said it changed); False if unknown.

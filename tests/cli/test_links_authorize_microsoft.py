@@ -123,7 +123,7 @@ def test_a_refused_consent_is_a_one_line_error_and_no_file(
     tmp_path: Path, graph: FakeGraph
 ) -> None:
     grant_file = tmp_path / "anna.json"
-    code, out, err, _ = authorize(graph, grant_file, approve=False)
+    code, _, err, _ = authorize(graph, grant_file, approve=False)
     assert code == 2, err
     last = err.strip().splitlines()[-1]
     assert "access_denied" in last and "Traceback" not in err

@@ -93,3 +93,86 @@ def test_a_code_is_redeemed_once(fake: FakeGraph) -> None:
     with pytest.raises(CalendarAuthFailed) as caught:
         flow.finish(start, query)
     assert query["code"] not in str(caught.value)
+
+
+async def test_a_rotated_refresh_token_comes_back_as_the_updated_secret(
+    fake: FakeGraph, calls: BlockingCalls
+) -> None:
+    """After a refresh (access tokens expired: Graph answers 401, MSAL refreshes), the
+    source hands back the new cache; the fake rotated the refresh token, so only the new
+    cache can refresh again."""
+    import json
+
+    flow = authorizer(fake)
+    start = flow.begin(REDIRECT)
+    cache = flow.finish(start, query_of(fake.consent(start.url, MAILBOX)))
+    [old] = [e["secret"] for e in json.loads(cache)["RefreshToken"].values()]
+    tokens = DelegatedTokens("cli-app", cache, tenant=TENANT,
+                             authority_host=fake.authority_host, ca_file=fake.ca_file)
+    source = GraphCalendarSource(tokens, None, calls=calls, graph_url=fake.graph_url,
+                                 ca_file=fake.ca_file, token_secret="graph-token-cache")
+    other = GraphCalendarSource(tokens, None, calls=calls, graph_url=fake.graph_url)
+    assert source.throttle_key is not None and "cli-app" in source.throttle_key
+    assert source.throttle_key == other.throttle_key  # same app, same account
+    await source.changes(None)
+    assert source.updated_secret() is None  # the access token in the cache served
+    fake.expire_access_tokens()
+    await source.changes(None)
+    update = source.updated_secret()
+    assert update is not None and update[0] == "graph-token-cache"
+    [new] = [e["secret"] for e in json.loads(update[1])["RefreshToken"].values()]
+    assert new != old and fake.refresh_token_works("cli-app", new)
+    assert not fake.refresh_token_works("cli-app", old)  # rotation: the old one is spent
+    assert source.updated_secret() is None  # handed out once
+    assert other.updated_secret() is None  # a source without token_secret never does
+
+
+def test_throttle_keys_tell_apps_and_mailboxes_apart() -> None:
+    from pbxcal.calendars.graph import AppOnlyTokens
+
+    calls = BlockingCalls(1)
+    try:
+        one = AppOnlyTokens(TENANT, "app-1", "s")
+        a = GraphCalendarSource(one, "Anna@contoso.com", calls=calls)
+        b = GraphCalendarSource(one, "anna@contoso.com", calls=calls)
+        c = GraphCalendarSource(one, "bob@contoso.com", calls=calls)
+        d = GraphCalendarSource(AppOnlyTokens(TENANT, "app-2", "s"), "anna@contoso.com",
+                                calls=calls)  # fmt: skip
+        assert a.throttle_key == b.throttle_key
+        assert len({a.throttle_key, c.throttle_key, d.throttle_key}) == 3
+    finally:
+        calls.close()
+
+
+def test_a_grant_file_round_trip_and_refusals(tmp_path: pytest.TempPathFactory) -> None:
+    import json
+    from pathlib import Path
+
+    from pbxcal.calendars.graph.authorize import (
+        MicrosoftGrant,
+        read_grant_file,
+        write_grant_file,
+    )
+
+    path = Path(str(tmp_path)) / "grant.json"
+    grant = MicrosoftGrant("cli-app", TENANT, '{"cache": "rt-secret"}', "https://login.test")
+    write_grant_file(path, grant)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert read_grant_file(path) == grant
+    assert "rt-secret" not in repr(grant)
+    with pytest.raises(OSError):
+        write_grant_file(path, grant)  # never over an existing file
+    bad = Path(str(tmp_path)) / "bad.json"
+    for content, message in [
+        ("[]", "not a Microsoft grant"),
+        (json.dumps({"type": "microsoft-delegated", "client_id": "x", "tenant": "t"}),
+         "misses token_cache"),
+        (json.dumps({"type": "microsoft-delegated", "client_id": "x", "tenant": "a b",
+                     "token_cache": "rt-secret"}), "no usable tenant"),
+        (json.dumps({"type": "microsoft-delegated", "client_id": "x", "tenant": "t",
+                     "token_cache": "c", "authority_host": "http://evil"}), "not https"),
+    ]:
+        bad.write_text(content)
+        with pytest.raises(CalendarAuthFailed, match=message) as caught:
+            read_grant_file(bad)
+        assert "rt-secret" not in str(caught.value)

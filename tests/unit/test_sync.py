@@ -425,3 +425,114 @@ async def test_a_hanging_source_never_delays_a_boundary(store: Store) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         world.sync.stop()
+
+
+# -- per-quota Retry-After and credentials a source renewed (issue #10) ------------------
+
+
+class QuotaSource(FakeIncremental):
+    """An incremental source on a provider quota (``throttle_key``) whose credential may
+    change (``updated_secret``: what ``renewed`` holds, handed out once)."""
+
+    def __init__(self, key: str | None) -> None:
+        super().__init__()
+        self.throttle_key = key
+        self.renewed: tuple[str, bytes] | None = None
+
+    def updated_secret(self) -> tuple[str, bytes] | None:
+        value, self.renewed = self.renewed, None
+        return value
+
+
+def quota_world(store: Any, keys: list[str | None]) -> tuple[World, list[QuotaSource], list[Link]]:
+    world = World(store)
+    sources = [QuotaSource(key) for key in keys]
+    links: list[Link] = [
+        store.add_link(str(100 + i), "main", "ics", f"/cal{i}.ics") for i in range(len(keys))
+    ]
+    by_id = {link.id: source for link, source in zip(links, sources, strict=True)}
+    world.sync.source_factory = lambda link: by_id[link.id]
+    world.sync.set_links(links)
+    return world, sources, links
+
+
+async def test_a_retry_after_holds_back_every_link_of_the_same_quota(store: Store) -> None:
+    """Two links read one mailbox through one app (same key): Graph's 429 to one is the
+    other's too. A link of another quota is read as usual; sync_soon waits as well."""
+    import time
+
+    world, (first, second, other), links = quota_world(store, ["mbx-a", "mbx-a", "mbx-b"])
+    for source in (first, second, other):
+        source.answers = [ChangeSet("c1", True, (row("a", "0612345678", 0, 60),))]
+    for link in links:
+        assert await world.sync.sync_link(link.id) == "changed"
+    first.answers = [CalendarRateLimited("throttled (429)", retry_after=120)]
+    second.answers, other.answers = [None], [None]
+    assert await world.sync.sync_link(links[0].id) == "rate-limited"
+    held = world.sync.throttles.until("mbx-a", time.monotonic())
+    assert held is not None and held > time.monotonic() + 100
+
+    world.sync._due.clear()
+    assert world.sync.sync_soon(links[1].id) and world.sync.sync_soon(links[2].id)
+    await world.sync._start_due(time.monotonic())
+    await asyncio.gather(*world.sync._running)
+    assert other.cursors == [None, "c1"]  # another quota: read at once
+    assert second.cursors == [None]  # held back with the link that was told to wait
+    moved = [due for due, _, link_id in world.sync._due if link_id == links[1].id]
+    assert moved and min(moved) >= held  # moved to when the quota is free
+
+    await world.sync._start_due(held + 1)  # the quota is free again
+    await asyncio.gather(*world.sync._running)
+    assert second.cursors == [None, "c1"]
+    assert len(world.sync.throttles) == 0  # an expired hold is forgotten
+
+
+async def test_a_rate_limit_without_retry_after_or_key_holds_no_one(store: Store) -> None:
+    world, (first, _), links = quota_world(store, [None, None])
+    first.answers = [CalendarRateLimited("throttled", retry_after=60)]
+    assert await world.sync.sync_link(links[0].id) == "rate-limited"
+    assert len(world.sync.throttles) == 0
+
+
+async def test_a_renewed_credential_is_stored_encrypted_after_the_sync(
+    tmp_path: Path,
+) -> None:
+    from pbxcal.store import KeyRing
+    from pbxcal.store.secrets import new_key
+
+    with Store.open(f"sqlite:///{tmp_path / 's.sqlite3'}", keys=KeyRing([new_key()])) as store:
+        failing = FailingSecretWrites(store)
+        world, (source,), (link,) = quota_world(failing, ["k"])
+        source.answers = [ChangeSet("c1", True, (row("a", "0612345678", 0, 60),)), None, None]
+        source.renewed = ("graph-token-cache", b"cache-v2")
+        failing.failing = True
+        assert await world.sync.sync_link(link.id) == "changed"  # followed all the same
+        assert store.load_secret(link.id, "graph-token-cache") is None
+        assert not world.sync.store_health.writable
+        assert sample(world.metrics, "pbxcal_store_write_failures_total",
+                      operation="save-secret") == 1  # fmt: skip
+        failing.failing = False
+        assert await world.sync.sync_link(link.id) == "unchanged"
+        # kept in memory and stored at the next sync, though the source has nothing new
+        assert store.load_secret(link.id, "graph-token-cache") == b"cache-v2"
+        assert world.sync.store_health.writable
+        source.renewed = ("graph-token-cache", b"cache-v3")
+        await world.sync.save_updated_secret(link.id)  # what the push keeper calls
+        assert store.load_secret(link.id, "graph-token-cache") == b"cache-v3"
+        assert b"cache-v3" not in (tmp_path / "s.sqlite3").read_bytes()  # encrypted
+
+
+class FailingSecretWrites(FailingWrites):
+    """``save_secret`` fails while ``failing`` is set."""
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.store, name)
+        if name == "save_secret":
+
+            def write(*args: Any, **kwargs: Any) -> Any:
+                if self.failing:
+                    raise StoreError("attempt to write a readonly database")
+                return attribute(*args, **kwargs)
+
+            return write
+        return attribute

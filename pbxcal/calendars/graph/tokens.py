@@ -142,7 +142,7 @@ class DelegatedTokens:
             ) from None
         self._app: Any = None
         self._lock = threading.Lock()
-        accounts = self._cache.find(msal.TokenCache.CredentialType.ACCOUNT)
+        accounts = list(self._cache.search(msal.TokenCache.CredentialType.ACCOUNT))
         home = next((str(a.get("home_account_id")) for a in accounts
                      if isinstance(a, dict) and a.get("home_account_id")), "")  # fmt: skip
         self._account = home or "unknown"
