@@ -1,9 +1,12 @@
 """A Microsoft 365 mailbox (the protocol-level Graph fake on TLS loopback, driven by the
-real MSAL and pbxcal's Graph client) linked from the CLI with an app registration drives
-a forwarding on the sandboxed Asterisk through ``pbxcal run`` (issue #10, app-only).
+real MSAL and pbxcal's Graph client) linked from the CLI drives a forwarding on the
+sandboxed Asterisk through ``pbxcal run`` (issue #10): with an app registration
+(app-only), and with a user's own grant (delegated, ``links authorize microsoft``).
 
 The client secret goes in on standard input and is stored encrypted; a wrong secret is
 refused when the link is added; an edit in the mailbox reaches Asterisk at the next poll.
+A delegated grant's refresh token rotates on every refresh (as Entra ID's may): the
+daemon stores the new one, so the link still works after a restart.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from daemon_helpers import PBXCAL, DaemonRun, new_key_file, wait_for, wait_forwarding
+from daemon_helpers import (
+    PBXCAL,
+    DaemonRun,
+    forwarding,
+    new_key_file,
+    wait_for,
+    wait_forwarding,
+)
 
 from pbxcal.testing.asterisk import AsteriskSandbox
 from pbxcal.testing.graph_fake import TENANT, FakeGraph
@@ -142,4 +152,96 @@ def test_graph_change_notifications_bring_an_edit_at_once(
         graph.subscription_ids, lambda ids: len(ids) == 1 and ids[0] != first, 20,
         what="a new subscription after subscriptionRemoved",
     )  # fmt: skip
+    daemon.check_alive()
+
+
+PUBLIC_CLIENT = "cli-app-1"
+
+
+def sign_in(graph: FakeGraph, output: Path) -> None:
+    """``pbxcal links authorize microsoft``, the test being the user's browser."""
+    proc = subprocess.Popen(
+        [str(PBXCAL), "links", "authorize", "microsoft", "--client-id", PUBLIC_CLIENT,
+         "--tenant", TENANT, "--output", str(output), "--timeout", "30",
+         "--authority-host", graph.authority_host, "--ca-file", graph.ca_file],
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    url = next(line.strip() for line in proc.stderr if line.strip().startswith("https://"))
+    assert graph.sign_in(url, MAILBOX) == 200
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out + err
+
+
+def refresh_token(cache_text: str) -> str:
+    [token] = [e["secret"] for e in json.loads(cache_text)["RefreshToken"].values()]
+    return str(token)
+
+
+def stored_refresh_token(daemon: DaemonRun, keys: Path, link_id: int) -> str | None:
+    """The refresh token in the link's stored (encrypted) token cache."""
+    from pbxcal.store import Store, load_key_ring
+
+    with Store.open(daemon.store, keys=load_key_ring(str(keys), None)) as store:
+        value = store.load_secret(link_id, "graph-token-cache")
+    return None if value is None else refresh_token(value.decode())
+
+
+def test_a_delegated_grant_keeps_working_across_rotation_and_restart(
+    ast: AsteriskSandbox, daemons: list[DaemonRun], tmp_path: Path, graph: FakeGraph
+) -> None:
+    graph.add_public_client(PUBLIC_CLIENT)
+    keys = new_key_file(tmp_path)
+    daemon = DaemonRun(tmp_path, ast, [], key_file=keys)
+    daemons.append(daemon)
+    daemon.start()
+    daemon.wait_ready()
+    grant = tmp_path / "anna.grant.json"
+    sign_in(graph, grant)
+    first_token = refresh_token(json.loads(grant.read_text())["token_cache"])
+    added = subprocess.run(
+        [*daemon.command("links", "add", "--provider", "graph", "--grant-file", str(grant),
+                         "--graph-url", graph.graph_url, "--ca-file", graph.ca_file,
+                         "--extension", "100", "--json")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    link = int(json.loads(added.stdout)["added"])
+    assert first_token.encode() not in Path(daemon.store.removeprefix("sqlite:///")).read_bytes()
+
+    now = datetime.now(UTC)
+    graph.put_event(MAILBOX, event("0612345678", now - timedelta(minutes=1),
+                                   now + timedelta(minutes=20)))  # fmt: skip
+    wait_forwarding(ast, "100", "+31612345678", timeout=15)
+
+    # Every access token is refused from now on: the daemon must refresh, and the fake
+    # hands out a new refresh token and forgets the old one.
+    graph.expire_access_tokens()
+    graph.edit_event(MAILBOX, "ev1", subject="0201234567")
+    wait_forwarding(ast, "100", "+31201234567", timeout=15)
+    assert not graph.refresh_token_works(PUBLIC_CLIENT, first_token)  # rotation mattered
+    rotated, _ = wait_for(
+        lambda: stored_refresh_token(daemon, keys, link),
+        lambda token: token is not None and token != first_token,
+        10, what="the rotated refresh token in the store",
+    )  # fmt: skip
+    assert rotated is not None and graph.refresh_token_works(PUBLIC_CLIENT, rotated)
+
+    # A new process knows only what was stored; its access token is refused too, so
+    # only the stored (rotated) refresh token can bring the next edit in.
+    assert daemon.terminate() == 0
+    graph.expire_access_tokens()
+    graph.edit_event(MAILBOX, "ev1", subject="0301234567")
+    daemon.start()
+    daemon.wait_ready()
+    wait_forwarding(ast, "100", "+31301234567", timeout=15)
+    assert [row["status"] for row in daemon.links()] == ["connected"]
+
+    # The user withdrew consent: the link asks to be linked again, and its last known
+    # events keep driving the extension.
+    graph.revoke_refresh_tokens()
+    graph.expire_access_tokens()
+    wait_for(daemon.links, lambda rows: rows[0]["status"] == "needs_relink", 15,
+             what="needs_relink")  # fmt: skip
+    assert forwarding(ast, "100") == "+31301234567"
     daemon.check_alive()
