@@ -15,13 +15,14 @@ Usage (the daemon keeps one ``BlockingCalls`` for all providers)::
 
 What a link stores: settings – provider ``graph``, tenant, client id, mailbox (app-only)
 or none (delegated); secrets (encrypted) – the client secret (app-only, may be shared by
-every link of one app registration) or the token cache text (delegated: after a sync,
-when ``tokens.changed()``, store ``tokens.serialize()`` again: the refresh token
-rotates); state – ``change_set.cursor`` (JSON with the window and the delta link), stored
+every link of one app registration) or the token cache text (delegated: the refresh
+token rotates, so the source's ``updated_secret()`` hands back the changed cache, which
+``CalendarSync`` stores again after each sync); state – ``change_set.cursor`` (JSON with the window and the delta link), stored
 with the rows in one transaction. ``changes`` handles an expired delta link and the
 window's renewal inside (a full change set comes back).
 
-Errors are pbxcal's: ``CalendarRateLimited`` → back off ``retry_after`` (per mailbox);
+Errors are pbxcal's: ``CalendarRateLimited`` → back off ``retry_after`` (per mailbox:
+every link with the same ``source.throttle_key``, i.e. app and mailbox, waits);
 ``CalendarNeedsRelink`` → "needs relink"; ``CalendarAuthFailed`` → "auth failed";
 ``CalendarUnavailable`` → "unreachable", the stored events keep driving the forwardings.
 Row UIDs are Graph instance ids, one row per occurrence (see ``events``).
@@ -38,9 +39,9 @@ Graph allows at most about 7 days (⚠ docs say 4,230 or 10,080 minutes) per exp
 Modules: ``events`` (event JSON → rows, pure), ``source`` (delta rounds, paging, error
 mapping, mailbox settings, subscriptions), ``tokens`` (MSAL), ``push`` (handshake,
 checking notifications), ``authorize`` (authorization code with PKCE → the token cache
-``DelegatedTokens`` reads; for ``links authorize microsoft``). The fake for tests is
-``pbxcal.testing.graph_fake.FakeGraph``. Not yet: wiring into the daemon, the CLI
-command, the README's Entra ID section.
+``DelegatedTokens`` reads; ``run_installed_app_flow`` and the grant file of ``links
+authorize microsoft``). Links are built in ``pbxcal.calendars.providers``. The fake for
+tests is ``pbxcal.testing.graph_fake.FakeGraph``.
 Must not do: be imported by the core, or run its calls on the event loop.
 """
 
