@@ -17,9 +17,10 @@ What a link stores: settings – provider ``graph``, tenant, client id, mailbox 
 or none (delegated); secrets (encrypted) – the client secret (app-only, may be shared by
 every link of one app registration) or the token cache text (delegated: the refresh
 token rotates, so the source's ``updated_secret()`` hands back the changed cache, which
-``CalendarSync`` stores again after each sync); state – ``change_set.cursor`` (JSON with the window and the delta link), stored
-with the rows in one transaction. ``changes`` handles an expired delta link and the
-window's renewal inside (a full change set comes back).
+``CalendarSync`` stores again after each sync); state – ``change_set.cursor`` (JSON
+with the window and the delta link), stored with the rows in one transaction.
+``changes`` handles an expired delta link and the window's renewal inside (a full
+change set comes back).
 
 Errors are pbxcal's: ``CalendarRateLimited`` → back off ``retry_after`` (per mailbox:
 every link with the same ``source.throttle_key``, i.e. app and mailbox, waits);
