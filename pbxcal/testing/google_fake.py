@@ -21,6 +21,14 @@ and google-auth to work against it unchanged:
   ``events.list`` calls with an error in Google's JSON error shape (403
   ``rateLimitExceeded``, 429, 5xx...); ``hold_next()`` makes the next one hang until
   released.
+* the web sign-in of the customer portal (``oauth_pages``): ``GET /auth`` shows a sign-in
+  page in the browser (an account chooser, Allow / Deny) that sends the browser back to
+  the redirect URI with a code and the state (or ``access_denied``); each code remembers
+  its account, and so do the tokens it is redeemed for. ``POST /revoke`` (``token=``)
+  revokes a refresh token (and the access tokens issued from it) or an access token;
+  ``revoked`` lists them, and a revoked refresh token gets ``invalid_grant``.
+  ``GET /calendar/v3/users/me/calendarList`` lists the calendars ``add_calendar(...,
+  owner=account)`` gave the token's account (the primary one's id is the e-mail).
 * ``requests`` counts requests per endpoint (``"token"``, ``"events.list"``), for
   tests and benchmarks.
 
@@ -63,8 +71,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from pbxcal.testing import oauth_pages
+
 _JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _EVENTS_PREFIX = "/calendar/v3/calendars/"
+_CALENDAR_LIST = "/calendar/v3/users/me/calendarList"
+_ACCOUNT = "fake_account"  # the account a code was given for (kept with its request)
 
 
 @dataclass
@@ -104,6 +116,8 @@ class _Calendar:
     time_zone: str
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
+    owner: str | None = None  # the account whose calendarList shows it
+    summary: str = ""
 
 
 class FakeGoogle:
@@ -129,6 +143,11 @@ class FakeGoogle:
         self._codes: dict[str, dict[str, str]] = {}  # authorization code -> its request
         self._clients: dict[str, str] = {}  # client id -> secret (installed-app flow)
         self.requests: Counter[str] = Counter()
+        # web sign-in (see the module docstring)
+        self.accounts: tuple[str, ...] = oauth_pages.DEFAULT_ACCOUNTS
+        self._token_accounts: dict[str, str] = {}  # refresh or access token -> account
+        self._issued_from: dict[str, str] = {}  # access token -> its refresh token
+        self.revoked: list[str] = []  # tokens revoked at POST /revoke
         self._channels: dict[str, _Channel] = {}
         self._outbox: queue.Queue[tuple[_Channel, int, str] | None] = queue.Queue()
         self.deliveries: list[Delivery] = []
@@ -242,21 +261,34 @@ class FakeGoogle:
             "redirect_uris": ["http://localhost"],
         }}
 
-    def consent(self, url: str, *, refuse: bool = False) -> str:
+    def add_web_client(self, client_id: str, client_secret: str) -> dict[str, Any]:
+        """Register a "Web application" OAuth client (the portal's); its client JSON."""
+        with self._lock:
+            self._clients[client_id] = client_secret
+        return {"web": {
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "auth_uri": self.auth_uri,
+            "token_uri": self.token_uri,
+        }}
+
+    def consent(self, url: str, *, refuse: bool = False, account: str = "") -> str:
         """What Google's consent page does for ``url``: the redirect URL it sends the
-        browser to, with a one-time code (or ``error=access_denied``)."""
+        browser to, with a one-time code for ``account`` (or ``error=access_denied``)."""
         parsed = urllib.parse.urlsplit(url)
         query = dict(urllib.parse.parse_qsl(parsed.query))
-        redirect = query["redirect_uri"]
+        return self._consent(query, refuse=refuse, account=account)
+
+    def _consent(self, query: dict[str, str], *, refuse: bool, account: str) -> str:
         with self._lock:
             self.authorizations.append(query)
             if refuse:
                 answer = {"error": "access_denied", "state": query.get("state", "")}
             else:
                 code = f"code-{next(self._token_ids)}"
-                self._codes[code] = query
+                self._codes[code] = {**query, _ACCOUNT: account}
                 answer = {"code": code, "state": query.get("state", ""), "scope": query["scope"]}
-        return f"{redirect}?{urllib.parse.urlencode(answer)}"
+        return oauth_pages.redirect_target(query, answer)
 
     def revoke_refresh_tokens(self) -> None:
         """From now on the token endpoint answers ``invalid_grant`` for refresh tokens."""
@@ -270,9 +302,16 @@ class FakeGoogle:
 
     # --- the calendar ------------------------------------------------------------------
 
-    def add_calendar(self, calendar_id: str, time_zone: str = "Europe/Amsterdam") -> None:
+    def add_calendar(
+        self, calendar_id: str, time_zone: str = "Europe/Amsterdam", *,
+        owner: str | None = None, summary: str = "",
+    ) -> None:
+        """A calendar; with ``owner`` it is in that account's calendarList (primary when
+        its id is the owner's address)."""
         with self._lock:
-            self._calendars[calendar_id] = _Calendar(time_zone)
+            self._calendars[calendar_id] = _Calendar(
+                time_zone, owner=owner, summary=summary or calendar_id
+            )
 
     def put_event(self, calendar_id: str, event: dict[str, Any]) -> dict[str, Any]:
         """Insert or replace an event (by ``id``); returns it as the API would."""
@@ -456,6 +495,40 @@ class FakeGoogle:
         del self._channels[channel.id]
         return 204, None
 
+    # --- the web sign-in: revocation and the calendar list (see the module docstring) ---
+
+    def _revoke(self, form: dict[str, str]) -> tuple[int, dict[str, Any] | None]:
+        self.requests["revoke"] += 1
+        token = form.get("token", "")
+        with self._lock:
+            if token in self._refresh_tokens:
+                del self._refresh_tokens[token]
+                for access, source in list(self._issued_from.items()):
+                    if source == token:
+                        self._access_tokens.discard(access)
+            elif token in self._access_tokens:
+                self._access_tokens.discard(token)
+            else:
+                return 400, {"error": "invalid_token", "error_description": "Bad Request"}
+            self.revoked.append(token)
+        return 200, None
+
+    def _calendar_list(self, authorization: str) -> tuple[int, dict[str, Any]]:
+        self.requests["calendarList.list"] += 1
+        token = authorization.removeprefix("Bearer ")
+        with self._lock:
+            if token not in self._access_tokens:
+                return 401, _error(401, "authError", "Invalid Credentials")
+            account = self._token_accounts.get(token)
+            items = [
+                {"kind": "calendar#calendarListEntry", "id": calendar_id,
+                 "summary": calendar.summary, "timeZone": calendar.time_zone,
+                 "accessRole": "owner", "primary": calendar_id == account}
+                for calendar_id, calendar in self._calendars.items()
+                if account is not None and calendar.owner == account
+            ]  # fmt: skip
+        return 200, {"kind": "calendar#calendarList", "items": items}
+
     # --- request handling (called from the server's threads) -----------------------------
 
     def _token(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
@@ -472,6 +545,13 @@ class FakeGoogle:
                                  "error_description": "Token has been expired or revoked."}
                 if known != client:
                     return 401, {"error": "invalid_client", "error_description": "Unauthorized"}
+                refresh_token = form.get("refresh_token", "")
+                token = f"fake-access-{next(self._token_ids)}"
+                self._access_tokens.add(token)
+                self._issued_from[token] = refresh_token
+                if refresh_token in self._token_accounts:
+                    self._token_accounts[token] = self._token_accounts[refresh_token]
+                return 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
             elif grant == _JWT_BEARER:
                 claims = self._check_assertion(form.get("assertion", ""))
                 if claims is None:
@@ -506,6 +586,8 @@ class FakeGoogle:
         self._refresh_tokens[refresh_token] = (client_id, self._clients[client_id])
         access = f"fake-access-{next(self._token_ids)}"
         self._access_tokens.add(access)
+        self._issued_from[access] = refresh_token
+        self._token_accounts[refresh_token] = self._token_accounts[access] = request[_ACCOUNT]
         return 200, {"access_token": access, "expires_in": 3600, "token_type": "Bearer",
                      "refresh_token": refresh_token, "scope": request.get("scope", "")}
 
@@ -616,6 +698,16 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith(_EVENTS_PREFIX) or path == "/calendar/v3/channels/stop":
             self._channel_call(path, body)
             return
+        if path == "/auth":  # the sign-in page's form
+            signed = oauth_pages.read_sign_in_form(body)
+            target = self.owner._consent(
+                signed.request, refuse=not signed.allowed, account=signed.account
+            )
+            self._redirect(target)
+            return
+        if path == "/revoke":
+            self._answer(*self.owner._revoke(dict(urllib.parse.parse_qsl(body))))
+            return
         if path != "/token":
             self._answer(404, _error(404, "notFound", "Not Found"))
             return
@@ -651,6 +743,16 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         parsed = urllib.parse.urlsplit(self.path)
         path = parsed.path
+        if path == "/auth":  # Google's sign-in page, for a browser
+            query = dict(urllib.parse.parse_qsl(parsed.query))
+            page = oauth_pages.sign_in_page(
+                query, self.owner.accounts, action="/auth", provider="Google"
+            )
+            self._page(page)
+            return
+        if path == _CALENDAR_LIST:
+            self._answer(*self.owner._calendar_list(self.headers.get("Authorization", "")))
+            return
         if not (path.startswith(_EVENTS_PREFIX) and path.endswith("/events")):
             self._answer(404, _error(404, "notFound", "Not Found"))
             return
@@ -660,6 +762,19 @@ class _Handler(BaseHTTPRequestHandler):
             calendar_id, query, self.headers.get("Authorization", "")
         )
         self._answer(status, answer, headers)
+
+    def _page(self, page: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def _redirect(self, target: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _answer(
         self, status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None
