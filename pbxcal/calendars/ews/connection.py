@@ -1,24 +1,42 @@
 """exchangelib set up for one EWS mailbox, and its errors mapped into pbxcal's tree.
 
-``EwsSettings`` names what the lead stores per link (everything but the password, which
-lives in the secret store); ``make_account`` builds an exchangelib ``Account`` from them
-without any I/O: an explicit service endpoint (``https://mail.example/EWS/Exchange.asmx``)
-and a fixed server version, so exchangelib neither autodiscovers nor probes; NTLM or basic
-credentials; ``delegate`` access (the account reads its own or a delegated mailbox) or
-``impersonation`` (one service account, many mailboxes: the ExchangeImpersonation SOAP
-header); exchangelib's ``FailFast`` retry policy, so pbxcal's own back-off decides.
+``EwsSettings`` names what the lead stores per link (everything but the password or client
+secret, which lives in the secret store); ``make_account`` builds an exchangelib
+``Account`` from them without any I/O: an explicit service endpoint
+(``https://mail.example/EWS/Exchange.asmx``; with ``autodiscover`` the one found by
+``pbxcal.calendars.ews.discovery``) and a fixed server version, so exchangelib neither
+autodiscovers nor probes; NTLM or basic credentials, or OAuth (below); ``delegate``
+access (the account reads its own or a delegated mailbox) or ``impersonation`` (one
+service account, many mailboxes: the ExchangeImpersonation SOAP header); exchangelib's
+``FailFast`` retry policy, so pbxcal's own back-off decides. ``channel`` gives the
+account its own exchangelib protocol (exchangelib shares one session pool per endpoint
+and credentials): the notification stream of a mailbox holds a connection for minutes
+and must not take one of the syncs'.
+
+OAuth (``auth="oauth"``, Exchange with hybrid modern auth): the client-credentials grant
+of an Entra ID app registration (``tenant``, ``client_id``; the client secret is the
+link's secret), through exchangelib's own ``OAuth2Credentials`` and ``OAUTH2`` auth type.
+``_OAuthCredentials`` only moves the token endpoint to ``authority_host`` (tests: the
+fake's, on loopback) and asks for ``<EWS origin>/.default`` (the on-premises resource),
+and leaves out requests-oauthlib's auto-refresh, which would send a refresh-token grant
+Entra ID refuses for client credentials: a token found expired before sending raises
+``TokenExpiredError`` once, exchangelib makes a new session (a new token), and the
+source repeats its call. MSAL, which the Graph adapter uses, is not needed: exchangelib's
+token URL can be pointed at the fake by this subclass.
 
 TLS verification is always on. A private CA is trusted per endpoint (``ca_bundle``, a PEM
 file): exchangelib creates its requests sessions itself, so the supported hook is its
 ``BaseProtocol.HTTP_ADAPTER_CLS``; ``_VerifyingAdapter`` replaces requests' default
 ``verify=True`` by the bundle registered for the request's origin and never by ``False``.
 
-``ews_errors`` maps exchangelib's and requests' exceptions: 401 / refused impersonation →
-``CalendarAuthFailed``; ``ErrorServerBusy`` → ``CalendarRateLimited`` with the server's
-BackOffMilliseconds; connection errors, timeouts, 5xx → ``CalendarUnavailable``; other EWS
-response codes → ``CalendarError``. Messages name the endpoint (without user info) and the
-EWS response code, never a password or the library's own text (which can hold URLs with
-user info or request data).
+``ews_errors`` maps exchangelib's, requests' and oauthlib's exceptions: 401 / refused
+impersonation / a wrong client secret (``invalid_client``) → ``CalendarAuthFailed``;
+withdrawn consent (``invalid_grant``) → ``CalendarNeedsRelink``; ``ErrorServerBusy`` →
+``CalendarRateLimited`` with the server's BackOffMilliseconds, also held for the mailbox
+(``held_for``) so its notification stream and its syncs both wait; connection errors,
+timeouts, 5xx → ``CalendarUnavailable``; other EWS response codes → ``CalendarError``.
+Messages name the endpoint (without user info) and the EWS response code, never a
+password or the library's own text (which can hold URLs with user info or request data).
 
 Must not do: I/O at construction, disable TLS verification, or put a secret in a message.
 Start reading at ``make_account``.
@@ -26,41 +44,63 @@ Start reading at ``make_account``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import socket
 import ssl
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
+import urllib3.exceptions
 from exchangelib import (
     BASIC,
     DELEGATE,
     IMPERSONATION,
     NTLM,
+    OAUTH2,
     Account,
     Build,
     Configuration,
     Credentials,
     FailFast,
+    OAuth2Credentials,
     Version,
 )
 from exchangelib import errors as ews
 from exchangelib.protocol import BaseProtocol
+from oauthlib.oauth2.rfc6749 import errors as oauth  # type: ignore[import-untyped]
 
 from pbxcal.errors import (
     CalendarAuthFailed,
     CalendarError,
+    CalendarNeedsRelink,
     CalendarRateLimited,
     CalendarUnavailable,
 )
 
-__all__ = ["EwsSettings", "ews_errors", "make_account", "origin"]
+__all__ = [
+    "DEFAULT_AUTHORITY_HOST",
+    "EwsSettings",
+    "ews_errors",
+    "held_for",
+    "interrupt_stream",
+    "make_account",
+    "once_more_on_expiry",
+    "origin",
+]
+
+T = TypeVar("T")
+
+#: Entra ID's public cloud (``auth="oauth"``).
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 
 #: Seconds to wait after ErrorServerBusy when no back-off is known (exchangelib itself
 #: fills in its RETRY_WAIT, 10 s, when the server names no BackOffMilliseconds).
@@ -71,19 +111,28 @@ DEFAULT_BACK_OFF = 60.0
 class EwsSettings:
     """What a link stores (no secrets): where, as whom, which mailbox.
 
-    ``auth``: ``"ntlm"`` or ``"basic"``; ``access``: ``"delegate"`` or ``"impersonation"``
-    (``username`` is then the service account); ``ca_bundle``: a PEM file trusted for this
-    endpoint in addition to nothing else (``None``: the system's CAs); ``server_build``:
-    the Exchange build the server runs at least (15.1 = Exchange 2016).
+    ``auth``: ``"ntlm"``, ``"basic"`` or ``"oauth"`` (``tenant``, ``client_id``,
+    ``authority_host``; ``username`` unused); ``access``: ``"delegate"`` or
+    ``"impersonation"`` (``username`` or the app is then the service account);
+    ``ca_bundle``: a PEM file trusted for this endpoint (and the token endpoint) in
+    addition to nothing else (``None``: the system's CAs); ``server_build``: the Exchange
+    build the server runs at least (15.1 = Exchange 2016).
     """
 
     service_endpoint: str
     mailbox: str
     username: str
-    auth: Literal["ntlm", "basic"] = "ntlm"
+    auth: Literal["ntlm", "basic", "oauth"] = "ntlm"
     access: Literal["delegate", "impersonation"] = "delegate"
     ca_bundle: str | None = None
     server_build: tuple[int, int] = (15, 1)
+    tenant: str | None = None
+    client_id: str | None = None
+    authority_host: str = DEFAULT_AUTHORITY_HOST
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.authority_host.rstrip('/')}/{self.tenant}/oauth2/v2.0/token"
 
 
 def origin(url: str) -> str:
@@ -95,6 +144,13 @@ def origin(url: str) -> str:
 
 _bundles: dict[str, str] = {}
 _bundles_lock = threading.Lock()
+
+
+#: The open streamed response of each thread (GetStreamingEvents), so that another thread
+#: can end a notification stream at once (``interrupt_stream``).
+_streams: dict[int, requests.Response] = {}
+#: Threads told to end their stream before it was open.
+_cancelled: set[int] = set()
 
 
 class _VerifyingAdapter(requests.adapters.HTTPAdapter):
@@ -110,7 +166,85 @@ class _VerifyingAdapter(requests.adapters.HTTPAdapter):
                 bundle = _bundles.get(origin(request.url))
             if bundle is not None:
                 kwargs["verify"] = bundle
-        return super().send(request, *args, **kwargs)
+        response = super().send(request, *args, **kwargs)
+        if kwargs.get("stream"):
+            reader = threading.get_ident()
+            with _bundles_lock:
+                _streams[reader] = response
+                cancelled = reader in _cancelled
+            if cancelled:
+                interrupt_stream(reader)
+        return response
+
+
+def interrupt_stream(thread_id: int) -> None:
+    """End the streamed response the thread ``thread_id`` is reading (its socket is shut
+    down, so the blocked read returns); nothing when it reads none."""
+    with _bundles_lock:
+        response = _streams.pop(thread_id, None)
+        if response is None:
+            _cancelled.add(thread_id)
+            return
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def forget_stream() -> None:
+    """The calling thread's streamed response is done."""
+    with _bundles_lock:
+        _streams.pop(threading.get_ident(), None)
+        _cancelled.discard(threading.get_ident())
+
+
+#: (endpoint origin, mailbox) -> {who was told: time.monotonic() until which to wait}.
+_held: dict[tuple[str, str], dict[str, float]] = {}
+
+
+def held_for(settings: EwsSettings, who: str) -> float:
+    """Seconds ``who`` (``"sync"``, ``"notifications"``) must still wait because the
+    server answered ErrorServerBusy to the mailbox's *other* connections (0: none); its
+    own back-off is its caller's to keep (the sync scheduler does)."""
+    now = time.monotonic()
+    with _bundles_lock:
+        holds = _held.get(_mailbox_key(settings), {})
+        until = max((t for by, t in holds.items() if by != who), default=0.0)
+    return max(until - now, 0.0)
+
+
+def _hold(settings: EwsSettings, who: str, seconds: float) -> None:
+    key = _mailbox_key(settings)
+    with _bundles_lock:
+        holds = _held.setdefault(key, {})
+        holds[who] = max(holds.get(who, 0.0), time.monotonic() + seconds)
+
+
+def _mailbox_key(settings: EwsSettings) -> tuple[str, str]:
+    return origin(settings.service_endpoint), settings.mailbox.lower()
+
+
+class _OAuthCredentials(OAuth2Credentials):  # type: ignore[misc]
+    """exchangelib's client credentials, with pbxcal's token endpoint and scope."""
+
+    def __init__(self, settings: EwsSettings, secret: str) -> None:
+        super().__init__(client_id=settings.client_id, client_secret=secret,
+                         tenant_id=settings.tenant)  # fmt: skip
+        self.pbxcal_token_url = settings.token_url
+        parts = urlsplit(settings.service_endpoint)
+        self.pbxcal_scope = f"{parts.scheme}://{parts.netloc}/.default"
+
+    @property
+    def token_url(self) -> str:
+        return str(self.pbxcal_token_url)
+
+    @property
+    def scope(self) -> list[str]:
+        return [str(self.pbxcal_scope)]
+
+    def session_params(self) -> dict[str, Any]:
+        return {"token": self.access_token}  # no refresh-token grant (see the module)
 
 
 def _install_adapter() -> None:
@@ -153,21 +287,37 @@ def _install_log_filter() -> None:
             logger.addFilter(_RedactHeaders())
 
 
-def make_account(settings: EwsSettings, password: str, *, timeout: float) -> Any:
-    """An exchangelib ``Account`` for ``settings`` (no I/O); ``timeout`` per HTTP request."""
+def make_account(
+    settings: EwsSettings, password: str, *, timeout: float, channel: str = ""
+) -> Any:
+    """An exchangelib ``Account`` for ``settings`` (no I/O); ``timeout`` per HTTP request;
+    a ``channel`` other than ``""`` gets its own connections (see the module)."""
     url = settings.service_endpoint
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.username:
         raise CalendarError("EWS: the service endpoint must be an http(s) URL without user info")
     _install_adapter()
     _install_log_filter()
+    credentials: Any
+    if settings.auth == "oauth":
+        if not settings.tenant or not settings.client_id:
+            raise CalendarError("EWS: OAuth needs the tenant and the client id")
+        if urlsplit(settings.token_url).scheme != "https" or parts.scheme != "https":
+            raise CalendarError("EWS: OAuth needs https for the server and the token endpoint")
+        credentials = _OAuthCredentials(settings, password)
+    else:
+        credentials = Credentials(settings.username, password)
+    # exchangelib keys its protocol cache (and session pool) on the credentials' fields
+    credentials.pbxcal_channel = channel
     if settings.ca_bundle is not None:
         with _bundles_lock:
             _bundles[origin(url)] = settings.ca_bundle
+            if settings.auth == "oauth":
+                _bundles[origin(settings.token_url)] = settings.ca_bundle
     config = Configuration(
         service_endpoint=url,
-        credentials=Credentials(settings.username, password),
-        auth_type=NTLM if settings.auth == "ntlm" else BASIC,
+        credentials=credentials,
+        auth_type={"ntlm": NTLM, "basic": BASIC, "oauth": OAUTH2}[settings.auth],
         version=Version(build=Build(*settings.server_build)),
         retry_policy=FailFast(),
         max_connections=2,
@@ -188,9 +338,17 @@ def make_account(settings: EwsSettings, password: str, *, timeout: float) -> Any
     return account
 
 
+_RELINK = frozenset({"invalid_grant", "interaction_required", "consent_required"})
+_TEMPORARY = frozenset({"temporarily_unavailable", "server_error"})
+
+
 @contextmanager
-def ews_errors(where: str) -> Iterator[None]:
-    """Map exchangelib's and requests' exceptions raised inside into pbxcal's errors."""
+def ews_errors(
+    where: str, settings: EwsSettings | None = None, who: str = "sync"
+) -> Iterator[None]:
+    """Map exchangelib's, requests' and oauthlib's exceptions raised inside into pbxcal's
+    errors; with ``settings``, an ErrorServerBusy back-off is held for that mailbox's
+    other connections (``held_for``)."""
     try:
         yield
     except CalendarError:
@@ -199,9 +357,24 @@ def ews_errors(where: str) -> Iterator[None]:
         back_off = (
             exc.back_off if isinstance(exc.back_off, (int, float)) and exc.back_off > 0 else None
         )
+        seconds = float(back_off) if back_off is not None else DEFAULT_BACK_OFF
+        if settings is not None:
+            _hold(settings, who, seconds)
         raise CalendarRateLimited(
-            f"{where}: the Exchange server is busy (ErrorServerBusy)",
-            retry_after=float(back_off) if back_off is not None else DEFAULT_BACK_OFF,
+            f"{where}: the Exchange server is busy (ErrorServerBusy)", retry_after=seconds
+        ) from None
+    except oauth.TokenExpiredError:
+        raise  # once_more_on_expiry repeats the call with a new token
+    except oauth.OAuth2Error as exc:
+        code = str(exc.error or "")
+        if code in _RELINK:
+            raise CalendarNeedsRelink(
+                f"{where}: the app's grant was withdrawn or has expired ({code})"
+            ) from None
+        if code in _TEMPORARY or (exc.status_code or 0) >= 500:
+            raise CalendarUnavailable(f"{where}: the token endpoint failed ({code})") from None
+        raise CalendarAuthFailed(
+            f"{where}: the token endpoint refused the app's credentials ({code or 'refused'})"
         ) from None
     except ews.UnauthorizedError:
         raise CalendarAuthFailed(
@@ -233,8 +406,8 @@ def ews_errors(where: str) -> Iterator[None]:
             f"{where}: TLS verification of the Exchange server failed"
         ) from None
     except (
-        requests.exceptions.ConnectionError,
-        requests.exceptions.Timeout,
+        requests.exceptions.RequestException,
+        urllib3.exceptions.HTTPError,
         ConnectionError,
         TimeoutError,
     ):
@@ -251,6 +424,19 @@ def ews_errors(where: str) -> Iterator[None]:
         raise CalendarUnavailable(f"{where}: EWS request failed ({type(exc).__name__})") from None
     except ews.EWSError as exc:
         raise CalendarError(f"{where}: EWS request failed ({type(exc).__name__})") from None
+
+
+def once_more_on_expiry(where: str, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)``, repeated once when exchangelib found its OAuth token expired
+    before sending (it has made a new session by then, which fetches a new token)."""
+    try:
+        return function(*args)
+    except oauth.TokenExpiredError:
+        pass
+    try:
+        return function(*args)
+    except oauth.TokenExpiredError:
+        raise CalendarUnavailable(f"{where}: the OAuth token expired again at once") from None
 
 
 def _tls_failure(exc: BaseException) -> bool:

@@ -49,8 +49,15 @@ from exchangelib.properties import ItemId
 from pbxcal.calendars.blocking import BlockingCalls
 from pbxcal.calendars.caldav.objects import read_object
 from pbxcal.calendars.changes import ChangeSet, EventRow
-from pbxcal.calendars.ews.connection import EwsSettings, ews_errors, make_account
-from pbxcal.errors import CalendarError, CalendarUnavailable
+from pbxcal.calendars.ews.connection import (
+    EwsSettings,
+    ews_errors,
+    held_for,
+    make_account,
+    once_more_on_expiry,
+)
+from pbxcal.calendars.ews.push import EwsNotifications
+from pbxcal.errors import CalendarError, CalendarRateLimited, CalendarUnavailable
 
 __all__ = ["DEFAULT_DEADLINE", "DEFAULT_TIMEOUT", "FETCH_BATCH", "EwsCalendarSource"]
 
@@ -160,11 +167,25 @@ class EwsCalendarSource:
 
     # --- in a worker thread -------------------------------------------------------------
 
+    @property
+    def settings(self) -> EwsSettings:
+        return self._settings
+
+    def notifications(self, timeout: float = DEFAULT_TIMEOUT) -> EwsNotifications:
+        """This mailbox's calendar notifications, on connections of their own (no I/O)."""
+        return EwsNotifications(self._settings, self._password, timeout=timeout)
+
     def _alone(self, function: Callable[..., T], *args: Any) -> T:
         if not self._busy.acquire(blocking=False):
             raise CalendarUnavailable(f"{self._where}: the previous request is still running")
         try:
-            return function(*args)
+            waiting = held_for(self._settings, "sync")
+            if waiting > 0:  # the server said ErrorServerBusy to this mailbox's stream
+                raise CalendarRateLimited(
+                    f"{self._where}: the Exchange server asked to wait (ErrorServerBusy)",
+                    retry_after=waiting,
+                )
+            return once_more_on_expiry(self._where, function, *args)
         finally:
             self._busy.release()
 
@@ -176,7 +197,7 @@ class EwsCalendarSource:
         return self._folder
 
     def _check(self) -> None:
-        with ews_errors(self._where):
+        with ews_errors(self._where, self._settings):
             self._calendar()
 
     def _changes(self, text: str | None) -> ChangeSet | None:
@@ -185,7 +206,7 @@ class EwsCalendarSource:
             log.info(
                 "%s: the stored cursor is unreadable; reading the calendar in full", self._where
             )
-        with ews_errors(self._where):
+        with ews_errors(self._where, self._settings):
             if previous is not None:
                 try:
                     change = self._incremental(previous)
