@@ -192,3 +192,31 @@ def test_a_file_that_is_not_a_grant_is_refused(tmp_path: Path, config: list[str]
     )  # fmt: skip
     assert result.returncode == 2 and "not a Microsoft grant" in result.stderr
     assert "rt-x" not in result.stderr
+
+
+def test_a_refresh_during_the_check_read_stores_the_rotated_token(
+    tmp_path: Path, graph: FakeGraph, config: list[str]
+) -> None:
+    """Linked an hour after signing in: the check read refreshes, the fake rotates the
+    refresh token; the store must hold the new one, not the spent one of the file."""
+    from pbxcal.store import Store, load_key_ring
+
+    grant_file = tmp_path / "anna.json"
+    assert authorize(graph, grant_file)[0] == 0
+    cache = json.loads(json.loads(grant_file.read_text())["token_cache"])
+    [old] = [entry["secret"] for entry in cache["RefreshToken"].values()]
+    graph.expire_access_tokens()
+    added = subprocess.run(
+        [str(PBXCAL), "links", "add", *config, "--provider", "graph", "--grant-file",
+         str(grant_file), "--graph-url", graph.graph_url, "--ca-file", graph.ca_file,
+         "--extension", "100", "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert not graph.refresh_token_works(CLIENT, old)
+    ring = load_key_ring(str(tmp_path / "keys"), None)
+    with Store.open(config[3], keys=ring) as store:
+        stored = store.load_secret(json.loads(added.stdout)["added"], "graph-token-cache")
+    assert stored is not None
+    [new] = [e["secret"] for e in json.loads(stored)["RefreshToken"].values()]
+    assert graph.refresh_token_works(CLIENT, new)
