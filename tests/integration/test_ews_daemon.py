@@ -4,6 +4,8 @@ exchangelib) linked from the CLI drives a forwarding on the sandboxed Asterisk t
 
 The password goes in on standard input and is stored encrypted; a wrong password is
 refused when the link is added; a new appointment reaches Asterisk at the next poll.
+With a one-hour poll interval, an edit reaches Asterisk within seconds through an EWS
+streaming notification (the daemon's ``EwsPush``; the fake's GetStreamingEvents).
 """
 
 from __future__ import annotations
@@ -76,4 +78,37 @@ def test_an_exchange_mailbox_drives_a_forwarding(
     put_at = time.monotonic()
     wait_forwarding(ast, "100", "+31612345678", timeout=15)
     print(f"forwarding on {time.monotonic() - put_at:.2f}s after the new item (poll every 1 s)")
+    daemon.check_alive()
+
+
+def test_a_streaming_notification_drives_the_forwarding_without_polling(
+    ast: AsteriskSandbox, daemons: list[DaemonRun], tmp_path: Path, exchange: FakeEws
+) -> None:
+    keys = new_key_file(tmp_path)
+    daemon = DaemonRun(tmp_path, ast, [], key_file=keys, interval=3600)
+    daemons.append(daemon)
+    daemon.start()
+    daemon.wait_ready()
+    added = subprocess.run(
+        [str(PBXCAL), "links", "add", "--provider", "ews", "--source", exchange.url,
+         "--mailbox", MAILBOX, "--username", SERVICE, "--auth", "basic",
+         "--impersonation", "--password-file", "-", "--extension", "100",
+         "--config", str(daemon.config), "--store", daemon.store],
+        input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    exchange.wait_for_stream(1, timeout=30)  # the daemon read the link once and subscribed
+    assert "streaming" in exchange.subscriptions().values()
+
+    now = datetime.now(UTC)
+    exchange.put_item(MAILBOX, "meeting-2", vcalendar(
+        "meeting-2", "0612345678", now - timedelta(minutes=1), now + timedelta(minutes=20)
+    ))  # fmt: skip
+    put_at = time.monotonic()
+    wait_forwarding(ast, "100", "+31612345678", timeout=10)
+    took = time.monotonic() - put_at
+    print(f"forwarding on {took:.2f}s after the edit, through a streaming notification")
+    assert daemon.metric("pbxcal_webhook_notifications_total", provider="ews") >= 1
+    exchange.delete_item(MAILBOX, "meeting-2")
+    wait_forwarding(ast, "100", None, timeout=10)
     daemon.check_alive()
