@@ -234,6 +234,4 @@ async def check_url_async(
     guard: AddressGuard | None = None,
 ) -> CheckedUrl:
     """``check_url`` in a worker thread, for the event loop (the portal's handlers)."""
-    return await asyncio.to_thread(
-        check_url, url, allow_networks, resolver=resolver, guard=guard
-    )
+    return await asyncio.to_thread(check_url, url, allow_networks, resolver=resolver, guard=guard)

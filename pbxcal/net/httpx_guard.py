@@ -11,8 +11,9 @@ between ``check_url`` and the connection (DNS rebinding) is refused at connect t
 
 ``GuardedAsyncTransport`` / ``GuardedTransport`` are ``httpx.AsyncHTTPTransport`` /
 ``HTTPTransport`` with that backend, refusing a request (redirects too) whose scheme is
-not https or that carries user info. They never use a proxy (``trust_env=False``; a
-proxy would resolve the host itself). ``guarded_async_client(guard, **kwargs)`` builds
+not https or that carries user info. They never use a proxy (a proxy would resolve the
+host itself); ``trust_env`` only means ``SSL_CERT_FILE``/``SSL_CERT_DIR`` here, as in
+httpx. ``guarded_async_client(guard, **kwargs)`` builds
 an ``httpx.AsyncClient`` on it. httpx has no public way to hand its pool a network
 backend, so the transports set the pool's ``_network_backend`` and check that the pool
 is the one they know (``TypeError`` otherwise: an httpx upgrade must fail loudly, not
@@ -42,7 +43,6 @@ __all__ = [
     "GuardedTransport",
     "guarded_async_client",
 ]
-
 
 
 class GuardedAsyncBackend(httpcore.AsyncNetworkBackend):
@@ -145,7 +145,6 @@ def _refuse_options(kwargs: dict[str, Any]) -> None:
     for option in ("proxy", "uds"):
         if kwargs.get(option) is not None:
             raise TypeError(f"a guarded transport cannot use {option}=")
-    kwargs["trust_env"] = False
 
 
 class GuardedAsyncTransport(httpx.AsyncHTTPTransport):
@@ -155,9 +154,7 @@ class GuardedAsyncTransport(httpx.AsyncHTTPTransport):
         _refuse_options(kwargs)
         super().__init__(**kwargs)
         pool = self._pool
-        if type(pool) is not httpcore.AsyncConnectionPool or not hasattr(
-            pool, "_network_backend"
-        ):
+        if type(pool) is not httpcore.AsyncConnectionPool or not hasattr(pool, "_network_backend"):
             raise TypeError("this httpx/httpcore version cannot be guarded (pool changed)")
         pool._network_backend = GuardedAsyncBackend(guard, pool._network_backend)
         self.guard = guard

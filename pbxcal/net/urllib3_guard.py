@@ -13,8 +13,9 @@ the URL's host name; SNI and ``Host`` are unchanged.
 * niquests (``caldav.DAVClient`` builds its own ``niquests.Session`` and keeps it in its
   public ``session`` attribute; caldav 3.6 offers no session or adapter argument):
   ``guard_niquests_session(session, guard)`` mounts guarded adapters for ``https://``
-  and ``http://`` (HTTP/3 off), sets the session's resolver (used for OCSP) and turns
-  off ``trust_env`` (no proxies from the environment, no ``.netrc``).
+  and ``http://`` (HTTP/3 off) and sets the session's resolver (used for OCSP).
+  ``trust_env`` stays as it is, so ``REQUESTS_CA_BUNDLE`` still names trusted CAs, but
+  the adapters drop every proxy.
 * requests: ``GuardedAdapter(guard)`` is an ``HTTPAdapter`` whose pool manager gets the
   guarded resolver; mount it on a session. With the original urllib3 (no resolver API)
   it raises ``RuntimeError`` when built: it never connects unguarded.
@@ -149,7 +150,6 @@ def guard_niquests_session(session: Any, guard: AddressGuard) -> None:
 
     if not isinstance(session, niquests.Session):
         raise TypeError("guard_niquests_session needs a niquests.Session")
-    session.trust_env = False
     session.resolver = resolver
     for prefix in ("https://", "http://"):
         old = session.adapters.get(prefix)

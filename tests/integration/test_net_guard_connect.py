@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import niquests
 import pytest
 import requests
@@ -154,6 +155,8 @@ def _serve(pki: Pki, address: str) -> tuple[TlsServer, Callable[[], None]]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        do_PROPFIND = do_GET  # CalDAV's first request
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -368,3 +371,120 @@ def test_caldav_client_session_is_guarded(pki: Pki, servers: tuple[TlsServer, Tl
     assert "127.0.0.2 is a loopback address" in str(_refusal_in(failed.value))
     assert second.hits == []
     client.close()
+
+
+# -- the wiring: SourceFactory builds customers' links (settings["guarded"]) guarded --------
+
+
+def _link(provider: str, source: str, **settings: Any) -> Any:
+    from pbxcal.store import Link
+
+    return Link(
+        id=7, extension="100", pbx="main", provider=provider, source=source,
+        settings=settings, active=True, origin="portal",
+        created_at=datetime.datetime.now(datetime.UTC),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def trusted_ca(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    # how an admin trusts a private CA for every client: httpx reads SSL_CERT_FILE,
+    # niquests REQUESTS_CA_BUNDLE; the guard leaves both working
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.ca_file))
+
+
+def _factory(allow_networks: Sequence[str]) -> Any:
+    from pbxcal.calendars.blocking import BlockingCalls
+    from pbxcal.calendars.providers import SourceFactory
+
+    return SourceFactory(
+        httpx.AsyncClient(follow_redirects=True, timeout=10),
+        1_000_000,
+        BlockingCalls(workers=2),
+        lambda _link_id, _kind: b"secret",
+        timeout=10,
+        allow_networks=allow_networks,
+    )
+
+
+@pytest.mark.usefixtures("trusted_ca")
+def test_a_guarded_ics_link_fetches_an_allowed_address_and_refuses_the_redirect(
+    servers: tuple[TlsServer, TlsServer],
+) -> None:
+    import asyncio
+
+    from pbxcal.calendars import Fetched
+
+    first, second = servers
+
+    async def run() -> None:
+        factory = _factory(["127.0.0.1/32"])
+        try:
+            good = factory(_link("ics", first.url("/feed.ics"), guarded=True))
+            assert isinstance(await good.fetch(None), Fetched)
+            bad = factory(_link("ics", first.url("/go?to=" + second.url("/")), guarded=True))
+            with pytest.raises(UrlRefused, match=r"127\.0\.0\.2 is a loopback address"):
+                await bad.fetch(None)
+        finally:
+            await factory.aclose()
+            await factory.client.aclose()
+
+    asyncio.run(run())
+    assert [hit.path for hit in first.hits] == ["/feed.ics", "/go?to=" + second.url("/")]
+    assert second.hits == []
+
+
+def test_a_guarded_link_to_a_refused_address_is_not_even_built() -> None:
+    from pbxcal.errors import CalendarError
+
+    factory = _factory([])
+    for link in (
+        _link("ics", "https://127.0.0.1/feed.ics", guarded=True),
+        _link("ics", "/etc/passwd", guarded=True),
+        _link("caldav", "https://169.254.169.254/dav/", guarded=True, username="anna"),
+        _link("ews", "https://10.0.0.5/EWS/Exchange.asmx", guarded=True, mailbox="a@b.example"),
+    ):
+        with pytest.raises(CalendarError, match=r"^refused: "):
+            factory(link)
+
+
+@pytest.mark.usefixtures("trusted_ca")
+def test_an_admin_link_is_not_guarded(servers: tuple[TlsServer, TlsServer]) -> None:
+    # links add: an admin may link an intranet server; no guard, no allow_networks needed
+    import asyncio
+
+    from pbxcal.calendars import Fetched
+
+    first, second = servers
+
+    async def run() -> None:
+        factory = _factory([])
+        try:
+            source = factory(_link("ics", first.url("/go?to=" + second.url("/"))))
+            assert isinstance(await source.fetch(None), Fetched)
+        finally:
+            await factory.client.aclose()
+
+    asyncio.run(run())
+    assert [hit.path for hit in second.hits] == ["/"]
+
+
+@pytest.mark.usefixtures("trusted_ca")
+def test_a_guarded_caldav_link_refuses_the_redirect_at_connect(
+    servers: tuple[TlsServer, TlsServer],
+) -> None:
+    import asyncio
+
+    from pbxcal.errors import CalendarUnavailable
+
+    first, second = servers
+    factory = _factory(["127.0.0.1/32"])
+    link = _link(
+        "caldav", first.url("/go?to=" + second.url("/dav/")), guarded=True, username="anna"
+    )
+    source = factory(link)
+    with pytest.raises(CalendarUnavailable, match="cannot connect"):
+        asyncio.run(source.changes(None))
+    assert first.hits and all(hit.path.startswith("/go?to=") for hit in first.hits)
+    assert second.hits == []
