@@ -426,12 +426,20 @@ def ews_errors(
         raise CalendarError(f"{where}: EWS request failed ({type(exc).__name__})") from None
 
 
-def once_more_on_expiry(where: str, function: Callable[..., T], *args: Any) -> T:
+def once_more_on_expiry(
+    where: str, function: Callable[..., T], *args: Any, bearer: bool = False
+) -> T:
     """``function(*args)``, repeated once when exchangelib found its OAuth token expired
-    before sending (it has made a new session by then, which fetches a new token)."""
+    before sending, or (``bearer``: OAuth) the server refused the token with a 401 (expired
+    there, or revoked): exchangelib has dropped that session and its token by then, so the
+    second call fetches a new one — or learns from the token endpoint that the grant is
+    gone."""
+    retried: tuple[type[BaseException], ...] = (oauth.TokenExpiredError,)
+    if bearer:
+        retried += (ews.UnauthorizedError,)
     try:
         return function(*args)
-    except oauth.TokenExpiredError:
+    except retried:
         pass
     try:
         return function(*args)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from exchangelib import errors as ews
 
@@ -46,9 +46,11 @@ from pbxcal.calendars.ews.connection import (
     make_account,
     once_more_on_expiry,
 )
-from pbxcal.errors import CalendarError
+from pbxcal.errors import CalendarError, CalendarUnavailable
 
 __all__ = ["CALENDAR_EVENTS", "EwsNotifications", "EwsSubscription", "SubscriptionGone"]
+
+T = TypeVar("T")
 
 #: The events that change a calendar (what pbxcal subscribes to and counts).
 CALENDAR_EVENTS = ("CreatedEvent", "ModifiedEvent", "DeletedEvent", "MovedEvent", "CopiedEvent")
@@ -99,6 +101,10 @@ class EwsNotifications:
         self._stopped = False
         self._lock = threading.Lock()
 
+    def _once_more(self, function: Callable[..., T], *args: Any) -> T:
+        bearer = self.settings.auth == "oauth"
+        return once_more_on_expiry(self._where, function, *args, bearer=bearer)
+
     def _folder(self) -> Any:
         if self._account is None:
             self._account = make_account(
@@ -112,16 +118,15 @@ class EwsNotifications:
     def subscribe(self) -> EwsSubscription:
         """A streaming subscription, or a pull one where the server has no streaming."""
         with ews_errors(self._where, self.settings, "notifications"):
-            folder = once_more_on_expiry(self._where, self._folder)
+            folder = self._once_more(self._folder)
             try:
-                sub_id = once_more_on_expiry(
-                    self._where, folder.subscribe_to_streaming, list(CALENDAR_EVENTS)
+                sub_id = self._once_more(
+                    folder.subscribe_to_streaming, list(CALENDAR_EVENTS)
                 )
                 return EwsSubscription(str(sub_id), "streaming")
             except _NO_STREAMING:
                 pass
-            sub_id, watermark = once_more_on_expiry(
-                self._where,
+            sub_id, watermark = self._once_more(
                 lambda: folder.subscribe_to_pull(
                     event_types=list(CALENDAR_EVENTS), timeout=PULL_TIMEOUT
                 ),
@@ -133,15 +138,20 @@ class EwsNotifications:
     ) -> EwsSubscription:
         """One streaming connection (until Closed, a drop or ``interrupt``) or one pull
         round; ``on_events(n)`` for each notification with ``n`` calendar events."""
-        with ews_errors(self._where, self.settings, "notifications"):
-            try:
-                folder = once_more_on_expiry(self._where, self._folder)
-                if subscription.kind == "pull":
-                    return self._pull(folder, subscription, on_events)
-                self._stream(folder, subscription, on_events, minutes)
+        try:
+            with ews_errors(self._where, self.settings, "notifications"):
+                try:
+                    folder = self._once_more(self._folder)
+                    if subscription.kind == "pull":
+                        return self._once_more(self._pull, folder, subscription, on_events)
+                    self._once_more(self._stream, folder, subscription, on_events, minutes)
+                    return subscription
+                except _GONE:
+                    raise SubscriptionGone(f"{self._where}: the subscription is gone") from None
+        except CalendarUnavailable:
+            if self._stopped:  # interrupted: the cut connection is ours
                 return subscription
-            except _GONE:
-                raise SubscriptionGone(f"{self._where}: the subscription is gone") from None
+            raise
 
     def _stream(
         self,
@@ -189,8 +199,8 @@ class EwsNotifications:
     def unsubscribe(self, subscription: EwsSubscription) -> None:
         with ews_errors(self._where, self.settings, "notifications"):
             try:
-                folder = once_more_on_expiry(self._where, self._folder)
-                once_more_on_expiry(self._where, folder.unsubscribe, subscription.id)
+                folder = self._once_more(self._folder)
+                self._once_more(folder.unsubscribe, subscription.id)
             except _GONE:
                 pass  # gone already
 

@@ -185,7 +185,7 @@ class EwsCalendarSource:
                     f"{self._where}: the Exchange server asked to wait (ErrorServerBusy)",
                     retry_after=waiting,
                 )
-            return once_more_on_expiry(self._where, function, *args)
+            return function(*args)
         finally:
             self._busy.release()
 
@@ -196,9 +196,13 @@ class EwsCalendarSource:
             self._folder = self._account.calendar
         return self._folder
 
+    def _once_more(self, function: Callable[..., T], *args: Any) -> T:
+        bearer = self._settings.auth == "oauth"
+        return once_more_on_expiry(self._where, function, *args, bearer=bearer)
+
     def _check(self) -> None:
         with ews_errors(self._where, self._settings):
-            self._calendar()
+            self._once_more(self._calendar)
 
     def _changes(self, text: str | None) -> ChangeSet | None:
         previous = _Cursor.load(text)
@@ -207,16 +211,19 @@ class EwsCalendarSource:
                 "%s: the stored cursor is unreadable; reading the calendar in full", self._where
             )
         with ews_errors(self._where, self._settings):
-            if previous is not None:
-                try:
-                    change = self._incremental(previous)
-                except ews.ErrorInvalidSyncStateData:
-                    log.info("%s: the server refused the sync state; reading in full", self._where)
-                else:
-                    if change is not _FULL:
-                        return change  # type: ignore[return-value]
-                    log.info("%s: a new time zone; reading the calendar in full", self._where)
-            return self._full()
+            return self._once_more(self._read_since, previous)
+
+    def _read_since(self, previous: _Cursor | None) -> ChangeSet | None:
+        if previous is not None:
+            try:
+                change = self._incremental(previous)
+            except ews.ErrorInvalidSyncStateData:
+                log.info("%s: the server refused the sync state; reading in full", self._where)
+            else:
+                if change is not _FULL:
+                    return change  # type: ignore[return-value]
+                log.info("%s: a new time zone; reading the calendar in full", self._where)
+        return self._full()
 
     def _sync(self, state: str | None) -> tuple[list[tuple[str, str]], str]:
         folder = self._calendar()
