@@ -222,7 +222,7 @@ def _read_portal(reader: _Reader, raw: dict[str, Any]) -> PortalConfig | None:
     if ms_table and (client_id is None or secret_file is None):
         reader.problem(section, None, "needs client_id and client_secret_file")
     if public_url is None:
-        if table:
+        if any(key not in schema.PORTAL_PROVIDERS for key in table) or google_table or ms_table:
             reader.problem("portal", "public_url", "is required to switch the portal on")
         return None
     return PortalConfig(
