@@ -89,9 +89,14 @@ async def finish_link(
         "portal: link %d added for extension %s on %s (%s)",
         link.id, link.extension, link.pbx, link.provider,
     )  # fmt: skip
-    response = web.HTTPSeeOther("/status")
+    response = see_other("/status")
     set_session(request, response, replace(session, link_id=link.id))
     return response
+
+
+def see_other(location: str) -> web.Response:
+    """A 303 to ``location`` (a local path) that a handler returns with its cookies."""
+    return web.Response(status=303, headers={"Location": location})
 
 
 async def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -27,7 +27,12 @@ from aiohttp import web
 
 from pbxcal.admin.operations import add_checked_link
 from pbxcal.calendars.providers import SECRET_CALDAV_PASSWORD, SECRET_EWS_PASSWORD
-from pbxcal.errors import InputError
+from pbxcal.errors import (
+    CalendarAuthFailed,
+    CalendarNeedsRelink,
+    CalendarUnavailable,
+    InputError,
+)
 from pbxcal.net.guard import UrlRefused, check_url_async
 from pbxcal.web import context
 from pbxcal.web.cookies import PortalSession, check_csrf
@@ -186,6 +191,25 @@ def settings_of(form: LinkForm, values: Mapping[str, str]) -> dict[str, object]:
             "account": mailbox}  # fmt: skip
 
 
+def why_unread(error: BaseException) -> str:
+    """The page's plain reason for a failed first read: ``auth`` (user name or password
+    refused), ``unreachable``, ``timeout`` or ``check`` (anything else; the detail says
+    what). ``add_checked_link`` raises one ``InputError``; the adapter's error it
+    replaced is still its ``__context__``."""
+    seen: BaseException | None = error
+    for _depth in range(5):
+        if seen is None:
+            break
+        if isinstance(seen, CalendarAuthFailed | CalendarNeedsRelink):
+            return "auth"
+        if isinstance(seen, CalendarUnavailable):
+            return "unreachable"
+        if isinstance(seen, TimeoutError):
+            return "timeout"
+        seen = seen.__cause__ or seen.__context__
+    return "check"
+
+
 def link_form(form: LinkForm) -> tuple[web.RouteDef, web.RouteDef]:
     async def show(request: web.Request) -> web.StreamResponse:
         session = await require_session(request)
@@ -229,7 +253,7 @@ def link_form(form: LinkForm) -> tuple[web.RouteDef, web.RouteDef]:
             )
         except InputError as exc:
             log.info("portal: %s link refused: %s", form.provider, exc)
-            return _show(request, form, session, values, error="check", detail=str(exc))
+            return _show(request, form, session, values, error=why_unread(exc), detail=str(exc))
         return await finish_link(request, session, link)
 
     return web.get(form.path, show), web.post(form.path, submit)

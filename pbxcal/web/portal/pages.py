@@ -42,7 +42,7 @@ from pbxcal.core.redact import redact_url
 from pbxcal.store import Link
 from pbxcal.web import context
 from pbxcal.web.cookies import PortalSession, check_csrf, portal_session, set_session
-from pbxcal.web.portal.flow import page, require_session
+from pbxcal.web.portal.flow import page, require_session, see_other
 from pbxcal.web.portal.reasons import explain
 from pbxcal.web.security import RateLimit
 
@@ -98,7 +98,7 @@ def invitation_handler(limit: RateLimit) -> Any:
         session = PortalSession.start(
             invitation.id, hash_token(token), invitation.pbx, invitation.extension, now
         )
-        response = web.HTTPSeeOther("/link")
+        response = see_other("/link")
         set_session(request, response, session)
         return response
 
@@ -131,7 +131,7 @@ async def status(request: web.Request) -> web.StreamResponse:
             link_overview, ctx.store, ctx.config, session.link_id, now
         )
     except LinkNotFound:  # removed meanwhile (by an admin): start again
-        response = web.HTTPSeeOther("/link")
+        response = see_other("/link")
         set_session(request, response, replace(session, link_id=None))
         return response
     status_key = overview.status if overview.status in LINK_STATUSES else "unknown"
@@ -168,10 +168,19 @@ def _calendar(link: Link) -> str:
 def _when(zone: Any, language: str) -> Any:
     from babel.dates import format_datetime
 
-    def when(moment: datetime | None) -> str:
+    def when(moment: datetime | None, end: datetime | None = None) -> str:
+        """A moment, or the span from ``moment`` to ``end`` (the end's date only when
+        it is another day), in the config's time zone and the page's language."""
         if moment is None:
             return ""
-        return format_datetime(moment.astimezone(zone), "EEE d MMM HH:mm", locale=language)
+        start = moment.astimezone(zone)
+        text = format_datetime(start, "EEE d MMM HH:mm", locale=language)
+        if end is None:
+            return text
+        until = end.astimezone(zone)
+        same_day = until.date() == start.date()
+        pattern = "HH:mm" if same_day else "EEE d MMM HH:mm"
+        return f"{text} – {format_datetime(until, pattern, locale=language)}"
 
     return when
 
@@ -187,6 +196,6 @@ async def unlink(request: web.Request) -> web.StreamResponse:
             await asyncio.to_thread(
                 partial(remove_link, ctx.store, ctx.config, link_id, reopen_invitation=True)
             )
-    response = web.HTTPSeeOther("/link?unlinked=1")
+    response = see_other("/link?unlinked=1")
     set_session(request, response, replace(session, link_id=None))
     return response
