@@ -25,6 +25,11 @@ loopback port with a certificate made at start; ``ca_file`` is the file to trust
   version counter: a delta returns what changed since, deleted ones or ones that left
   the window as ``@removed``); ``expire_delta_tokens()`` → 410 ``syncStateNotFound``.
 * ``GET /v1.0/users/{mailbox}/mailboxSettings`` – what ``set_mailbox_settings`` stored.
+* the portal's web sign-in (``oauth_pages``): ``GET /{tenant}/oauth2/v2.0/authorize``
+  shows a sign-in page in the browser (an account chooser of ``accounts``, Allow /
+  Deny) whose form POSTs back to the same path and is answered like ``consent``: a 302
+  to the redirect URI with a code and the state, or ``access_denied``.
+  ``GET /v1.0/me/calendars`` lists the signed-in user's calendar (the default one).
 * fault injection: ``fail_next(status, code, retry_after)`` answers the next Graph
   calls with Graph's JSON error shape (429, 503...); ``fail_token_next(status, error)``
   the next token request; ``hold_next()`` makes the next Graph request hang until
@@ -73,6 +78,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from pbxcal.testing import oauth_pages
 
 TENANT = "contoso"
 _BAD_SECRET = "AADSTS7000215: Invalid client secret provided."  # noqa: S105 - a message
@@ -154,6 +161,7 @@ class FakeGraph:
         self._postman: threading.Thread | None = None
         self._ids = itertools.count(1)
         self.requests: Counter[str] = Counter()
+        self.accounts: tuple[str, ...] = oauth_pages.DEFAULT_ACCOUNTS  # the sign-in page's
         self.prefer: str | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._server: ThreadingHTTPServer | None = None
@@ -282,6 +290,12 @@ class FakeGraph:
         with self._lock:
             grant = self._refresh.get(refresh_token)
             return grant is not None and grant[0] == client_id and not self._refresh_dead
+
+    def calendars(self, mailbox: str) -> list[dict[str, Any]]:
+        """``GET /me/calendars``: the mailbox's default calendar (the fake has one)."""
+        digest = hashlib.sha256(mailbox.lower().encode()).hexdigest()[:16]
+        return [{"id": f"AAMk-{digest}", "name": "Calendar", "isDefaultCalendar": True,
+                 "owner": {"address": mailbox}}]  # fmt: skip
 
     def add_public_client(self, client_id: str) -> None:
         """An app registration without a secret (the CLI's installed-app flow)."""
@@ -750,6 +764,10 @@ class _Handler(BaseHTTPRequestHandler):
                 "token_endpoint": f"{base}/oauth2/v2.0/token",
                 "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
             })
+        if url.path.endswith("/oauth2/v2.0/authorize") and len(parts) == 4:  # the sign-in page
+            page = oauth_pages.sign_in_page(query, fake.accounts, action=url.path,
+                                            provider="Microsoft")  # fmt: skip
+            return self._page(page)
         if url.path == "/common/discovery/instance":
             fake.requests["discovery"] += 1
             host = urllib.parse.urlsplit(fake.base_url).netloc
@@ -781,6 +799,9 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["Retry-After"] = str(fault.retry_after)
             status, body = _graph_error(fault.status, fault.code or "TooManyRequests")
             return self._json(status, body, headers)
+        if rest == ["calendars"]:
+            fake.requests["calendars"] += 1
+            return self._json(200, {"value": fake.calendars(mailbox)})
         if rest == ["mailboxSettings"]:
             fake.requests["mailboxSettings"] += 1
             with fake._lock:
@@ -803,6 +824,16 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode()
         parts = [p for p in urllib.parse.urlsplit(self.path).path.split("/") if p]
+        if parts[1:] == ["oauth2", "v2.0", "authorize"]:  # the sign-in page's form
+            signed = oauth_pages.read_sign_in_form(body)
+            query = urllib.parse.urlencode(signed.request)
+            target = self.owner.consent(f"{self.owner.base_url}{self.path}?{query}",
+                                        signed.account, approve=signed.allowed)  # fmt: skip
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         if parts[1:] == ["oauth2", "v2.0", "token"]:
             form = dict(urllib.parse.parse_qsl(body))
             return self._json(*self.owner._token(form))
@@ -832,6 +863,13 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) == 3 and parts[:2] == ["v1.0", "subscriptions"]:
             return self._json(*self.owner._unsubscribe(parts[2]))
         return self._json(*_graph_error(404, "notFound"))
+
+    def _page(self, page: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
 
     def _json(
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None

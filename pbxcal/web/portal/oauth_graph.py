@@ -4,7 +4,8 @@ What it does: ``graph_account(settings, read_secret, grant)`` opens the grant's 
 cache (``calendars.graph.tokens.DelegatedTokens`` as the confidential web app), takes
 the account's e-mail from the cache (MSAL's account ``username``: the ID token's
 ``preferred_username``), gets an access token and lists ``GET {graph_url}/me/calendars``
-(``id``, ``name``, ``isDefaultCalendar``; ``@odata.nextLink`` followed a few pages).
+(``id``, ``name``, ``isDefaultCalendar``; ``@odata.nextLink`` followed a few pages) and
+offers the default calendar, the one pbxcal's Graph reader follows (``/me/calendarView``).
 The grant comes back with the cache as it is now (MSAL may have rotated the refresh
 token). Blocking (MSAL and requests): run it in a thread.
 
@@ -52,7 +53,10 @@ def graph_account(
     )  # fmt: skip
     token = tokens.access_token()
     base = (settings.graph_url or DEFAULT_GRAPH_URL).rstrip("/")
-    entries = list_calendars(token, f"{base}/me/calendars", settings.ca_file)
+    # pbxcal's Graph reader follows the mailbox's default calendar (``/me/calendarView``),
+    # so that is the one calendar offered.
+    entries = [entry for entry in list_calendars(token, f"{base}/me/calendars",
+                                                 settings.ca_file) if entry.primary]  # fmt: skip
     renewed = tokens.serialize() if tokens.changed() else cache_text
     return Account(email, entries, {"token_cache": renewed})
 

@@ -196,16 +196,17 @@ class MicrosoftSignIn:
     def link(self, grant: Mapping[str, Any], calendar_id: str, email: str) -> NewLink:
         from pbxcal.calendars.providers import SECRET_GRAPH_TOKEN_CACHE
 
+        # A confidential app's refresh token is redeemed with the app's secret: the link
+        # names the portal's secret file (not the secret), so a new secret reaches it.
         settings: dict[str, Any] = {
             "auth": "delegated", "client_id": self.settings.client_id,
             "tenant": self.settings.tenant, "account": email,
+            "client_secret_file": self.settings.client_secret_file,
         }  # fmt: skip
         for name in ("authority_host", "graph_url", "ca_file"):
             value = getattr(self.settings, name)
             if value:
                 settings[name] = value
-        if calendar_id != "me":
-            settings["calendar_id"] = calendar_id
         return NewLink(
             "graph", "me", settings, SECRET_GRAPH_TOKEN_CACHE,
             str(grant["token_cache"]).encode(),
