@@ -74,6 +74,8 @@ class LeaseKeeper:
         self.fences: dict[str, Fence] = {}
         #: the targets of the last round (lease name -> member id), for status
         self.targets: dict[str, str] = {}
+        #: the live members as of the last round
+        self.members: list[membership.Member] = []
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
         self._failing = False
         self._retry = _RETRY_FIRST
@@ -133,6 +135,7 @@ class LeaseKeeper:
                     self._lose(name, "taken over by another member (not renewed)")
         self._expire_local()
         live = await membership.list_members(conn)
+        self.members = live
         rows = await leases.list_leases(conn)
         holders = {row.name: row.holder for row in rows if row.live}
         moves = plan_moves(
@@ -166,7 +169,7 @@ class LeaseKeeper:
                     name,
                     lease.epoch,
                     before.holder,
-                    "had expired" if before.expires_in <= 0 else "was released",
+                    "was released" if before.released else "had expired",
                 )
             else:
                 log.info("cluster: holding %s (epoch %d)", name, lease.epoch)

@@ -92,6 +92,11 @@ class LeaseRow:
     def live(self) -> bool:
         return self.expires_in > 0
 
+    @property
+    def released(self) -> bool:
+        """Ended by its holder (``release``) rather than left to expire."""
+        return self.expires_at <= self.renewed_at
+
 
 _ACQUIRE = """
 INSERT INTO leases AS l (name, holder, epoch, acquired_at, renewed_at, expires_at)
@@ -117,12 +122,12 @@ RETURNING name, epoch, expires_at
 """
 
 _RELEASE = """
-UPDATE leases SET expires_at = clock_timestamp()
+UPDATE leases SET expires_at = clock_timestamp(), renewed_at = clock_timestamp()
 WHERE name = %(name)s AND holder = %(holder)s AND epoch = %(epoch)s
   AND expires_at > clock_timestamp()
 """
 
-_LIST = """
+LEASES_QUERY = """
 SELECT name, holder, epoch, acquired_at, renewed_at, expires_at,
        extract(epoch FROM expires_at - clock_timestamp())::float8
 FROM leases ORDER BY name
@@ -208,7 +213,7 @@ async def release(conn: Connection, lease: Lease) -> None:
 
 async def list_leases(conn: Connection) -> list[LeaseRow]:
     """Every lease row, with seconds to expiry by the database's clock."""
-    rows = await _fetchall(conn, _LIST, {}, "list leases")
+    rows = await _fetchall(conn, LEASES_QUERY, {}, "list leases")
     return [lease_row(row) for row in rows]
 
 
