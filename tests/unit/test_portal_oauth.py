@@ -347,3 +347,36 @@ async def test_calendar_page_without_a_sign_in_is_a_clear_page(portal: Portal) -
     async with httpx.AsyncClient() as stranger:
         no_session = await stranger.get(f"{portal.base}/oauth/google/callback?state=x")
     assert no_session.status_code == 403
+
+
+async def test_a_grant_waiting_too_long_is_revoked_and_the_page_says_sign_in_again(
+    portal: Portal,
+) -> None:
+    page = await _signed_in(portal)
+    portal.clock.advance(timedelta(minutes=11))
+    answer = await portal.post(
+        f"{portal.base}/oauth/google/calendars",
+        {"csrf_token": _csrf(page.text), "calendar": "anna@example.com"},
+    )
+    assert answer.status_code == 410 and "Your sign-in has expired" in answer.text
+    assert len(portal.google.revoked) == 1
+    _nothing_stored(portal)
+
+
+async def test_callbacks_are_rate_limited_per_address(portal: Portal) -> None:
+    await _open_invitation(portal)
+    statuses = [
+        (await portal.get(f"{portal.base}/oauth/google/callback?state=guess{n}")).status_code
+        for n in range(31)
+    ]
+    assert statuses[:30] == [400] * 30 and statuses[30] == 429
+    _nothing_stored(portal)
+
+
+async def test_an_invitation_that_expired_meanwhile_starts_no_sign_in(portal: Portal) -> None:
+    csrf = await _open_invitation(portal)
+    portal.clock.advance(timedelta(hours=73))
+    answer = await portal.post(f"{portal.base}/oauth/google/start", {"csrf_token": csrf})
+    assert answer.status_code in (403, 410)  # the 2-hour session or the invitation ended
+    assert portal.google.authorizations == []
+    _nothing_stored(portal)

@@ -67,10 +67,14 @@ log = logging.getLogger(__name__)
 FLOW_COOKIE = "pbxcal_oauth"
 #: Callbacks per minute and address (a replayed or guessed callback stays slow).
 CALLBACK_PER_MINUTE = 30
-#: Seconds a grant may wait for the calendar pick after the sign-in.
-GRANT_LIFETIME = 30 * 60
+#: Seconds a grant may wait for the calendar pick after the sign-in. Shorter than the
+#: store's 15 minutes for a flow row, so an unused grant is normally taken and revoked
+#: (a row left longer than that can no longer be taken: its grant is not revoked).
+GRANT_LIFETIME = 10 * 60
 _SIGN_INS = web.AppKey("pbxcal.web.oauth.sign_ins", dict)
 _LIMIT = web.AppKey("pbxcal.web.oauth.limit", RateLimit)
+#: The handle cookie lives as long as the store keeps a flow row takeable.
+_HANDLE_SECONDS = 15 * 60
 _STAGE_SIGN_IN = "sign-in"
 _STAGE_GRANT = "grant"
 
@@ -124,9 +128,9 @@ async def start(request: web.Request) -> web.StreamResponse:
     if sign_in is None:
         return _problem(request, session, "provider", status=404)
     ctx = context(request)
-    invitation = await call(ctx.store.get_invitation, session.invitation_id)
-    if invitation is None or invitation.used_at is not None:
-        return _problem(request, session, "used", status=410, provider=sign_in)
+    refused = await _invitation_refused(request, session)
+    if refused is not None:
+        return refused
     await _discard_waiting_grant(request, session)
     redirect_uri = f"{_public_url(ctx)}/oauth/{sign_in.name}/callback"
     try:
@@ -214,11 +218,11 @@ async def pick_calendar(request: web.Request) -> web.StreamResponse:
                                    error="choose")  # fmt: skip
         await _keep_grant(request, response, session, sign_in, account, signed_in)
         return response
-    ctx = context(request)
-    invitation = await call(ctx.store.get_invitation, session.invitation_id)
-    if invitation is None or invitation.used_at is not None:
+    refused = await _invitation_refused(request, session)
+    if refused is not None:
         await _discard(sign_in, account.grant)
-        return _problem(request, session, "used", status=410, provider=sign_in)
+        return refused
+    ctx = context(request)
     new = sign_in.link(account.grant, chosen, account.email)
     from pbxcal.admin.operations import add_checked_link
 
@@ -235,6 +239,19 @@ async def pick_calendar(request: web.Request) -> web.StreamResponse:
     finished = await finish_link(request, session, link)
     _clear_handle(request, finished)
     return finished
+
+
+async def _invitation_refused(request: web.Request, session: PortalSession) -> web.Response | None:
+    """P1's page for an invitation used or expired since the session began; else None."""
+    ctx = context(request)
+    invitation = await call(ctx.store.get_invitation, session.invitation_id)
+    if invitation is None or invitation.used_at is not None:
+        reason = "used" if invitation is not None else "unknown"
+    elif ctx.clock.now() >= invitation.expires_at:
+        reason = "expired"
+    else:
+        return None
+    return page(request, "invitation_refused.html", session, status=410, reason=reason)
 
 
 # -- the flow rows -------------------------------------------------------------------------
@@ -390,7 +407,7 @@ def _public_url(ctx: WebContext) -> str:
 def _set_handle(request: web.Request, response: web.StreamResponse, handle: str) -> None:
     response.set_cookie(
         FLOW_COOKIE, handle, path="/oauth/", httponly=True, samesite="Lax",
-        secure=context(request).templates.secure_cookies, max_age=GRANT_LIFETIME,
+        secure=context(request).templates.secure_cookies, max_age=_HANDLE_SECONDS,
     )  # fmt: skip
 
 
