@@ -32,6 +32,7 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -93,11 +94,17 @@ def listeners(config: Config) -> list[Listener]:
 
 
 def form_hosts(config: Config) -> list[str]:
-    """Sign-in origins the portal's forms may post to (for the CSP)."""
+    """Sign-in origins the portal's forms reach through a redirect (CSP ``form-action``):
+    the OAuth part's ``sign_in_origins`` (it knows the client file's ``auth_uri``), or
+    Google's and Microsoft's public sign-in hosts without it."""
     portal = config.portal
     hosts: list[str] = []
     if portal is None:
         return hosts
+    oauth = _optional_module(OAUTH_MODULE)
+    origins = getattr(oauth, "sign_in_origins", None)
+    if callable(origins):
+        return [str(origin) for origin in origins(config)]
     if portal.google is not None:
         hosts.append(GOOGLE_SIGN_IN)
     if portal.microsoft is not None:
@@ -231,12 +238,18 @@ class WebServer:
         return ", ".join(listener.address for listener in self.listeners)
 
 
-def _add_optional_routes(module_name: str, app: web.Application, ctx: WebContext) -> None:
-    """``module.add_routes(app, ctx)`` when that part of the server is installed."""
+def _optional_module(module_name: str) -> Any:
+    """The module, or None when that part of the server is not installed."""
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise
-        return
-    module.add_routes(app, ctx)
+        return None
+
+
+def _add_optional_routes(module_name: str, app: web.Application, ctx: WebContext) -> None:
+    """``module.add_routes(app, ctx)`` when that part of the server is installed."""
+    module = _optional_module(module_name)
+    if module is not None:
+        module.add_routes(app, ctx)

@@ -246,6 +246,7 @@ def test_customer_links_caldav_sees_status_and_relinks(
         alert = page.locator("[role=alert]")
         assert alert.count() == 1, page.content()
         browser.shoot(page, TEST, "caldav-wrong-password", lang)
+    assert "The server refused this user name or password" in alert.inner_text()
     assert "wrong user name or password" in alert.inner_text(), alert.inner_text()
     assert "not-the-password" not in page.content()
     assert page.input_value("#url") == calendar_url

@@ -381,3 +381,33 @@ async def test_pages_have_no_inline_script_or_style(portal: PortalClient) -> Non
         assert reply.status == 200
         assert "<script" not in text and "<style" not in text and " style=" not in text
         assert 'name="viewport"' in text and "/static/portal.css" in text
+
+
+# -- the status page --------------------------------------------------------------------------
+
+
+async def test_the_status_page_of_a_link_not_read_yet(portal: PortalClient) -> None:
+    made, client = portal
+    link = made.store.add_link(
+        "100", "main", "caldav", "https://cal.example/u/work/?token=secret-in-url",
+        {"username": "anna", "account": "anna@example.com"},
+    )  # fmt: skip
+    session = made.session(link_id=link.id)
+    reply = await client.get("/status?lang=nl", headers=made.cookie(session))
+    text = await reply.text()
+    assert reply.status == 200
+    assert "anna@example.com" in text and "Nog niet gelezen" in text
+    assert "Geen doorschakelingen in de komende zeven dagen." in text
+    assert "secret-in-url" not in text  # the calendar's URL is shown without its query
+    assert 'action="/unlink"' in text and session.csrf in text
+
+
+async def test_the_status_page_without_a_link_goes_to_the_choice(portal: PortalClient) -> None:
+    made, client = portal
+    reply = await client.get("/status", headers=made.cookie(made.session()), allow_redirects=False)
+    assert reply.status == 303 and reply.headers["Location"] == "/link"
+    gone = made.session(link_id=424242)  # removed by an admin meanwhile
+    reply = await client.get("/status", headers=made.cookie(gone), allow_redirects=False)
+    assert reply.status == 303 and reply.headers["Location"] == "/link"
+    cleared = made.sealer.open(reply.cookies[COOKIE_NAME].value, NOW)
+    assert cleared is not None and cleared.link_id is None
