@@ -41,7 +41,7 @@ from pbxcal.admin.tokens import hash_token
 from pbxcal.config import load_config
 from pbxcal.store import Store
 from pbxcal.testing.asterisk import AsteriskSandbox
-from pbxcal.testing.browser import DESKTOP, Browser
+from pbxcal.testing.browser import DESKTOP, PHONE, Browser
 from pbxcal.testing.radicale import RadicaleServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -319,18 +319,19 @@ def test_customer_links_caldav_sees_status_and_relinks(
     # the Exchange form
     page.goto(f"http://{daemon.listen}/link/exchange")
     assert page.url.endswith("/status")  # one link per invitation: unlink first
-    other = browser.new_page(DESKTOP, "en")
+    other = browser.new_page(PHONE, "en")  # a phone (touch, mobile viewport)
     other.goto(invite(daemon, "201"))
     other.click("text=Microsoft Exchange (on premises)")
     assert other.locator("#mailbox").count() == 1
     both_languages(browser, other, "exchange-form")
 
     # a form whose CSRF token was changed: the 403 page, nothing changed
-    other.goto(f"http://{daemon.listen}/link/caldav")
-    other.evaluate("document.querySelector('input[name=csrf_token]').value = 'forged'")
-    fill_caldav(other, calendar_url, PASSWORD)
-    assert other.locator("h1").inner_text() == "This form was refused"
-    browser.shoot(other, TEST, "csrf-refused", "en")
+    for lang, heading in (("nl", "Dit formulier is geweigerd"), ("en", "This form was refused")):
+        other.goto(f"http://{daemon.listen}/link/caldav?lang={lang}")
+        other.evaluate("document.querySelector('input[name=csrf_token]').value = 'forged'")
+        fill_caldav(other, calendar_url, PASSWORD)
+        assert other.locator("h1").inner_text() == heading
+        browser.shoot(other, TEST, "csrf-refused", lang)
     assert len(daemon.links()) == 1
 
     # used, unknown and expired invitations: clear pages, in a browser without a session
@@ -339,6 +340,7 @@ def test_customer_links_caldav_sees_status_and_relinks(
         ("invitation-used", first_invitation, "already used"),
         ("invitation-unknown", f"http://{daemon.listen}/i/not-a-real-token", "is not known"),
         ("invitation-expired", expired_invitation(daemon), "has expired"),
+        ("no-session", f"http://{daemon.listen}/link", "open the link again"),
     ):
         for lang in ("nl", "en"):
             fresh.goto(f"{url}?lang={lang}")
