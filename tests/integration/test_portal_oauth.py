@@ -157,3 +157,65 @@ def test_sign_in_pages_in_english_and_dutch_on_phone_and_desktop(
     assert daemon.links() == []
     assert len(google.revoked) == 2  # each "sign in again" revoked the grant waiting
     daemon.check_alive()
+
+
+def test_customer_links_microsoft_365_in_the_browser_and_it_forwards(
+    ast: AsteriskSandbox, daemons: list[DaemonRun], tmp_path: Path, browser: Browser,
+) -> None:
+    """The same for Microsoft 365: MSAL as the portal's confidential app against
+    FakeGraph over TLS (the browser accepts the fake's certificate, the daemon trusts it
+    through ``[portal.microsoft] ca_file``); the delegated link forwards on Asterisk."""
+    from pbxcal.testing.graph_fake import TENANT, FakeGraph
+
+    with FakeGraph() as graph:
+        graph.add_app("portal-app", "portal-app-secret")
+        graph.add_mailbox("anna@example.com")
+        graph.add_mailbox("bob@example.com")
+        now = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+        graph.put_event("anna@example.com", {
+            "id": "ev1", "subject": "0612345678", "showAs": "busy",
+            "start": {"dateTime": (now - timedelta(minutes=1)).isoformat(), "timeZone": "UTC"},
+            "end": {"dateTime": (now + timedelta(minutes=20)).isoformat(), "timeZone": "UTC"},
+        })  # fmt: skip
+        secret_file = tmp_path / "entra-secret"
+        secret_file.write_text("portal-app-secret\n")
+        secret_file.chmod(0o600)
+        daemon = DaemonRun(tmp_path, ast, [], interval=2, key_file=new_key_file(tmp_path),
+                           pbx_extra='extensions = ["100"]\n')  # fmt: skip
+        daemon.config.write_text(
+            daemon.config.read_text()
+            + f'\n[portal]\npublic_url = "http://{daemon.listen}"\n'
+            + f'\n[portal.microsoft]\nclient_id = "portal-app"\ntenant = "{TENANT}"\n'
+            + f'client_secret_file = "{secret_file}"\n'
+            + f'authority_host = "{graph.authority_host}"\ngraph_url = "{graph.graph_url}"\n'
+            + f'ca_file = "{graph.ca_file}"\n'
+        )
+        daemons.append(daemon)
+        daemon.start()
+        daemon.wait_ready()
+        invitation = _invitation(daemon)
+
+        context = browser.new_context(DESKTOP, "en", ignore_https_errors=True)
+        page = context.new_page()
+        page.goto(invitation)
+        page.get_by_role("button", name="Microsoft 365").click()
+        page.wait_for_url(f"{graph.authority_host}/{TENANT}/oauth2/v2.0/authorize?*")
+        page.get_by_label("bob@example.com").check()
+        page.get_by_role("button", name="Allow").click()
+        page.wait_for_url("**/oauth/microsoft/calendars")
+        assert "You are linking bob@example.com" in page.inner_text("main")
+        page.get_by_role("button", name="Not you?").click()  # Microsoft: the grant is dropped
+        page.wait_for_url(f"{graph.authority_host}/{TENANT}/oauth2/v2.0/authorize?*")
+        page.get_by_label("anna@example.com").check()
+        page.get_by_role("button", name="Allow").click()
+        page.wait_for_url("**/oauth/microsoft/calendars")
+        assert "You are linking anna@example.com" in page.inner_text("main")
+        browser.shoot(page, TEST, "calendars-microsoft", "en")
+        page.get_by_role("button", name="Link this calendar").click()
+        page.wait_for_url("**/status")
+        assert "anna@example.com" in page.inner_text("main")
+        links = daemon.links()
+        assert [(link["extension"], link["source"]) for link in links] == [("100", "me")]
+        wait_forwarding(ast, "100", "+31612345678", timeout=20)
+        context.close()
+        daemon.check_alive()

@@ -142,7 +142,9 @@ class GoogleSignIn:
     def link(self, grant: Mapping[str, Any], calendar_id: str, email: str) -> NewLink:
         from pbxcal.calendars.providers import SECRET_GOOGLE
 
-        settings: dict[str, Any] = {"auth": "user", "account": email}
+        # "guarded": made by a customer (the convention for portal links; Google's
+        # endpoints are fixed or the admin's, so there is no customer URL to check)
+        settings: dict[str, Any] = {"auth": "user", "account": email, "guarded": True}
         if self.settings.api_endpoint:
             settings["api_endpoint"] = self.settings.api_endpoint
         secret = json.dumps(dict(grant)).encode()
@@ -201,7 +203,7 @@ class MicrosoftSignIn:
         settings: dict[str, Any] = {
             "auth": "delegated", "client_id": self.settings.client_id,
             "tenant": self.settings.tenant, "account": email,
-            "client_secret_file": self.settings.client_secret_file,
+            "client_secret_file": self.settings.client_secret_file, "guarded": True,
         }  # fmt: skip
         for name in ("authority_host", "graph_url", "ca_file"):
             value = getattr(self.settings, name)
