@@ -130,16 +130,18 @@ def test_sign_in_pages_in_english_and_dutch_on_phone_and_desktop(
     ast: AsteriskSandbox, daemons: list[DaemonRun], tmp_path: Path, google: FakeGoogle,
     browser: Browser,
 ) -> None:
-    """Screenshots of the calendar pick and of a refused sign-in (Deny at the provider),
-    in both languages and at both widths; nothing is linked by any of them."""
+    """Screenshots of the calendar pick, a refused sign-in (Deny at the provider) and a
+    callback with a state pbxcal never issued, in both languages and at both widths;
+    nothing is linked by any of them."""
     daemon = _portal_daemon(tmp_path, ast, google)
     daemons.append(daemon)
     daemon.start()
     daemon.wait_ready()
     invitation = _invitation(daemon)
-    words = {"en": ("You are linking", "Nothing was linked"),
-             "nl": ("Je koppelt", "Er is niets gekoppeld")}  # fmt: skip
-    for language, (linking, denied) in words.items():
+    words = {"en": ("You are linking", "Nothing was linked", "This sign-in cannot be used"),
+             "nl": ("Je koppelt", "Er is niets gekoppeld",
+                    "Deze inlogpoging kan niet worden gebruikt")}  # fmt: skip
+    for language, (linking, denied, cannot) in words.items():
         context = browser.new_context(PHONE, language)
         page = context.new_page()
         page.goto(invitation)
@@ -153,6 +155,9 @@ def test_sign_in_pages_in_english_and_dutch_on_phone_and_desktop(
         page.wait_for_url("**/oauth/google/callback?*")
         assert denied in page.inner_text("main"), page.inner_text("main")
         browser.shoot(page, TEST, "denied", language)
+        page.goto(f"http://{daemon.listen}/oauth/google/callback?state=forged&code=x")
+        assert cannot in page.inner_text("main"), page.inner_text("main")
+        browser.shoot(page, TEST, "state-refused", language)
         context.close()
     assert daemon.links() == []
     assert len(google.revoked) == 2  # each "sign in again" revoked the grant waiting
