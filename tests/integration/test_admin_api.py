@@ -34,7 +34,6 @@ import pytest
 import schemathesis
 from aiosmtpd.controller import Controller
 from daemon_helpers import (
-    PBXCAL,
     DaemonRun,
     Event,
     Link,
@@ -62,7 +61,7 @@ class Inbox:
     def __init__(self) -> None:
         self.messages: queue.Queue[tuple[str, list[str], bytes]] = queue.Queue()
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.put((envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content)))
         return "250 OK"
 
@@ -386,19 +385,31 @@ def test_every_call_is_audit_logged(service: Service) -> None:
 # -- the OpenAPI document against the running service (last: it may delete links) --------
 
 
-@pytest.fixture(scope="module")
-def api_schema(service: Service) -> Any:
-    schema = schemathesis.openapi.from_path(OPENAPI_FILE)
-    schema.config.update(
-        base_url=service.base_url, headers={"Authorization": f"Bearer {service.ops}"}
-    )
-    return schema
+api_schema = schemathesis.openapi.from_path(OPENAPI_FILE)
 
 
-lazy_schema = schemathesis.pytest.from_fixture("api_schema")
+@pytest.fixture
+def requests_under_urllib3_future() -> Iterator[None]:
+    """caldav's niquests installs urllib3-future over urllib3, whose pool container has
+    no ``keys()``; schemathesis 4.32 counts pooled connections through it only to resend
+    a request a server dropped unread. Count nothing there instead (so no such resend:
+    our server does not drop keep-alive connections); everything else is unchanged."""
+    from schemathesis.transport import requests as transport
+
+    original = transport._count_opened_connections
+
+    def count(session: Any) -> int:
+        try:
+            return original(session)
+        except AttributeError:
+            return 0
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(transport, "_count_opened_connections", count)
+        yield
 
 
-@lazy_schema.parametrize()
+@api_schema.parametrize()
 @settings(
     max_examples=30,
     derandomize=True,
@@ -406,5 +417,9 @@ lazy_schema = schemathesis.pytest.from_fixture("api_schema")
     database=None,
     suppress_health_check=list(HealthCheck),
 )
-def test_openapi_document_holds_against_the_running_service(case: Any) -> None:
-    case.call_and_validate()
+def test_openapi_document_holds_against_the_running_service(
+    case: Any, service: Service, requests_under_urllib3_future: None
+) -> None:
+    case.call_and_validate(
+        base_url=service.base_url, headers={"Authorization": f"Bearer {service.ops}"}
+    )

@@ -209,9 +209,7 @@ def test_add_checked_link_leaves_nothing_when_the_read_fails(
     assert store.list_links() == []
 
 
-def test_add_checked_link_refuses_a_bad_target_before_storing(
-    store: Store, config: Config
-) -> None:
+def test_add_checked_link_refuses_a_bad_target_before_storing(store: Store, config: Config) -> None:
     with pytest.raises(InputError, match="not a configured PBX"):
         operations.add_checked_link(
             store, config, pbx="other", extension="101", provider="caldav",
@@ -328,9 +326,7 @@ def test_remove_link_revokes_the_google_grant_first(store: Store, config: Config
         seen.append(request)
         return httpx.Response(200, json={})
 
-    removal = operations.remove_link(
-        store, config, link_id, transport=httpx.MockTransport(answer)
-    )
+    removal = operations.remove_link(store, config, link_id, transport=httpx.MockTransport(answer))
     assert removal.revoked is True
     assert [(str(r.url), r.content) for r in seen] == [(REVOKE_URI, b"token=1%2F%2Frefresh-me")]
     assert store.get_link(link_id) is None
