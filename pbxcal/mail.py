@@ -71,8 +71,9 @@ def invitation_message(sender: str, to: str, url: str, language: str) -> EmailMe
     message["To"] = to
     message["Subject"] = subject
     message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
-    message["Content-Language"] = language if language in _TEXT else "en"
     message.set_content(body.format(url=url))
+    # after set_content, which drops every Content-* header set before it
+    message["Content-Language"] = language if language in _TEXT else "en"
     return message
 
 
