@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pbxcal.errors import StoreError
@@ -35,6 +35,9 @@ from pbxcal.store.times import require_utc
 FLOW_LIFETIME = timedelta(minutes=15)
 #: Largest flow accepted (a PKCE verifier, a nonce, an MSAL flow dict: well under 8 kB).
 MAX_FLOW_BYTES = 16 * 1024
+#: Audit lines kept: the newest ``AUDIT_KEEP`` (pruned every ``AUDIT_PRUNE_EVERY`` lines).
+AUDIT_KEEP = 200_000
+AUDIT_PRUNE_EVERY = 1000
 _FLOW_KIND = "portal-flow:"  # the ':' keeps it apart from every secrets kind
 
 
@@ -310,7 +313,8 @@ class PortalTable:
         remote: str | None = None,
         at: datetime | None = None,
     ) -> None:
-        """Append one line to the audit log (never a secret in ``detail``)."""
+        """Append one line to the audit log (never a secret in ``detail``); the oldest
+        lines beyond ``AUDIT_KEEP`` go, so refused calls cannot fill the disk."""
         moment = at or datetime.now(UTC)
         require_utc(moment, "audit time")
         values = {
@@ -322,7 +326,11 @@ class PortalTable:
             "remote": remote,
         }
         with self._db.transaction(write=True) as conn:
-            conn.execute(insert(db.audit_log).values(**values))
+            new_id = conn.execute(
+                insert(db.audit_log).values(**values).returning(db.audit_log.c.id)
+            ).scalar_one()
+            if new_id % AUDIT_PRUNE_EVERY == 0:  # bounded, whoever floods the API
+                conn.execute(delete(db.audit_log).where(db.audit_log.c.id <= new_id - AUDIT_KEEP))
 
     def audit_entries(self, limit: int = 100) -> list[AuditEntry]:
         """The newest ``limit`` audit lines, newest first."""

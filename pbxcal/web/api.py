@@ -47,13 +47,12 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
 OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
-#: What the routes of one path answer to (compared with the document by a test).
 _LINK_ID_MAX = 2**31 - 1
 _EXTENSION = re.compile(r"[0-9]{1,15}")
 _EMAIL = re.compile(r"[!-?A-~]+@[!-?A-~]+\.[!-?A-~]+")
 _INVITATION_FIELDS = frozenset({"pbx", "extension", "email", "language"})
 
-#: (method, path, handler) of every operation, the document's paths.
+#: A handler of one operation, called with the authenticated request.
 Handler = Callable[["_Call"], Awaitable[web.Response]]
 
 
@@ -132,7 +131,8 @@ async def _serve_document(_: web.Request) -> web.Response:
 async def json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """aiohttp's own refusals (404, 405, 413) under ``/api/v1`` as JSON errors."""
+    """aiohttp's own refusals (404, 405, 413) and unexpected errors under ``/api/v1`` as
+    JSON errors."""
     if not request.path.startswith(PREFIX + "/") and request.path != PREFIX:
         return await handler(request)
     try:
@@ -145,6 +145,9 @@ async def json_errors(
         )
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return _error(exc.status, code, exc.reason, headers)
+    except Exception:  # the last line of defence: still one JSON line, never a traceback
+        log.exception("admin API %s %s failed", request.method, request.path)
+        return _error(500, "internal", "an unexpected error; the service log has the details")
 
 
 def _error(

@@ -221,3 +221,14 @@ def test_audit_log_newest_first(store: Store) -> None:
         ("-", "auth.refused", "/api/v1/links", {}, None),
         ("ops", "link.show", "link:1", {"status": 200}, "127.0.0.1"),
     ]
+
+
+def test_audit_log_keeps_the_newest_lines(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pbxcal.store import portal
+
+    monkeypatch.setattr(portal, "AUDIT_KEEP", 5)
+    monkeypatch.setattr(portal, "AUDIT_PRUNE_EVERY", 4)
+    for n in range(1, 13):
+        store.record_audit("ops", "link.show", f"link:{n}")
+    kept = [e.target for e in store.audit_entries(100)]
+    assert kept == [f"link:{n}" for n in range(12, 7, -1)]  # pruned at 4, 8 and 12
