@@ -1,7 +1,7 @@
 """``LeaseKeeper``: this process's membership and the leases ownership gives it.
 
-What it does, once per round (every third of the ttl, and right when a lease it should
-take expires): beat this member's row, renew every lease it holds in one statement,
+What it does, once per round (every third of the ttl, and right when another member's
+lease runs out unrenewed): beat this member's row, renew every lease it holds in one statement,
 read the live members and the leases, compute the moves (``ownership.plan_moves``),
 release what it should hand over and acquire what it should own and nobody holds.
 Each held lease has a ``Fence``; ``on_gained(fence)`` and ``on_lost(fence, why)`` tell
@@ -175,10 +175,12 @@ class LeaseKeeper:
                 log.info("cluster: holding %s (epoch %d)", name, lease.epoch)
             if self.on_gained is not None:
                 self.on_gained(fence)
+        # Be there when another member's lease runs out unrenewed: that member has died
+        # (its heartbeat, written just before its renewals, is stale by then too) and
+        # the PBX is to be taken over now, not a round later.
         wait = self.ttl / 3
-        for row in rows:  # be there when a lease this member should take expires
-            mine = moves.targets.get(row.name) == self.member_id
-            if row.live and mine and row.holder != self.member_id:
+        for row in rows:
+            if row.live and row.holder != self.member_id:
                 wait = min(wait, row.expires_in + _AFTER_EXPIRY)
         return max(wait, 0.0)
 

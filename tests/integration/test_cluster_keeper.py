@@ -106,16 +106,21 @@ async def test_two_members_share_the_pbxes_and_the_survivor_takes_over_a_killed_
         10,
         "two PBXes each",
     )
+    # no flapping on the way: at most the two a late joiner had to be handed
+    assert sum(1 for event in running.events if event[1] == "lost") <= 2, running.events
     a_had = running.holding()["A"]
+    a_epochs = {name: running.keepers["A"].fences[name].epoch for name in a_had}
     await running.kill("A")  # like kill -9: no release, no goodbye
     killed = time.monotonic()
     taken = await wait_for(
         watch(running, lambda g: g.holding()["B"] == NAMES), 10, "B to hold everything"
     )
-    assert taken - killed <= TTL + 1.0  # within the lease time (plus a round trip)
+    assert taken - killed <= TTL + 0.3  # within the lease time (plus a round trip)
     assert all(running.keepers["A"].fences[name].valid() is False for name in a_had)
     epochs = {name: e for who, what, name, e in running.events if who == "B" and what == "gained"}
-    assert all(epochs[name] == 2 for name in a_had)  # a takeover is a new epoch
+    assert {name: epochs[name] for name in a_had} == {  # a takeover is a new epoch
+        name: epoch + 1 for name, epoch in a_epochs.items()
+    }, running.events
 
 
 async def test_a_joining_member_gets_its_share_only_after_settling_and_one_at_a_time(
