@@ -455,7 +455,12 @@ def _revoke(
         if not info.get("refresh_token"):
             return Removal(link.id, False, "no user grant to revoke (a service-account key)")
         google = config.portal.google if config.portal is not None else None
-        uri = google.revoke_uri if google is not None else GOOGLE_REVOKE_URI
+        if google is not None:
+            uri = google.revoke_uri
+        elif _issued_by_google(info):
+            uri = GOOGLE_REVOKE_URI
+        else:  # never hand a token to a server that did not issue it
+            return Removal(link.id, False, "the grant was not issued by Google; not revoked")
         try:
             asyncio.run(revoke(info, uri, http_timeout=REVOKE_TIMEOUT, transport=transport))
         except PbxcalError as exc:
@@ -469,6 +474,17 @@ def _revoke(
             "deleted (the user can remove the app at https://myapps.microsoft.com)",
         )
     return Removal(link.id, False)
+
+
+def _issued_by_google(info: Mapping[str, Any]) -> bool:
+    """Whether the grant's token endpoint is Google's (a grant without one is)."""
+    from urllib.parse import urlsplit
+
+    token_uri = info.get("token_uri")
+    if not token_uri:
+        return True
+    host = urlsplit(str(token_uri)).hostname or ""
+    return host in ("oauth2.googleapis.com", "accounts.google.com", "www.googleapis.com")
 
 
 def _json_object(raw: bytes | None) -> dict[str, Any]:

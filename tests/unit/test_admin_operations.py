@@ -362,3 +362,19 @@ def test_remove_link_can_reopen_its_invitation(store: Store, config: Config) -> 
     assert store.use_invitation(invitation.id, link.id)
     operations.remove_link(store, config, link.id, reopen_invitation=True)
     assert open_invitation(store, url.rsplit("/", 1)[1], datetime.now(UTC)).id == invitation.id
+
+
+def test_a_grant_of_another_issuer_is_never_sent_to_google(store: Store) -> None:
+    config = Config(pbxes={"main": PbxConfig("main")})  # no [portal.google]: Google's URI
+    link = store.add_link("101", "main", "google", "primary", {"auth": "user"})
+    grant = b'{"refresh_token": "r", "token_uri": "https://127.0.0.1:9/token"}'
+    store.save_secret(link.id, SECRET_GOOGLE, grant)
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    removal = operations.remove_link(store, config, link.id, transport=httpx.MockTransport(answer))
+    assert seen == [] and removal.revoked is False and "not issued by Google" in removal.note
+    assert store.get_link(link.id) is None
