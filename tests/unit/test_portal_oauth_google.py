@@ -2,7 +2,8 @@
 ``WebServer`` app on a loopback port, a real SQLite store, the real ``FakeGoogle``
 (sign-in page, token endpoint that checks PKCE, revocation, calendarList), and an HTTP
 client that plays the browser (cookies kept, redirects followed by hand so each step
-can be looked at). The browser end-to-end test is tests/integration/test_portal_oauth.py.
+can be looked at). The browser end-to-end test is tests/integration/test_portal_oauth.py
+(a unit test may not share its basename: pytest imports test modules by basename).
 
 Each refusal (state mismatch, replayed callback, expired flow, PKCE verifier mismatch,
 denied consent, CSRF) is a clear page and leaves nothing stored: no link, no secret,
