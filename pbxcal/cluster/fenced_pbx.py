@@ -5,8 +5,9 @@ What it does: wraps the real ``Pbx`` (``AmiPbx``) of one PBX. ``grant(fence)`` a
 checks the fence (``Fence.check``), so no AMI write batch is sent — and no read-back
 either — unless the lease is valid on this process's own clock; otherwise the call
 raises ``LeaseLost``, a ``PbxUnavailable``, which the reconciler already treats as
-"unreachable: apply nothing, read back when it returns". ``epoch()`` is the epoch to
-record with state written about the PBX (``Store.save_applied_changes(..., epoch=)``).
+"unreachable: apply nothing, read back when it returns". ``applied_epoch`` is the
+epoch the latest batch was sent under: record it with the state that batch changed
+(``Store.save_applied_changes(..., epoch=)``), so a stale owner's record is refused.
 
 Why reads are fenced too: a member that does not own a PBX has no reason to load it,
 and the owner's read-back after a takeover is what converges the PBX, exactly as after
@@ -34,6 +35,9 @@ class FencedPbx:
         self.inner = pbx
         self.name = pbx.name
         self._fence: Fence | None = None
+        #: the epoch checked before the latest ``apply``: record it with what that
+        #: batch changed (``Store.save_applied_changes(..., epoch=...)``)
+        self.applied_epoch: int | None = None
 
     def grant(self, fence: Fence) -> None:
         """This process now holds the PBX's lease (call ``pbx_connected`` afterwards)."""
@@ -54,7 +58,7 @@ class FencedPbx:
         return await self.inner.read_applied()
 
     async def apply(self, changes: Mapping[str, Sequence[str]]) -> ApplyResult:
-        self.epoch()  # the fence is checked right before the batch is sent
+        self.applied_epoch = self.epoch()  # checked right before the batch is sent
         return await self.inner.apply(changes)
 
     async def read_extensions(self) -> frozenset[str]:

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 _AFTER_EXPIRY = 0.05
 #: After a failed round, the next is tried this soon (a restarted PostgreSQL is back fast).
 _RETRY_FIRST = 0.25
+#: Rows of long-dead members are deleted this often (seconds).
+_FORGET_EVERY = 600.0
 
 
 class LeaseKeeper:
@@ -79,6 +81,7 @@ class LeaseKeeper:
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
         self._failing = False
         self._retry = _RETRY_FIRST
+        self._next_forget = 0.0
         #: set after every completed round (tests wait on it)
         self.round_done = asyncio.Event()
 
@@ -125,6 +128,9 @@ class LeaseKeeper:
     async def _round(self) -> float:
         conn = await self._connection()
         await membership.heartbeat(conn, self.member_id, self.ttl)
+        if self.clock() >= self._next_forget:
+            self._next_forget = self.clock() + _FORGET_EVERY
+            await membership.forget_dead(conn)
         if self.fences:
             held = [fence.lease for fence in self.fences.values()]
             renewed = await leases.renew_all(conn, held, clock=self.clock)
@@ -154,7 +160,16 @@ class LeaseKeeper:
             if given_up is not None:
                 await leases.release(conn, given_up.lease)
         previous = {row.name: row for row in rows}
-        for name in moves.acquire:
+        # A lease still ours in the database but no longer on our own clock (renewals
+        # failed for a while): take it back now rather than after its expiry.
+        ours = [
+            name
+            for name, holder in holders.items()
+            if holder == self.member_id
+            and name not in self.fences
+            and moves.targets.get(name) == self.member_id
+        ]
+        for name in [*moves.acquire, *sorted(ours)]:
             lease = await leases.acquire(
                 conn, name, self.member_id, self.ttl, margin=self.margin, clock=self.clock
             )

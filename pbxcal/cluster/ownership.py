@@ -25,6 +25,10 @@ alive counts, so a key is never left without a candidate.
 What it must not do: talk to the database (``members`` and ``lease`` do) or depend on
 dict or set iteration order (results must agree across processes).
 
+``rendezvous_owner(key, members)`` is the memoryless form for work that has no lease
+(which member syncs a link): every member agrees from the member list alone, and only
+the keys of a member that joins or leaves move.
+
 Start reading at ``assign``, then ``plan_moves``.
 """
 
@@ -39,6 +43,16 @@ def rank(key: str, member: str) -> int:
     """The rendezvous weight of ``member`` for ``key`` (higher wins); stable everywhere."""
     digest = hashlib.blake2b(f"{member}\x00{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
+
+
+def rendezvous_owner(key: str, members: Iterable[str]) -> str | None:
+    """The member that ranks ``key`` highest; None without members.
+
+    Memoryless, so every process agrees from the member list alone: for work without a
+    lease (which process syncs a link), where an uneven share is fine and only the keys
+    of a joining or leaving member may move.
+    """
+    return max(members, key=lambda member: (rank(key, member), member), default=None)
 
 
 def assign(

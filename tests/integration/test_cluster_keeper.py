@@ -165,3 +165,35 @@ async def test_a_member_rides_out_a_postgres_restart(cluster_server: str, runnin
     regained = [e for e in running.events if e[1] == "gained"][len(NAMES) :]
     assert sorted(name for _, _, name, _ in regained) == NAMES
     assert all(epoch == 1 for *_, epoch in regained)  # nobody else held them meanwhile
+
+
+async def test_a_lease_that_ran_out_only_locally_is_taken_back_at_once(conninfo: str) -> None:
+    """Renewals failed long enough for the local view to run out, but the database still
+    has the lease as ours: the next good round takes it back (same epoch) without
+    waiting for the database's expiry."""
+    now = [1000.0]
+    events: list[tuple[str, int]] = []
+    keeper = LeaseKeeper(
+        conninfo,
+        ["pbx:a"],
+        member_id="A",
+        ttl=30.0,
+        margin=5.0,
+        clock=lambda: now[0],
+        on_gained=lambda fence: events.append(("gained", fence.epoch)),
+        on_lost=lambda fence, why: events.append(("lost", fence.epoch)),
+    )
+    try:
+        await keeper.round()
+        assert keeper.fence("pbx:a") is not None
+        keeper.conninfo = conninfo.replace("dbname=", "dbname=no_such_database_")
+        await keeper._drop_connection()
+        now[0] += 26.0  # past valid_until on the local clock; the database's 30 s are not up
+        await keeper.round()  # fails: cannot connect
+        assert keeper.fence("pbx:a") is None and events == [("gained", 1), ("lost", 1)]
+        keeper.conninfo = conninfo
+        await keeper.round()
+        assert keeper.fence("pbx:a") is not None
+        assert events == [("gained", 1), ("lost", 1), ("gained", 1)]
+    finally:
+        await keeper.close()

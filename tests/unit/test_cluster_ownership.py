@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pbxcal.cluster.ownership import MemberAge, assign, plan_moves
+from pbxcal.cluster.ownership import MemberAge, assign, plan_moves, rendezvous_owner
 
 key_sets = st.sets(st.text("abcdefgh0123456789:", min_size=1, max_size=8), max_size=60)
 member_sets = st.sets(st.uuids().map(str), min_size=1, max_size=7)
@@ -119,3 +119,15 @@ def test_with_every_member_new_the_keys_are_still_spread(keys: set[str], members
 
 def test_no_members_no_owners() -> None:
     assert assign(["pbx:a"], []) == {}
+
+
+@given(key_sets, member_sets, st.uuids().map(str))
+def test_memoryless_owners_move_only_to_a_joiner_and_only_from_a_leaver(
+    keys: set[str], members: set[str], other: str
+) -> None:
+    before = {key: rendezvous_owner(key, members) for key in keys}
+    joined = {key: rendezvous_owner(key, [*members, other]) for key in keys}
+    assert all(joined[k] in (before[k], other) for k in keys)
+    left = {key: rendezvous_owner(key, members - {min(members)}) for key in keys}
+    assert all(left[k] == before[k] for k in keys if before[k] != min(members))
+    assert rendezvous_owner("pbx:a", []) is None
