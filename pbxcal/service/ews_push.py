@@ -94,15 +94,23 @@ class EwsPush(_Keeper):
             await self._stop(link_id)
         for link_id, source in sources.items():
             current = self._watches.get(link_id)
-            if current is not None and current.source is source and current.is_alive():
+            if (
+                current is not None
+                and current.source is source
+                and current.endpoint == source.settings.service_endpoint  # not moved
+                and current.is_alive()
+            ):
                 continue
             if current is not None:  # source rebuilt (settings or secret changed)
                 await self._stop(link_id)
+            notifications = source.notifications()
+            if notifications is None:  # autodiscover has not found the URL yet
+                continue
 
             def changed(count: int, link_id: int = link_id) -> None:
                 loop.call_soon_threadsafe(self._changed, link_id, count)
 
-            watch = _Watch(link_id, source, source.notifications(), changed, self)
+            watch = _Watch(link_id, source, notifications, changed, self)
             self._watches[link_id] = watch
             watch.start()
 
@@ -131,6 +139,7 @@ class _Watch:
         self.link_id = link_id
         self.source = source
         self.subscription: EwsSubscription | None = None
+        self.endpoint = notifications.settings.service_endpoint
         self._notifications = notifications
         self._changed = changed
         self._push = push

@@ -95,6 +95,7 @@ __all__ = [
     "make_account",
     "once_more_on_expiry",
     "origin",
+    "trusting",
 ]
 
 T = TypeVar("T")
@@ -116,7 +117,9 @@ class EwsSettings:
     ``"impersonation"`` (``username`` or the app is then the service account);
     ``ca_bundle``: a PEM file trusted for this endpoint (and the token endpoint) in
     addition to nothing else (``None``: the system's CAs); ``server_build``: the Exchange
-    build the server runs at least (15.1 = Exchange 2016).
+    build the server runs at least (15.1 = Exchange 2016); ``autodiscover``: the endpoint
+    is found from the mailbox address (``service_endpoint`` is then the one found, or ""
+    before; ``dns_server``, ``host:port``, tests only: the nameserver autodiscover asks).
     """
 
     service_endpoint: str
@@ -129,6 +132,8 @@ class EwsSettings:
     tenant: str | None = None
     client_id: str | None = None
     authority_host: str = DEFAULT_AUTHORITY_HOST
+    autodiscover: bool = False
+    dns_server: str | None = None
 
     @property
     def token_url(self) -> str:
@@ -162,8 +167,10 @@ class _VerifyingAdapter(requests.adapters.HTTPAdapter):
         # requests turns verify=True into REQUESTS_CA_BUNDLE's path when that is set;
         # either way the endpoint's own bundle replaces it. False is never produced here.
         if kwargs.get("verify", True) is not False and request.url:
-            with _bundles_lock:
-                bundle = _bundles.get(origin(request.url))
+            bundle = getattr(_trusted, "bundle", None)  # autodiscover's, for this link
+            if bundle is None:
+                with _bundles_lock:
+                    bundle = _bundles.get(origin(request.url))
             if bundle is not None:
                 kwargs["verify"] = bundle
         response = super().send(request, *args, **kwargs)
@@ -175,6 +182,23 @@ class _VerifyingAdapter(requests.adapters.HTTPAdapter):
             if cancelled:
                 interrupt_stream(reader)
         return response
+
+
+_trusted = threading.local()
+
+
+@contextmanager
+def trusting(ca_bundle: str | None) -> Iterator[None]:
+    """Within: the calling thread's requests to any origin trust ``ca_bundle`` (the
+    link's; autodiscover visits servers not known beforehand)."""
+    _install_adapter()
+    _install_log_filter()
+    previous = getattr(_trusted, "bundle", None)
+    _trusted.bundle = ca_bundle
+    try:
+        yield
+    finally:
+        _trusted.bundle = previous
 
 
 def interrupt_stream(thread_id: int) -> None:

@@ -39,7 +39,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import icalendar
@@ -56,8 +56,14 @@ from pbxcal.calendars.ews.connection import (
     make_account,
     once_more_on_expiry,
 )
+from pbxcal.calendars.ews.discovery import discover_ews_url
 from pbxcal.calendars.ews.push import EwsNotifications
-from pbxcal.errors import CalendarError, CalendarRateLimited, CalendarUnavailable
+from pbxcal.errors import (
+    CalendarAuthFailed,
+    CalendarError,
+    CalendarRateLimited,
+    CalendarUnavailable,
+)
 
 __all__ = ["DEFAULT_DEADLINE", "DEFAULT_TIMEOUT", "FETCH_BATCH", "EwsCalendarSource"]
 
@@ -84,13 +90,15 @@ class _Cursor:
     state: str | None = None
     items: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
     tzids: set[str] = field(default_factory=set)
+    url: str | None = None  # the EWS URL autodiscover found
 
     def dump(self) -> str:
         items = {k: [uid, sorted(rids)] for k, (uid, rids) in sorted(self.items.items())}
-        return json.dumps(
-            {"v": 1, "state": self.state, "items": items, "tz": sorted(self.tzids)},
-            separators=(",", ":"),
-        )
+        data: dict[str, Any] = {"v": 1, "state": self.state, "items": items}
+        data["tz"] = sorted(self.tzids)
+        if self.url is not None:
+            data["url"] = self.url
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def load(cls, text: str | None) -> _Cursor | None:
@@ -111,9 +119,10 @@ class _Cursor:
                     return None
                 items[key] = (uid, [str(r) for r in rids])
             tzids = {str(t) for t in data.get("tz", [])}
+            url = data.get("url")
         except (ValueError, TypeError, AttributeError, KeyError):
             return None
-        return cls(data["state"], items, tzids)
+        return cls(data["state"], items, tzids, url if isinstance(url, str) else None)
 
 
 @dataclass
@@ -140,6 +149,9 @@ class EwsCalendarSource:
     ) -> None:
         self._calls = calls
         self._settings = settings
+        # autodiscover: unknown until found (or read from the cursor)
+        self._endpoint: str | None = None if settings.autodiscover else settings.service_endpoint
+        self._endpoint_stored = False  # it came from a cursor: may be stale
         self._password = password
         self._timeout = timeout
         self._deadline = deadline
@@ -151,7 +163,8 @@ class EwsCalendarSource:
         self._busy = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"EwsCalendarSource({self._settings.service_endpoint!r}, {self._settings.mailbox!r})"
+        where = self._endpoint or "autodiscover"
+        return f"EwsCalendarSource({where!r}, {self._settings.mailbox!r})"
 
     async def check(self) -> None:
         """Reach the server and the mailbox's calendar once: plain errors for a wrong
@@ -169,17 +182,21 @@ class EwsCalendarSource:
 
     @property
     def settings(self) -> EwsSettings:
-        return self._settings
+        """The link's settings with the EWS URL in use (``""`` before autodiscover)."""
+        return replace(self._settings, service_endpoint=self._endpoint or "")
 
-    def notifications(self, timeout: float = DEFAULT_TIMEOUT) -> EwsNotifications:
-        """This mailbox's calendar notifications, on connections of their own (no I/O)."""
-        return EwsNotifications(self._settings, self._password, timeout=timeout)
+    def notifications(self, timeout: float = DEFAULT_TIMEOUT) -> EwsNotifications | None:
+        """This mailbox's calendar notifications, on connections of their own (no I/O);
+        None while autodiscover has not found the EWS URL yet."""
+        if self._endpoint is None:
+            return None
+        return EwsNotifications(self.settings, self._password, timeout=timeout)
 
     def _alone(self, function: Callable[..., T], *args: Any) -> T:
         if not self._busy.acquire(blocking=False):
             raise CalendarUnavailable(f"{self._where}: the previous request is still running")
         try:
-            waiting = held_for(self._settings, "sync")
+            waiting = held_for(self.settings, "sync") if self._endpoint else 0.0
             if waiting > 0:  # the server said ErrorServerBusy to this mailbox's stream
                 raise CalendarRateLimited(
                     f"{self._where}: the Exchange server asked to wait (ErrorServerBusy)",
@@ -192,7 +209,7 @@ class EwsCalendarSource:
     def _calendar(self) -> Any:
         if self._folder is None:
             if self._account is None:
-                self._account = make_account(self._settings, self._password, timeout=self._timeout)
+                self._account = make_account(self.settings, self._password, timeout=self._timeout)
             self._folder = self._account.calendar
         return self._folder
 
@@ -200,8 +217,32 @@ class EwsCalendarSource:
         bearer = self._settings.auth == "oauth"
         return once_more_on_expiry(self._where, function, *args, bearer=bearer)
 
+    def _discover(self, stored: str | None) -> None:
+        """Know the EWS URL: the stored one, else autodiscover's (see ``discovery``)."""
+        if self._endpoint is not None:
+            return
+        if stored is not None:
+            self._endpoint, self._endpoint_stored = stored, True
+            return
+        self._endpoint = discover_ews_url(self._settings, self._password)
+        self._endpoint_stored = False
+        log.info("%s: autodiscover found the EWS URL %s", self._where, self._endpoint)
+
+    def _rediscover(self) -> bool:
+        """After a failure at a stored URL: autodiscover again; True when the URL moved."""
+        if not (self._settings.autodiscover and self._endpoint_stored):
+            return False
+        found = discover_ews_url(self._settings, self._password)
+        self._endpoint_stored = False
+        if found == self._endpoint:
+            return False
+        log.info("%s: the mailbox moved to %s (autodiscover)", self._where, found)
+        self._endpoint, self._account, self._folder = found, None, None
+        return True
+
     def _check(self) -> None:
-        with ews_errors(self._where, self._settings):
+        self._discover(None)
+        with ews_errors(self._where, self.settings):
             self._once_more(self._calendar)
 
     def _changes(self, text: str | None) -> ChangeSet | None:
@@ -210,8 +251,15 @@ class EwsCalendarSource:
             log.info(
                 "%s: the stored cursor is unreadable; reading the calendar in full", self._where
             )
-        with ews_errors(self._where, self._settings):
-            return self._once_more(self._read_since, previous)
+        self._discover(previous.url if previous is not None else None)
+        try:
+            with ews_errors(self._where, self.settings):
+                return self._once_more(self._read_since, previous)
+        except (CalendarUnavailable, CalendarError) as exc:
+            if isinstance(exc, (CalendarAuthFailed, CalendarRateLimited)) or not self._rediscover():
+                raise
+        with ews_errors(self._where, self.settings):  # at the new URL: a full read
+            return self._once_more(self._read_since, None)
 
     def _read_since(self, previous: _Cursor | None) -> ChangeSet | None:
         if previous is not None:
@@ -278,7 +326,7 @@ class EwsCalendarSource:
         changes, state = self._sync(None)
         ids = [i for kind, i in changes if kind != _DELETE]
         fetched = self._fetch(list(dict.fromkeys(ids)))
-        cursor = _Cursor(state)
+        cursor = _Cursor(state, url=self._endpoint if self._settings.autodiscover else None)
         rows: dict[tuple[str, str | None], EventRow] = {}
         zones: dict[str, str] = {}
         for item_id, got in fetched.items():
@@ -297,7 +345,7 @@ class EwsCalendarSource:
 
     def _incremental(self, previous: _Cursor) -> ChangeSet | object | None:
         changes, state = self._sync(previous.state)
-        cursor = _Cursor(state, dict(previous.items), set(previous.tzids))
+        cursor = _Cursor(state, dict(previous.items), set(previous.tzids), previous.url)
         updated = list(dict.fromkeys(i for kind, i in changes if kind != _DELETE))
         deleted = [i for kind, i in changes if kind == _DELETE]
         fetched = self._fetch(updated)

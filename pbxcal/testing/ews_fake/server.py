@@ -28,7 +28,7 @@ from xml.etree import ElementTree as ET
 import spnego
 from spnego.exceptions import SpnegoError
 
-from pbxcal.testing.ews_fake import operations
+from pbxcal.testing.ews_fake import autodiscover, operations
 from pbxcal.testing.ews_fake.auth import TokenIssuer, certificate
 from pbxcal.testing.ews_fake.mailbox import Mailboxes
 from pbxcal.testing.ews_fake.soap import (
@@ -45,6 +45,7 @@ from pbxcal.testing.ews_fake.subscriptions import SchemaRefusal, Subscriptions, 
 __all__ = ["FakeEws", "LoggedRequest"]
 
 EWS_PATH = "/EWS/Exchange.asmx"
+AUTODISCOVER_PATH = "/autodiscover/autodiscover.svc"
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,9 @@ class FakeEws:
         ntlm: bool = False,
         hostnames: tuple[str, ...] = (),
         minute: float = 60.0,
+        port: int = 0,
     ) -> None:
+        self._port = port
         self._tls = tls
         self._hostnames = hostnames
         self._ntlm_file: str | None = None
@@ -82,6 +85,8 @@ class FakeEws:
         self._busy: list[int | None] = []
         #: The OAuth token endpoint's apps and tokens (``auth.TokenIssuer``).
         self.issuer = TokenIssuer()
+        #: The EWS URL the autodiscover endpoint gives (None: this server's ``url``).
+        self.autodiscover_url: str | None = None
         #: Seconds one ``ConnectionTimeout`` minute lasts (tests shorten it).
         self.minute = minute
         self.requests: list[LoggedRequest] = []
@@ -96,7 +101,7 @@ class FakeEws:
             self._ntlm_file = os.path.join(self._dir.name, "ntlm-users")
             self._write_ntlm_users()
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
         self._server.daemon_threads = True
         if self._tls:
             cert, key = certificate(("127.0.0.1", "localhost", *self._hostnames))
@@ -286,6 +291,24 @@ class FakeEws:
         with self._lock:
             return name if self._users.get(name) == password and password else None
 
+    def _autodiscover(self, user: str | None, body: bytes) -> tuple[int, str]:
+        users = autodiscover.requested_users(body)
+        with self._lock:
+            self.requests.append(
+                LoggedRequest("GetUserSettings", user, None, body.decode("utf-8", "replace"))
+            )
+        if user is None:
+            return 401, ""
+        if users is None:
+            return 400, ""
+
+        def allowed(address: str) -> bool:
+            with self._lock:
+                own = address == user.lower()
+                return address in self._boxes and (own or user in self._impersonators)
+
+        return 200, autodiscover.user_settings(users, self.autodiscover_url or self.url, allowed)
+
     def _mailbox_for(self, user: str, impersonated: str | None) -> str:
         if impersonated is not None:
             if user not in self._impersonators:
@@ -424,7 +447,7 @@ class _Handler(BaseHTTPRequestHandler):
             status_code, answer = fake.issuer.token(path, form)
             self._reply(status_code, json.dumps(answer), None, "application/json")
             return
-        if path != EWS_PATH:
+        if path.lower() not in (EWS_PATH.lower(), AUTODISCOVER_PATH):
             self._reply(404, "", None)
             return
         authorization = self.headers.get("Authorization") or ""
@@ -438,6 +461,10 @@ class _Handler(BaseHTTPRequestHandler):
             user = self.principal  # an NTLM-authenticated connection
         else:
             user = fake._authenticate(authorization)
+        if path.lower() == AUTODISCOVER_PATH:
+            status_code, reply = fake._autodiscover(user, body)
+            self._reply(status_code, reply, None)
+            return
         parsed = fake._parse(user, body)
         if isinstance(parsed[0], int):
             status_code, reply = parsed
@@ -451,6 +478,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         status_code, reply = fake._handle(user, operation, request, impersonated)
         self._reply(status_code, reply, None)
+
+    def do_HEAD(self) -> None:
+        # exchangelib's "is this redirect URL alive" probe of an autodiscover URL
+        status_code = 200 if self.path.lower().startswith(AUTODISCOVER_PATH) else 404
+        self.send_response(status_code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _stream(self, user: str, request: ET.Element | None, impersonated: str | None) -> None:
         """One Envelope per chunk, for as long as the connection timeout lasts."""
