@@ -17,7 +17,9 @@ link is read once too (changes may have happened unseen). A subscription the ser
 forgot is made again; a refused or failing connection is retried with exponential
 back-off up to ``MAX_BACK_OFF``; after ErrorServerBusy the mailbox's BackOffMilliseconds
 holds the stream and the syncs alike (``held_for``). A server with neither streaming nor
-pull leaves the link to polling (the sync interval, which stays the backstop anyway).
+pull leaves the link to polling (the sync interval, which stays the backstop anyway). An
+autodiscover link is watched once its first read has found the EWS URL (looked for every
+``PENDING_RECHECK`` seconds until then), and again from the start when it moved.
 
 Unlink or a rebuilt source stops the watch (its stream is cut at once; the thread
 unsubscribes on its way out); ``close()`` stops them all.
@@ -54,6 +56,8 @@ PULL_INTERVAL = 15.0
 #: The first and the longest wait after a failed subscription or connection.
 FIRST_BACK_OFF = 1.0
 MAX_BACK_OFF = 600.0
+#: Seconds to the next look while an autodiscover link's EWS URL is not known yet.
+PENDING_RECHECK = 1.0
 #: A stream that ends sooner than this counts as a failure (no tight reconnect loop).
 SHORT_STREAM = 1.0
 
@@ -92,6 +96,7 @@ class EwsPush(_Keeper):
         }
         for link_id in set(self._watches) - set(sources):  # unlinked
             await self._stop(link_id)
+        pending = False
         for link_id, source in sources.items():
             current = self._watches.get(link_id)
             if (
@@ -105,6 +110,7 @@ class EwsPush(_Keeper):
                 await self._stop(link_id)
             notifications = source.notifications()
             if notifications is None:  # autodiscover has not found the URL yet
+                pending = True
                 continue
 
             def changed(count: int, link_id: int = link_id) -> None:
@@ -113,6 +119,8 @@ class EwsPush(_Keeper):
             watch = _Watch(link_id, source, notifications, changed, self)
             self._watches[link_id] = watch
             watch.start()
+        if pending:  # look again soon: the link's first read is finding the URL
+            loop.call_later(PENDING_RECHECK, self._wake.set)
 
     def _changed(self, link_id: int, count: int) -> None:
         if link_id not in self._watches:

@@ -5,7 +5,11 @@ exchangelib) linked from the CLI drives a forwarding on the sandboxed Asterisk t
 The password goes in on standard input and is stored encrypted; a wrong password is
 refused when the link is added; a new appointment reaches Asterisk at the next poll.
 With a one-hour poll interval, an edit reaches Asterisk within seconds through an EWS
-streaming notification (the daemon's ``EwsPush``; the fake's GetStreamingEvents).
+streaming notification (the daemon's ``EwsPush``; the fake's GetStreamingEvents). An
+OAuth link (client credentials from the fake's token endpoint over TLS) and an
+autodiscover link (the EWS URL found through a loopback DNS server's SRV record, the fake
+on 127.0.0.1:443 — see tests/unit/test_ews_autodiscover.py) are added from the CLI, a
+wrong client secret or password refused there in one line, and drive forwardings too.
 """
 
 from __future__ import annotations
@@ -112,3 +116,82 @@ def test_a_streaming_notification_drives_the_forwarding_without_polling(
     exchange.delete_item(MAILBOX, "meeting-2")
     wait_forwarding(ast, "100", None, timeout=10)
     daemon.check_alive()
+
+
+def _add(daemon: DaemonRun, secret: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(PBXCAL), "links", "add", "--provider", "ews", *args,
+         "--config", str(daemon.config), "--store", daemon.store],
+        input=secret + "\n", capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_an_oauth_link_from_the_cli_drives_a_forwarding_through_push(
+    ast: AsteriskSandbox, daemons: list[DaemonRun], tmp_path: Path
+) -> None:
+    with FakeEws(tls=True) as server:
+        server.add_app("contoso.example", "app-7", "client-secret-9")
+        server.add_mailbox(MAILBOX)
+        server.allow_impersonation("app-7")
+        daemon = DaemonRun(tmp_path, ast, [], key_file=new_key_file(tmp_path), interval=3600)
+        daemons.append(daemon)
+        daemon.start()
+        daemon.wait_ready()
+        args = ["--source", server.url, "--mailbox", MAILBOX, "--auth", "oauth",
+                "--tenant", "contoso.example", "--client-id", "app-7", "--impersonation",
+                "--authority-host", server.origin, "--ca-bundle", server.ca_file,
+                "--client-secret-file", "-", "--extension", "100"]  # fmt: skip
+        wrong = _add(daemon, "not-the-secret", *args)
+        assert wrong.returncode == 2, wrong.stderr
+        assert len(wrong.stderr.strip().splitlines()) == 1 and "invalid_client" in wrong.stderr
+        assert "not-the-secret" not in wrong.stderr
+        added = _add(daemon, "client-secret-9", *args)
+        assert added.returncode == 0, added.stderr
+        server.wait_for_stream(1, timeout=30)
+        now = datetime.now(UTC)
+        server.put_item(MAILBOX, "oauth-1", vcalendar(
+            "oauth-1", "0612345678", now - timedelta(minutes=1), now + timedelta(minutes=20)
+        ))  # fmt: skip
+        wait_forwarding(ast, "100", "+31612345678", timeout=10)
+        assert {r.user for r in server.requests} == {"app-7"}
+        daemon.check_alive()
+
+
+def test_an_autodiscover_link_from_the_cli_drives_a_forwarding(
+    ast: AsteriskSandbox, daemons: list[DaemonRun], tmp_path: Path
+) -> None:
+    from pbxcal.testing.ews_fake.dns import FakeDns
+
+    try:
+        server = FakeEws(tls=True, port=443, hostnames=("localhost",)).start()
+    except OSError as exc:
+        pytest.fail(f"127.0.0.1:443 is not free for the autodiscover fake: {exc}")
+    try:
+        with FakeDns() as dns:
+            dns.add("_autodiscover._tcp.example.org", "SRV", "0 0 443 localhost.")
+            dns.add("localhost", "A", "127.0.0.1")
+            server.add_user(MAILBOX, PASSWORD)
+            server.autodiscover_url = "https://localhost/EWS/Exchange.asmx"
+            daemon = DaemonRun(tmp_path, ast, [], key_file=new_key_file(tmp_path), interval=3600)
+            daemons.append(daemon)
+            daemon.start()
+            daemon.wait_ready()
+            args = ["--autodiscover", "--mailbox", MAILBOX, "--username", MAILBOX,
+                    "--auth", "basic", "--ca-bundle", server.ca_file,
+                    "--dns-server", dns.address, "--password-file", "-",
+                    "--extension", "100"]  # fmt: skip
+            wrong = _add(daemon, "not-the-password", *args)
+            assert wrong.returncode == 2, wrong.stderr
+            assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+            added = _add(daemon, PASSWORD, *args)
+            assert added.returncode == 0, added.stderr
+            assert [link["source"] for link in daemon.links()] == [MAILBOX]
+            server.wait_for_stream(1, timeout=30)  # the daemon discovered, read, subscribed
+            now = datetime.now(UTC)
+            server.put_item(MAILBOX, "ad-1", vcalendar(
+                "ad-1", "0612345678", now - timedelta(minutes=1), now + timedelta(minutes=20)
+            ))  # fmt: skip
+            wait_forwarding(ast, "100", "+31612345678", timeout=10)
+            daemon.check_alive()
+    finally:
+        server.stop()
