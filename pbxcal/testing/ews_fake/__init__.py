@@ -3,7 +3,7 @@ exchangelib and ``pbxcal.calendars.ews``.
 
 ``FakeEws`` is an HTTP server (HTTPS with ``tls=True``: a self-signed certificate made at
 start for 127.0.0.1, localhost and ``hostnames``; ``ca_file`` is the file to trust) on a
-free loopback port answering ``POST /EWS/Exchange.asmx`` with SOAP shaped like Exchange
+free loopback port (or ``port``) answering ``POST /EWS/Exchange.asmx`` with SOAP shaped like Exchange
 2016's (``m:``/``t:`` namespaces, ``ResponseClass``/``ResponseCode``,
 ``ServerVersionInfo`` header), for the operations exchangelib sends:
 
@@ -21,13 +21,17 @@ free loopback port answering ``POST /EWS/Exchange.asmx`` with SOAP shaped like E
   ``refuse_streaming()`` answers a streaming Subscribe with the schema fault of Exchange
   2010 RTM, ``refuse_pull()`` refuses pull subscriptions.
 
-Authentication (``server``): HTTP basic (``add_user(name, password)``; a wrong or missing
+Autodiscover (``autodiscover``): ``POST /autodiscover/autodiscover.svc`` answers
+GetUserSettings with ``ExternalEwsUrl`` = ``autodiscover_url`` (default: ``url``);
+``dns.FakeDns`` is a loopback DNS server for exchangelib's A and SRV lookups.
+
+Authentication (``server``, ``handler``, ``auth``): HTTP basic (``add_user(name, password)``; a wrong or missing
 password → 401), NTLM with ``ntlm=True`` (the real handshake, checked by pyspnego's
 acceptor against ``ntlm_user_file``), and OAuth bearer tokens from the fake's own token
 endpoint ``POST /<tenant>/oauth2/v2.0/token`` (client credentials of ``add_app(tenant,
-client_id, secret)``; a wrong secret → 401 ``invalid_client``; ``revoke_consent`` → tokens
-refused and new ones ``invalid_grant``; ``expire_tokens`` → tokens refused with 401
-``invalid_token``; ``token_lifetime`` seconds). Each user may open its own mailbox or,
+client_id, secret)``; a wrong secret → 401 ``invalid_client``; ``issuer.revoke_consent``
+→ tokens refused and new ones ``invalid_grant``; ``issuer.expire_tokens`` → tokens
+refused with 401 ``invalid_token``; ``issuer.lifetime`` seconds). Each user may open its own mailbox or,
 after ``allow_impersonation(user)``, any mailbox named in an ``ExchangeImpersonation``
 header (else ``ErrorImpersonateUserDenied``); a request naming another mailbox gets
 ``ErrorAccessDenied``. ``fail_next(n, back_off_ms)`` answers the next ``n`` requests with

@@ -1,6 +1,7 @@
 """``FakeEws``: the HTTP(S) server on loopback, its users and credentials, and the
 dispatch of SOAP operations to ``operations`` (reading) and ``subscriptions``
-(notifications). See the package docstring for what it answers.
+(notifications); the HTTP side is ``handler``. See the package docstring for what it
+answers.
 
 Authentication per request: HTTP basic, NTLM (pyspnego's acceptor; the connection stays
 authenticated, as with IIS) or an OAuth bearer token the fake issued itself from its token
@@ -13,23 +14,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import ssl
 import tempfile
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
 from xml.etree import ElementTree as ET
-
-import spnego
-from spnego.exceptions import SpnegoError
 
 from pbxcal.testing.ews_fake import autodiscover, operations
 from pbxcal.testing.ews_fake.auth import TokenIssuer, certificate
+from pbxcal.testing.ews_fake.handler import EWS_PATH, Handler
 from pbxcal.testing.ews_fake.mailbox import Mailboxes
 from pbxcal.testing.ews_fake.soap import (
     SOAP,
@@ -44,8 +40,6 @@ from pbxcal.testing.ews_fake.subscriptions import SchemaRefusal, Subscriptions, 
 
 __all__ = ["FakeEws", "LoggedRequest"]
 
-EWS_PATH = "/EWS/Exchange.asmx"
-AUTODISCOVER_PATH = "/autodiscover/autodiscover.svc"
 
 
 @dataclass(frozen=True)
@@ -100,7 +94,7 @@ class FakeEws:
         if self._ntlm:
             self._ntlm_file = os.path.join(self._dir.name, "ntlm-users")
             self._write_ntlm_users()
-        handler = type("Handler", (_Handler,), {"fake": self})
+        handler = type("Handler", (Handler,), {"fake": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
         self._server.daemon_threads = True
         if self._tls:
@@ -429,124 +423,3 @@ class FakeEws:
             if message is not None:
                 return message, "open"
             return status("Closed"), "end"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    fake: FakeEws
-    protocol_version = "HTTP/1.1"  # NTLM authenticates a connection, not a request
-    ntlm: Any = None
-    principal: str | None = None
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length)
-        fake = self.fake
-        path = urllib.parse.urlsplit(self.path).path
-        if path.endswith("/oauth2/v2.0/token"):
-            form = dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace")))
-            status_code, answer = fake.issuer.token(path, form)
-            self._reply(status_code, json.dumps(answer), None, "application/json")
-            return
-        if path.lower() not in (EWS_PATH.lower(), AUTODISCOVER_PATH):
-            self._reply(404, "", None)
-            return
-        authorization = self.headers.get("Authorization") or ""
-        if authorization.startswith("NTLM ") and fake._ntlm_file is not None:
-            challenge = self._ntlm_step(authorization[5:])
-            if challenge is not None:
-                self._reply(401, "", f"NTLM {challenge}")
-                return
-            user = self.principal
-        elif not authorization and self.principal is not None:
-            user = self.principal  # an NTLM-authenticated connection
-        else:
-            user = fake._authenticate(authorization)
-        if path.lower() == AUTODISCOVER_PATH:
-            status_code, reply = fake._autodiscover(user, body)
-            self._reply(status_code, reply, None)
-            return
-        parsed = fake._parse(user, body)
-        if isinstance(parsed[0], int):
-            status_code, reply = parsed
-            bearer = authorization.startswith("Bearer ")
-            self._reply(status_code, reply, 'Bearer error="invalid_token"' if bearer else None)
-            return
-        operation, request, impersonated = parsed
-        assert user is not None
-        if operation == "GetStreamingEvents":
-            self._stream(user, request, impersonated)
-            return
-        status_code, reply = fake._handle(user, operation, request, impersonated)
-        self._reply(status_code, reply, None)
-
-    def do_HEAD(self) -> None:
-        # exchangelib's "is this redirect URL alive" probe of an autodiscover URL
-        status_code = 200 if self.path.lower().startswith(AUTODISCOVER_PATH) else 404
-        self.send_response(status_code)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def _stream(self, user: str, request: ET.Element | None, impersonated: str | None) -> None:
-        """One Envelope per chunk, for as long as the connection timeout lasts."""
-        fake = self.fake
-        with fake._lock:
-            generation, dropped = fake._subs.generation, fake._subs.dropped
-        opened = fake._open_stream(user, request, impersonated)
-        if isinstance(opened[0], int):
-            self._reply(opened[0], opened[1], None)
-            return
-        ids, deadline = opened
-        self.send_response(200)
-        self.send_header("Content-Type", "text/xml; charset=utf-8")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        self.close_connection = True
-        while True:
-            message, state = fake._next_on_stream(ids, deadline, generation, dropped)
-            try:
-                if state == "drop":
-                    self.connection.shutdown(2)
-                    return
-                data = (message or "").encode()
-                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-                if state == "end":
-                    self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-            except OSError:
-                return
-            if state == "end":
-                return
-
-    def _ntlm_step(self, token: str) -> str | None:
-        try:
-            raw = base64.b64decode(token)
-            if raw[8:9] == b"\x01" or self.ntlm is None:
-                self.ntlm = spnego.server(protocol="ntlm")
-            out = self.ntlm.step(raw)
-        except (SpnegoError, binascii.Error, ValueError):
-            self.ntlm, self.principal = None, None
-            return None
-        if self.ntlm.complete:
-            self.principal = str(self.ntlm.client_principal)
-            return None
-        return base64.b64encode(out).decode() if out else None
-
-    def _reply(
-        self, status_code: int, reply: str, challenge: str | None, content_type: str = "text/xml"
-    ) -> None:
-        data = reply.encode()
-        self.send_response(status_code)
-        if status_code == 401:
-            if challenge is not None:
-                self.send_header("WWW-Authenticate", challenge)
-            else:
-                if self.fake._ntlm_file is not None:
-                    self.send_header("WWW-Authenticate", "NTLM")
-                self.send_header("WWW-Authenticate", 'Basic realm="fake-ews"')
-        self.send_header("Content-Type", f"{content_type}; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
