@@ -3,8 +3,8 @@ exchangelib and ``pbxcal.calendars.ews``.
 
 ``FakeEws`` is an HTTP server (HTTPS with ``tls=True``: a self-signed certificate made at
 start for 127.0.0.1, localhost and ``hostnames``; ``ca_file`` is the file to trust) on a
-free loopback port (or ``port``) answering ``POST /EWS/Exchange.asmx`` with SOAP shaped like Exchange
-2016's (``m:``/``t:`` namespaces, ``ResponseClass``/``ResponseCode``,
+free loopback port (or ``port``) answering ``POST /EWS/Exchange.asmx`` with SOAP shaped
+like Exchange 2016's (``m:``/``t:`` namespaces, ``ResponseClass``/``ResponseCode``,
 ``ServerVersionInfo`` header), for the operations exchangelib sends:
 
 * reading (``operations``): ``GetFolder`` for the distinguished folders ``root`` and
@@ -25,15 +25,16 @@ Autodiscover (``autodiscover``): ``POST /autodiscover/autodiscover.svc`` answers
 GetUserSettings with ``ExternalEwsUrl`` = ``autodiscover_url`` (default: ``url``);
 ``dns.FakeDns`` is a loopback DNS server for exchangelib's A and SRV lookups.
 
-Authentication (``server``, ``handler``, ``auth``): HTTP basic (``add_user(name, password)``; a wrong or missing
-password → 401), NTLM with ``ntlm=True`` (the real handshake, checked by pyspnego's
-acceptor against ``ntlm_user_file``), and OAuth bearer tokens from the fake's own token
-endpoint ``POST /<tenant>/oauth2/v2.0/token`` (client credentials of ``add_app(tenant,
-client_id, secret)``; a wrong secret → 401 ``invalid_client``; ``issuer.revoke_consent``
-→ tokens refused and new ones ``invalid_grant``; ``issuer.expire_tokens`` → tokens
-refused with 401 ``invalid_token``; ``issuer.lifetime`` seconds). Each user may open its own mailbox or,
-after ``allow_impersonation(user)``, any mailbox named in an ``ExchangeImpersonation``
-header (else ``ErrorImpersonateUserDenied``); a request naming another mailbox gets
+Authentication (``server``, ``handler``, ``auth``): HTTP basic (``add_user(name,
+password)``; a wrong or missing password → 401), NTLM with ``ntlm=True`` (the real
+handshake, checked by pyspnego's acceptor against ``ntlm_user_file``), and OAuth bearer
+tokens from the fake's own token endpoint ``POST /<tenant>/oauth2/v2.0/token`` (client
+credentials of ``add_app(tenant, client_id, secret)``; a wrong secret → 401
+``invalid_client``; ``issuer.revoke_consent`` → tokens refused and new ones
+``invalid_grant``; ``issuer.expire_tokens`` → tokens refused with 401 ``invalid_token``;
+``issuer.lifetime`` seconds). Each user may open its own mailbox or, after
+``allow_impersonation(user)``, any mailbox named in an ``ExchangeImpersonation`` header
+(else ``ErrorImpersonateUserDenied``); a request naming another mailbox gets
 ``ErrorAccessDenied``. ``fail_next(n, back_off_ms)`` answers the next ``n`` requests with
 the SOAP fault ``ErrorServerBusy`` carrying ``BackOffMilliseconds``. ``requests`` logs
 every SOAP request (operation, user, impersonated address, body).
