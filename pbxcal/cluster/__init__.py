@@ -17,9 +17,10 @@ The map::
     ownership.py    pure: balanced, sticky assignment (rendezvous hashing), hysteresis
     keeper.py       LeaseKeeper: one round = beat, renew, plan, release, acquire
     fenced_pbx.py   FencedPbx: the Pbx port, refused unless the lease is valid
+    writers.py      PbxWriters: FencedPbx per PBX + the keeper; what the daemon wires in
     notify.py       LISTEN/NOTIFY "link N changed", reconnecting, resync after a gap
     status.py       what ``pbxcal cluster status`` shows
     connection.py   store URL -> libpq conninfo that notices a dead server in seconds
 
-Start reading at ``lease``, then ``keeper.LeaseKeeper.round``.
+Start reading at ``lease``, then ``keeper.LeaseKeeper.round``, then ``writers``.
 """
