@@ -14,6 +14,7 @@ wrong client secret or password refused there in one line, and drive forwardings
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import time
 from collections.abc import Iterator
@@ -162,10 +163,15 @@ def test_an_autodiscover_link_from_the_cli_drives_a_forwarding(
 ) -> None:
     from pbxcal.testing.ews_fake.dns import FakeDns
 
-    try:
-        server = FakeEws(tls=True, port=443, hostnames=("localhost",)).start()
-    except OSError as exc:
-        pytest.fail(f"127.0.0.1:443 is not free for the autodiscover fake: {exc}")
+    deadline = time.monotonic() + 60
+    while True:  # exchangelib follows SRV targets on port 443 only
+        try:
+            server = FakeEws(tls=True, port=443, hostnames=("localhost",)).start()
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                pytest.fail(f"127.0.0.1:443 is not free for the autodiscover fake: {exc}")
+        time.sleep(0.2)  # another test run holds the port: wait for it, not for our work
     try:
         with FakeDns() as dns:
             dns.add("_autodiscover._tcp.example.org", "SRV", "0 0 443 localhost.")

@@ -17,8 +17,10 @@ cache file, moved into the test's directory so an earlier run cannot short-cut t
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -56,14 +58,23 @@ def own_exchangelib_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     exchangelib_cache.autodiscover_cache.close()
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeEws]:
+def fake_on_443(wait: float = 60.0) -> FakeEws:
+    """FakeEws on 127.0.0.1:443; another test run holding the port is waited for."""
     if os.geteuid() != 0:
         pytest.fail("the autodiscover tests listen on 127.0.0.1:443: run them as root")
-    try:
-        server = FakeEws(tls=True, port=443, hostnames=("localhost",)).start()
-    except OSError as exc:
-        pytest.fail(f"127.0.0.1:443 is not free for the autodiscover fake: {exc}")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return FakeEws(tls=True, port=443, hostnames=("localhost",)).start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                pytest.fail(f"127.0.0.1:443 is not free for the autodiscover fake: {exc}")
+        time.sleep(0.2)  # waiting for a port another process holds, not for our own work
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeEws]:
+    server = fake_on_443()
     try:
         server.add_user(ANNA, PASSWORD)
         server.put_item(ANNA, "m-1", VCAL)
