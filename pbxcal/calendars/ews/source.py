@@ -15,7 +15,15 @@ item id: [UID, [override RECURRENCE-IDs]]}, "tz": [TZIDs seen]}`` — SyncFolder
 a deletion by item id only, hence the map (about 80 bytes per item). No cursor, an
 unreadable one, or ``ErrorInvalidSyncStateData`` mean a full read (``ChangeSet.full``); so
 does an incremental round bringing a time zone the stored calendar has not seen (the rows
-then need the new VTIMEZONE block).
+then need the new VTIMEZONE block). With ``autodiscover`` the cursor also keeps the EWS
+URL found (``"url"``): a restart reads it from there instead of autodiscovering again, and
+only a failure at a stored URL makes the source autodiscover once more (a moved mailbox:
+then a full read at the new URL).
+
+An ErrorServerBusy the mailbox's notification stream got (``held_for``) makes ``changes``
+raise ``CalendarRateLimited`` without asking the server; an OAuth token refused or found
+expired is replaced once per call (``once_more_on_expiry``). ``notifications()`` gives the
+mailbox's ``EwsNotifications`` (``push``) for the daemon's ``EwsPush``.
 
 Construction does no I/O; each ``changes``/``check`` runs in ``BlockingCalls`` within
 ``deadline`` seconds, each HTTP request within ``timeout``. Usage::
@@ -28,8 +36,8 @@ Construction does no I/O; each ``changes``/``check`` runs in ``BlockingCalls`` w
     change = await source.changes(stored_cursor)   # None: nothing changed
 
 Must not do: I/O on the event loop, keep state between calls but the resolved calendar
-folder (the cursor is the state), or put a password into a message. Start reading at
-``EwsCalendarSource.changes``.
+folder and the EWS URL in use (the cursor is the state), or put a password into a message.
+Start reading at ``EwsCalendarSource.changes``.
 """
 
 from __future__ import annotations
@@ -255,8 +263,14 @@ class EwsCalendarSource:
         try:
             with ews_errors(self._where, self.settings):
                 return self._once_more(self._read_since, previous)
-        except (CalendarUnavailable, CalendarError) as exc:
-            if isinstance(exc, (CalendarAuthFailed, CalendarRateLimited)) or not self._rediscover():
+        except CalendarError as exc:
+            if isinstance(exc, (CalendarAuthFailed, CalendarRateLimited)):
+                raise
+            try:
+                moved = self._rediscover()
+            except CalendarError:
+                moved = False  # autodiscover failing too: the first error says more
+            if not moved:
                 raise
         with ews_errors(self._where, self.settings):  # at the new URL: a full read
             return self._once_more(self._read_since, None)
