@@ -9,7 +9,9 @@ notification stream authenticates the same way.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -82,6 +84,23 @@ async def test_a_token_the_server_refuses_as_expired_is_replaced(
     again = await source.changes(change.cursor)
     assert again is not None and "0687654321" in again.upserted[0].ical
     assert fake.issuer.requests == 2
+
+
+async def test_a_token_the_client_finds_expired_is_replaced_before_sending(
+    fake: FakeEws, calls: BlockingCalls
+) -> None:
+    fake.issuer.lifetime = 1.0  # expires_in=1: oauthlib sees it expire one second later
+    source = make(calls, fake)
+    change = await source.changes(None)
+    assert change is not None
+    expires = time.time() + 1.0
+    while time.time() <= expires:  # the behaviour under test needs the lifetime to pass
+        await asyncio.sleep(0.05)
+    fake.put_item(ALICE, "m-1", VCAL.replace("0612345678", "0687654321"))
+    again = await source.changes(change.cursor)
+    assert again is not None and "0687654321" in again.upserted[0].ical
+    assert fake.issuer.requests == 2
+    assert {r.user for r in fake.requests} == {CLIENT_ID}  # no request went out unauthorized
 
 
 async def test_withdrawn_consent_needs_relink(fake: FakeEws, calls: BlockingCalls) -> None:

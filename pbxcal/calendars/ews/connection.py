@@ -20,9 +20,12 @@ link's secret), through exchangelib's own ``OAuth2Credentials`` and ``OAUTH2`` a
 fake's, on loopback) and asks for ``<EWS origin>/.default`` (the on-premises resource),
 and leaves out requests-oauthlib's auto-refresh, which would send a refresh-token grant
 Entra ID refuses for client credentials: a token found expired before sending raises
-``TokenExpiredError`` once, exchangelib makes a new session (a new token), and the
-source repeats its call. MSAL, which the Graph adapter uses, is not needed: exchangelib's
-token URL can be pointed at the fake by this subclass.
+``TokenExpiredError``, on which exchangelib makes a new session (a new token) and repeats
+the request itself; a token the server refuses (401: expired there, or revoked) makes
+exchangelib drop the session and its token, and the caller repeats its call once
+(``once_more_on_expiry``): a new token, or the token endpoint's ``invalid_grant``. MSAL,
+which the Graph adapter uses, is not needed: exchangelib's token URL can be pointed at the
+fake by this subclass.
 
 TLS verification is always on. A private CA is trusted per endpoint (``ca_bundle``, a PEM
 file): exchangelib creates its requests sessions itself, so the supported hook is its
