@@ -8,6 +8,7 @@
     ├── UnsafeValue             a value was refused before it could reach a PBX
     ├── PbxError                talking to a PBX failed
     │   ├── PbxUnavailable      not connected / connection lost / timed out
+    │   │   └── LeaseLost       this process may not write to that PBX (pbxcal.cluster)
     │   ├── PbxAuthFailed       login refused: wrong user or secret (not retried hot)
     │   └── PbxActionFailed     the PBX answered an action with an error
     ├── CalendarError           fetching a calendar failed
@@ -51,6 +52,16 @@ class PbxError(PbxcalError):
 
 class PbxUnavailable(PbxError):
     """The PBX cannot be reached: not connected, connection lost, or an action timed out."""
+
+
+class LeaseLost(PbxUnavailable):
+    """This process does not hold (or no longer holds) the write lease of a PBX.
+
+    Raised before a write is sent (the lease ran out on this process's own clock, or was
+    never granted) and by a store write about a PBX that a newer lease holder already
+    wrote about. A ``PbxUnavailable`` so that a caller treats the PBX as out of reach:
+    nothing is written, and it reads back once the lease is its own again.
+    """
 
 
 class PbxAuthFailed(PbxError):

@@ -20,6 +20,7 @@ from sqlalchemy import delete, select
 from pbxcal.errors import StoreError
 from pbxcal.store import schema as db
 from pbxcal.store.engine import Database, upsert
+from pbxcal.store.fencing import claim_pbx_epoch
 
 #: Extensions per DELETE statement (stays under every backend's bound-parameter limit).
 _CHUNK = 500
@@ -30,10 +31,14 @@ class AppliedTable:
 
     _db: Database
 
-    def save_applied_changes(self, pbx: str, changes: Mapping[str, Sequence[str]]) -> None:
+    def save_applied_changes(
+        self, pbx: str, changes: Mapping[str, Sequence[str]], *, epoch: int | None = None
+    ) -> None:
         """Record applied changes on ``pbx``: extension -> targets (empty = nothing applied).
 
-        Only the extensions in ``changes`` are touched, in one transaction.
+        Only the extensions in ``changes`` are touched, in one transaction. With ``epoch``
+        (the writer's lease epoch, ``pbxcal.cluster``) the write is refused with
+        ``LeaseLost`` when a newer lease holder exists (``store.fencing``).
         """
         upserts: list[dict[str, object]] = []
         deletes: list[str] = []
@@ -50,6 +55,8 @@ class AppliedTable:
         if not upserts and not deletes:
             return
         with self._db.transaction(write=True) as conn:
+            if epoch is not None:
+                claim_pbx_epoch(conn, pbx, epoch)
             for start in range(0, len(deletes), _CHUNK):
                 conn.execute(
                     delete(db.applied).where(

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -168,4 +169,114 @@ secrets = Table(
     Column("ciphertext", LargeBinary, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Index(None, "key_id"),
+)
+
+# -- the customer portal and the admin API (store.portal; migration 0004) ------------------
+
+invitations = Table(
+    "invitations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # SHA-256 hex of the URL's token; the token itself is never stored
+    Column("token_hash", Text, nullable=False, unique=True),
+    Column("pbx", Text, nullable=False),
+    Column("extension", Text, nullable=False),
+    Column("email", Text),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("used_at", UtcDateTime),
+    # the link it made; NULL again when that link is removed
+    Column("link_id", Integer, ForeignKey("links.id", ondelete="SET NULL")),
+    Column("created_by", Text, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+admin_tokens = Table(
+    "admin_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", Text, nullable=False, unique=True),
+    # SHA-256 hex of the bearer token; the token itself is never stored
+    Column("token_hash", Text, nullable=False, unique=True),
+    # list of PBX names the token may see; NULL = every PBX
+    Column("pbxes", JSON),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime),
+    Column("last_used_at", UtcDateTime),
+    sqlite_autoincrement=True,
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("detail", JSON, nullable=False),
+    Column("remote", Text),
+    Index(None, "at"),
+)
+
+portal_flows = Table(
+    "portal_flows",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # SHA-256 hex of the OAuth ``state``
+    Column("state_hash", Text, nullable=False, unique=True),
+    Column(
+        "invitation_id",
+        Integer,
+        ForeignKey("invitations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("provider", Text, nullable=False),
+    # which key sealed it (like secrets.key_id)
+    Column("key_id", Text, nullable=False),
+    # the flow's JSON sealed with the key ring, bound to state_hash; never the plaintext
+    Column("sealed", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("used_at", UtcDateTime),
+)
+
+# -- several processes on one PostgreSQL (pbxcal.cluster; migration 0005) -------------------
+
+members = Table(
+    "members",
+    metadata,
+    # a uuid per running process, new on every start
+    Column("member_id", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    # all three by the database's clock: first beat, start of the current unbroken run
+    # of beats (the settle time of ownership counts from it), latest beat
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("alive_since", UtcDateTime, nullable=False),
+    Column("heartbeat_at", UtcDateTime, nullable=False),
+    # the member's lease ttl in seconds: its heartbeat older than this means dead
+    Column("ttl", Float, nullable=False),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    # what is leased: "pbx:<name>"
+    Column("name", Text, primary_key=True),
+    Column("holder", Text, nullable=False),
+    # the fencing token: grows by one whenever the holder changes, never goes back
+    Column("epoch", BigInteger, nullable=False),
+    # by the database's clock
+    Column("acquired_at", UtcDateTime, nullable=False),
+    Column("renewed_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+)
+
+pbx_epochs = Table(
+    "pbx_epochs",
+    metadata,
+    # the newest lease epoch that wrote state about this PBX (store.fencing)
+    Column("pbx", Text, primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+    Column("written_at", UtcDateTime, nullable=False),
 )

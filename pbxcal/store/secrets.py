@@ -56,7 +56,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, select, update
 
 from pbxcal.errors import ConfigError, StoreError
@@ -120,6 +122,15 @@ class KeyRing:
         self.where = where
         self._ciphers = {key_id(key): AESGCM(key) for key in keys}
         self._current = key_id(keys[0])
+        self._keys = tuple(keys)
+
+    def derive(self, info: bytes) -> tuple[bytes, ...]:
+        """A 32-byte key for another purpose (``info`` names it) from every key, current
+        first (HKDF-SHA256): the portal's cookie key comes from here, the keys stay inside."""
+        return tuple(
+            HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(key)
+            for key in self._keys
+        )
 
     @property
     def current_id(self) -> str:

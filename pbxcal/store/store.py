@@ -4,7 +4,8 @@ What it does: opens the database (``engine.Database``), migrates it to this pbxc
 schema (refusing a newer one), and offers every call of the tables' mixins on one
 object: links (``links``), events with their sync state (``events``), applied state
 (``applied``), sync history (``synclog``), saved expansions (``expansions``) and
-encrypted link secrets (``secrets``). Every call runs in its own connection and
+encrypted link secrets (``secrets``), and the portal's and admin API's invitations,
+OAuth flows, admin tokens and audit log (``portal``). Every call runs in its own connection and
 transaction, so a ``Store`` can be shared by threads (the daemon calls it from worker
 threads, never from the event loop). Consumers should type against the small protocols
 in ``ports`` rather than this class.
@@ -23,11 +24,14 @@ from pbxcal.store.engine import Database
 from pbxcal.store.events import EventTable
 from pbxcal.store.expansions import ExpansionTable
 from pbxcal.store.links import LinkTable
+from pbxcal.store.portal import PortalTable
 from pbxcal.store.secrets import KeyRing, SecretTable
 from pbxcal.store.synclog import SyncLogTable
 
 
-class Store(LinkTable, EventTable, AppliedTable, SyncLogTable, ExpansionTable, SecretTable):
+class Store(
+    LinkTable, EventTable, AppliedTable, SyncLogTable, ExpansionTable, SecretTable, PortalTable
+):
     """The state store. Create with ``Store.open(url)``; every method is one transaction."""
 
     def __init__(self, database: Database) -> None:

@@ -3,7 +3,9 @@
 ``running_postgres(tmpdir)`` initialises a cluster, starts it on 127.0.0.1 on a free port
 (its unix socket in the cluster's own directory, so it never clashes with a system
 PostgreSQL), creates a database and yields a ``postgresql+psycopg://`` URL; on exit it
-stops the server (immediate mode) and deletes the cluster. Durability is switched off
+stops the server (immediate mode) and deletes the cluster. ``stop_postgres(url)`` and
+``start_postgres(url)`` stop it (cutting every connection) and start it again on the
+same port. Durability is switched off
 (``fsync=off``), which is fine for data that dies with the test run.
 
 PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user
@@ -85,11 +87,13 @@ def running_postgres(tmpdir: Path | str | None = None) -> Iterator[str]:
             ],
         )
         port = _start(owner, base, bindir, data)
+        _SERVERS[f"127.0.0.1:{port}"] = (owner, base, bindir, data, port)
         try:
             url = f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{port}/{DATABASE}"
             create_database(url, DATABASE, template="template0")
             yield url
         finally:
+            _SERVERS.pop(f"127.0.0.1:{port}", None)
             _run(
                 owner,
                 base,
@@ -116,15 +120,42 @@ def create_database(url: str, name: str, template: str = "template0") -> str:
     return f"{host_part}/{name}"
 
 
+#: host:port -> (owner, base, bindir, data, port) of each running server, for stop/start
+_SERVERS: dict[str, tuple[pwd.struct_passwd | None, Path, Path, Path, int]] = {}
+
+
+def stop_postgres(url: str) -> None:
+    """Stop the server of ``url`` (started by ``running_postgres``) as an operator would.
+
+    Fast mode: every client connection is cut at once and the data is kept (an
+    immediate stop would lose the commits that ``synchronous_commit=off`` had not
+    written yet).
+    """
+    owner, base, bindir, data, _port = _SERVERS[url.split("@", 1)[1].split("/", 1)[0]]
+    _run(owner, base, [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
+
+
+def start_postgres(url: str) -> None:
+    """Start the stopped server of ``url`` again, on the same port."""
+    owner, base, bindir, data, port = _SERVERS[url.split("@", 1)[1].split("/", 1)[0]]
+    log = str(base / "server.log")
+    argv = [str(bindir / "pg_ctl"), "-D", str(data), "-l", log, "-o", _options(port, base)]
+    _run(owner, base, [*argv, "-w", "-t", "60", "start"])
+
+
+def _options(port: int, base: Path) -> str:
+    return (
+        f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=50"
+    )
+
+
 def _start(owner: pwd.struct_passwd | None, base: Path, bindir: Path, data: Path) -> int:
     log = base / "server.log"
     last_error = ""
     for _attempt in range(3):  # a free port can be taken between probing and binding
         port = free_port()
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=50"
-        )
+        options = _options(port, base)
         result = _run(
             owner,
             base,
