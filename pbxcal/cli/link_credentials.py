@@ -13,7 +13,6 @@ Start reading at ``add_provider_link``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,9 +23,6 @@ from pbxcal.errors import InputError, PbxcalError
 if TYPE_CHECKING:
     from pbxcal.config import Config
     from pbxcal.store import Link, Store
-
-#: Seconds the check read may take.
-CHECK_TIMEOUT = 30.0
 
 
 def checked_provider_source(ns: argparse.Namespace) -> str:
@@ -45,25 +41,59 @@ def checked_provider_source(ns: argparse.Namespace) -> str:
             raise InputError("--username is required for a CalDAV link")
         return source
     if ns.provider == "ews":
-        try:
-            parts = urlsplit(source)
-        except ValueError:
-            parts = None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InputError("--source must be the EWS URL, e.g. https://mail.example/EWS/Exchange.asmx")
-        if not ns.mailbox or not ns.username:
-            raise InputError("--mailbox and --username are required for an Exchange link")
+        return _checked_ews_source(ns, source)
+    if ns.provider == "graph" and ns.grant_file:
+        given = [name for name, value in (("--tenant", ns.tenant), ("--client-id", ns.client_id),
+                 ("--client-secret-file", ns.client_secret_file)) if value]  # fmt: skip
+        if given:
+            raise InputError(f"--grant-file holds the app and tenant; leave out {given[0]}")
+        if source != "me":
+            raise InputError("--source must be me with --grant-file (the signed-in mailbox)")
         return source
     if ns.provider == "graph":
         if "@" not in source or len(source) > 256 or any(c.isspace() for c in source):
             raise InputError("--source must be the mailbox's address, e.g. anna@contoso.com")
         if not ns.tenant or not ns.client_id:
-            raise InputError("--tenant and --client-id are required for a Microsoft 365 link")
+            raise InputError(
+                "--tenant and --client-id (app-only), or --grant-file (delegated), are "
+                "required for a Microsoft 365 link"
+            )
         return source
     if not source or len(source) > 256 or any(c.isspace() or ord(c) < 32 for c in source):
         raise InputError("--source must be a Google calendar id such as primary")
     if not ns.credentials_file:
         raise InputError("--credentials-file is required for a Google link")
+    return source
+
+
+def _checked_ews_source(ns: argparse.Namespace, source: str) -> str:
+    """``--source`` (the EWS URL) or ``--autodiscover`` with ``--mailbox``, and the auth."""
+    if not ns.mailbox or "@" not in ns.mailbox or any(c.isspace() for c in ns.mailbox):
+        raise InputError("--mailbox, the mailbox's address, is required for an Exchange link")
+    if ns.autodiscover:
+        if source != ns.mailbox:
+            raise InputError("--autodiscover finds the EWS URL from --mailbox; leave out --source")
+        if ns.auth == "oauth":
+            raise InputError("--autodiscover needs --auth ntlm or basic; with oauth give --source")
+    else:
+        try:
+            parts = urlsplit(source)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InputError(
+                "--source must be the EWS URL, e.g. https://mail.example/EWS/Exchange.asmx "
+                "(or use --autodiscover)"
+            )
+        if parts.username or parts.password:
+            raise InputError("--source must not carry a user name or password (use --username)")
+        if ns.auth == "oauth" and parts.scheme != "https":
+            raise InputError("--auth oauth needs an https EWS URL")
+    if ns.auth == "oauth":
+        if not ns.tenant or not ns.client_id:
+            raise InputError("--auth oauth needs --tenant and --client-id (the app registration)")
+    elif not ns.username:
+        raise InputError("--username is required for an Exchange link (or use --auth oauth)")
     return source
 
 
@@ -79,9 +109,11 @@ def add_provider_link(
     """Add the link switched off, store its secret, read it once, then switch it on."""
     from pbxcal.calendars.providers import (
         SECRET_CALDAV_PASSWORD,
+        SECRET_EWS_CLIENT,
         SECRET_EWS_PASSWORD,
         SECRET_GOOGLE,
         SECRET_GRAPH_CLIENT,
+        SECRET_GRAPH_TOKEN_CACHE,
     )
     from pbxcal.cli.keys import key_ring
     from pbxcal.cli.secret_input import read_secret_option
@@ -96,14 +128,35 @@ def add_provider_link(
     elif ns.provider == "ews":
         settings.update(
             mailbox=ns.mailbox,
-            username=ns.username,
             auth=ns.auth,
             access="impersonation" if ns.impersonation else "delegate",
         )
         if ns.ca_bundle:
             settings["ca_bundle"] = str(Path(ns.ca_bundle).resolve())
-        secret = read_secret_option(ns, "password", "the Exchange password").encode()
-        kind = SECRET_EWS_PASSWORD
+        if ns.autodiscover:
+            settings["autodiscover"] = True
+            if ns.dns_server:
+                settings["dns_server"] = ns.dns_server
+        if ns.auth == "oauth":
+            settings.update(tenant=ns.tenant, client_id=ns.client_id)
+            if ns.authority_host:
+                settings["authority_host"] = ns.authority_host
+            secret = read_secret_option(ns, "client-secret", "the client secret").encode()
+            kind = SECRET_EWS_CLIENT
+        else:
+            settings["username"] = ns.username
+            secret = read_secret_option(ns, "password", "the Exchange password").encode()
+            kind = SECRET_EWS_PASSWORD
+    elif ns.provider == "graph" and ns.grant_file:
+        grant = _microsoft_grant(Path(ns.grant_file))
+        settings.update(auth="delegated", client_id=grant.client_id, tenant=grant.tenant)
+        if grant.authority_host:
+            settings["authority_host"] = grant.authority_host
+        for name in ("authority_host", "graph_url", "ca_file"):
+            if getattr(ns, name, None):
+                settings[name] = getattr(ns, name)
+        secret = grant.token_cache.encode()
+        kind = SECRET_GRAPH_TOKEN_CACHE
     elif ns.provider == "graph":
         settings.update(tenant=ns.tenant, client_id=ns.client_id)
         for name in ("authority_host", "graph_url", "ca_file"):
@@ -121,15 +174,22 @@ def add_provider_link(
             settings["api_endpoint"] = ns.api_endpoint
         secret = json.dumps(info).encode()
         kind = SECRET_GOOGLE
-    link = store.add_link(extension, pbx, ns.provider, source, settings, active=False)
+    from pbxcal.admin.operations import add_checked_link
+
+    return add_checked_link(
+        store, config, pbx=pbx, extension=extension, provider=ns.provider, source=source,
+        settings=settings, secret_kind=kind, secret=secret, check=not ns.no_check,
+        active=not ns.disabled,
+    )  # fmt: skip
+
+
+def _microsoft_grant(path: Path) -> Any:
+    from pbxcal.calendars.graph.authorize import read_grant_file
+
     try:
-        store.save_secret(link.id, kind, secret)
-        if not ns.no_check:
-            _check(link, store, config)
-    except BaseException:
-        store.remove_link(link.id)
-        raise
-    return link if ns.disabled else store.set_link_active(link.id, True)
+        return read_grant_file(path)
+    except PbxcalError as exc:
+        raise InputError(f"--grant-file {exc}") from None
 
 
 def _google_info(path: Path) -> dict[str, Any]:
@@ -144,34 +204,6 @@ def _google_info(path: Path) -> dict[str, Any]:
     return info
 
 
-def _check(link: Link, store: Store, config: Config) -> None:
-    """Read the calendar once (full); a refusal is a one-line error naming the cause."""
-    import httpx
-
-    from pbxcal.calendars.blocking import BlockingCalls
-    from pbxcal.calendars.providers import SourceFactory
-
-    async def read() -> None:
-        calls = BlockingCalls(workers=2)
-        try:
-            async with httpx.AsyncClient(timeout=CHECK_TIMEOUT) as client:
-                factory = SourceFactory(
-                    client, config.max_calendar_bytes, calls, store.load_secret,
-                    timeout=CHECK_TIMEOUT,
-                )  # fmt: skip
-                source: Any = await asyncio.to_thread(factory, link)
-                await asyncio.wait_for(source.changes(None), CHECK_TIMEOUT)
-        finally:
-            calls.close()
-
-    try:
-        asyncio.run(read())
-    except TimeoutError:
-        raise InputError(f"the calendar did not answer within {CHECK_TIMEOUT:g}s") from None
-    except PbxcalError as exc:
-        raise InputError(f"the calendar cannot be read: {exc}") from None
-
-
 def authorize_google(ns: argparse.Namespace) -> int:
     """``links authorize google``: the installed-app flow; writes the grant to a 0600 file."""
     import os
@@ -179,6 +211,8 @@ def authorize_google(ns: argparse.Namespace) -> int:
 
     from pbxcal.calendars.google.authorize import read_client_config, run_installed_app_flow
 
+    if not ns.client_file:
+        raise InputError("--client-file is required for Google (the Desktop app's JSON)")
     output = Path(ns.output)
     if output.exists():
         raise InputError(f"--output {output} exists; choose a new file")
@@ -201,5 +235,48 @@ def authorize_google(ns: argparse.Namespace) -> int:
     print(
         f"signed in; the grant is in {output} (mode 0600). Next: pbxcal links add "
         f"--provider google --source primary --credentials-file {output} --extension EXT"
+    )
+    return 0
+
+
+def authorize_microsoft(ns: argparse.Namespace) -> int:
+    """``links authorize microsoft``: the authorization code flow with PKCE (a public
+    client, loopback redirect); writes the delegated grant to a new 0600 file."""
+    import sys
+
+    from pbxcal.calendars.graph.authorize import (
+        run_installed_app_flow,
+        valid_tenant,
+        write_grant_file,
+    )
+    from pbxcal.calendars.graph.tokens import DEFAULT_AUTHORITY_HOST
+
+    if not ns.client_id:
+        raise InputError("--client-id is required for Microsoft (the app registration's id)")
+    if not valid_tenant(ns.tenant):
+        raise InputError("--tenant must be organizations, common, a tenant id or a domain")
+    output = Path(ns.output)
+    if output.exists():
+        raise InputError(f"--output {output} exists; choose a new file")
+
+    def show(url: str) -> None:
+        print(f"Open this address in a browser on this machine and sign in:\n\n  {url}\n",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    try:
+        grant = run_installed_app_flow(
+            ns.client_id, show, tenant=ns.tenant, timeout=ns.timeout,
+            login_hint=ns.login_hint, authority_host=ns.authority_host or DEFAULT_AUTHORITY_HOST,
+            ca_file=ns.ca_file,
+        )  # fmt: skip
+    except PbxcalError as exc:
+        raise InputError(str(exc)) from None
+    try:
+        write_grant_file(output, grant)
+    except OSError as exc:
+        raise InputError(f"--output {output}: cannot create: {exc.strerror}") from None
+    print(
+        f"signed in; the grant is in {output} (mode 0600). Next: pbxcal links add "
+        f"--provider graph --grant-file {output} --extension EXT"
     )
     return 0

@@ -50,10 +50,10 @@ def add_links(sub: Any) -> None:
     add.add_argument("--extension", required=True, metavar="EXT")
     add.add_argument(
         "--source",
-        required=True,
         metavar="PATH|URL|ID",
         help="ics: a local .ics file or an http(s)/webcal URL (the rules of [[link]] "
-        "source); caldav: the calendar's (or server's) URL; google: the calendar id",
+        "source); caldav: the calendar's (or server's) URL; google: the calendar id; "
+        "graph: the mailbox (app-only) or me (with --grant-file, the default)",
     )
     add.add_argument("--pbx", metavar="NAME", help="the PBX (default: the first configured)")
     add.add_argument(
@@ -69,11 +69,25 @@ def add_links(sub: Any) -> None:
         "from --password-file or a prompt; google: --source is the calendar id "
         "(default primary), with --credentials-file; graph (Microsoft 365, app-only): "
         "--source is the mailbox, with --tenant, --client-id and the client secret from "
-        "--client-secret-file or a prompt; ews (on-premises Exchange): --source is the "
-        "EWS URL (.../EWS/Exchange.asmx), with --mailbox, --username and the password",
+        "--client-secret-file or a prompt, or (delegated) --grant-file from `links authorize "
+        "microsoft`; ews (on-premises Exchange): --source is the "
+        "EWS URL (.../EWS/Exchange.asmx) or --autodiscover, with --mailbox, --username and "
+        "the password, or --auth oauth with --tenant, --client-id and the client secret",
     )
     add.add_argument("--mailbox", metavar="ADDRESS", help="ews: the mailbox to read")
-    add.add_argument("--auth", choices=("ntlm", "basic"), default="ntlm", help="ews: NTLM or basic")
+    add.add_argument(
+        "--auth",
+        choices=("ntlm", "basic", "oauth"),
+        default="ntlm",
+        help="ews: NTLM, basic, or oauth (an Entra ID app's client credentials: --tenant, "
+        "--client-id, the client secret from --client-secret-file or a prompt)",
+    )
+    add.add_argument(
+        "--autodiscover",
+        action="store_true",
+        help="ews: find the EWS URL from --mailbox's domain (instead of --source)",
+    )
+    add.add_argument("--dns-server", help=argparse.SUPPRESS)  # tests: autodiscover's DNS
     add.add_argument(
         "--impersonation",
         action="store_true",
@@ -83,6 +97,12 @@ def add_links(sub: Any) -> None:
     add.add_argument("--tenant", metavar="ID", help="graph: the Entra ID tenant (id or domain)")
     add.add_argument("--client-id", metavar="ID", help="graph: the app registration's id")
     add_secret_option(add, "client-secret", "the app registration's client secret")
+    add.add_argument(
+        "--grant-file",
+        metavar="FILE",
+        help="graph: a user's delegated grant written by `links authorize microsoft` "
+        "(instead of --tenant, --client-id and a client secret)",
+    )
     for hidden in ("--authority-host", "--graph-url", "--ca-file"):  # tests: a fake Graph
         add.add_argument(hidden, help=argparse.SUPPRESS)
     add.add_argument("--username", metavar="USER", help="caldav: the account's user name")
@@ -110,16 +130,31 @@ def add_links(sub: Any) -> None:
     authorize = links.add_parser(
         "authorize",
         parents=[common],
-        help="sign in to a Google account (OAuth with PKCE) and save its grant for links add",
-        description="Opens Google's consent page (print the URL; open it in a browser on "
-        "this machine), receives the answer on a loopback port and writes an "
-        "authorized-user JSON file (mode 0600) for `links add --provider google "
-        "--credentials-file FILE`. The client file is the OAuth client (type Desktop app) "
-        "downloaded from the Google Cloud console.",
+        help="sign in to a Google or Microsoft account (OAuth with PKCE) and save its grant "
+        "for links add",
+        description="Prints the provider's sign-in address (open it in a browser on this "
+        "machine), receives the answer on a loopback port and writes the grant to a new "
+        "file (mode 0600). google: an authorized-user JSON for `links add --provider "
+        "google --credentials-file FILE`; --client-file is the OAuth client (type Desktop "
+        "app) from the Google Cloud console. microsoft: a grant for `links add --provider "
+        "graph --grant-file FILE`; --client-id is the Entra ID app registration (a public "
+        "client with the redirect URI http://localhost).",
     )
-    authorize.add_argument("provider", choices=("google",), help="the provider to sign in to")
-    authorize.add_argument("--client-file", required=True, metavar="FILE",
-                           help="the OAuth client JSON (Desktop app)")  # fmt: skip
+    authorize.add_argument("provider", choices=("google", "microsoft"),
+                           help="the provider to sign in to")  # fmt: skip
+    authorize.add_argument("--client-file", metavar="FILE",
+                           help="google: the OAuth client JSON (Desktop app)")  # fmt: skip
+    authorize.add_argument("--client-id", metavar="ID",
+                           help="microsoft: the app registration's id")  # fmt: skip
+    authorize.add_argument(
+        "--tenant",
+        default="organizations",
+        metavar="ID",
+        help="microsoft: organizations (default: any work account), common (also personal "
+        "accounts), or the tenant's id or domain",
+    )
+    for hidden in ("--authority-host", "--ca-file"):  # tests: a fake Microsoft sign-in
+        authorize.add_argument(hidden, help=argparse.SUPPRESS)
     authorize.add_argument(
         "--output",
         required=True,
@@ -145,11 +180,17 @@ def add_links(sub: Any) -> None:
 
 def run_links(ns: argparse.Namespace) -> int:
     if ns.links_command == "authorize":
-        from pbxcal.cli.link_credentials import authorize_google
+        from pbxcal.cli.link_credentials import authorize_google, authorize_microsoft
 
-        return authorize_google(ns)
+        return authorize_microsoft(ns) if ns.provider == "microsoft" else authorize_google(ns)
     config = load(ns)
     if ns.links_command == "add":
+        if ns.source is None and ns.provider == "ews" and ns.autodiscover:
+            ns.source = ns.mailbox or ""  # the EWS URL is found from the address
+        if ns.source is None:
+            if ns.provider != "graph" or not ns.grant_file:
+                raise InputError("--source is required")
+            ns.source = "me"  # a delegated grant reads the signed-in user's mailbox
         if ns.provider == "ics":
             source = _checked_source(ns.source)
         else:
@@ -184,8 +225,14 @@ def run_links(ns: argparse.Namespace) -> int:
 
             return sync_once(ns.id, config, store, where, as_json=wants_json(ns))
         elif command == "remove":
-            store.remove_link(ns.id)
-            _say(ns, f"link {ns.id} removed from {where}", {"removed": ns.id, "store": where})
+            from pbxcal.admin.operations import remove_link
+            from pbxcal.store import load_key_ring
+
+            store.use_keys(load_key_ring(config.secrets_key_file, config.secrets_key_credential))
+            removal = remove_link(store, config, ns.id)  # revokes a Google grant first
+            note = f" ({removal.note})" if removal.note else ""
+            _say(ns, f"link {ns.id} removed from {where}{note}",
+                 {"removed": ns.id, "store": where, "revoked": removal.revoked})  # fmt: skip
         else:
             link = store.set_link_active(ns.id, command == "enable")
             state = "enabled" if link.active else "disabled"

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from pbxcal import __version__
-from pbxcal.cli import keys, links, offline, service_commands
+from pbxcal.cli import admin, cluster, keys, links, offline, service_commands
 from pbxcal.errors import ConfigError, PbxcalError
 
 EXIT_USAGE = 2
@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     service_commands.add_apply(sub)
     service_commands.add_pbx_status(sub)
     keys.add_keys(sub)
+    cluster.add_cluster(sub)
+    admin.add_admin_commands(sub)
     return parser
 
 

@@ -13,7 +13,8 @@ to read that one link now. Polling keeps running as the backstop.
 (``POST /webhooks/graph`` answers Graph's validation handshake with the token, then
 checks ``clientState`` per notification), renewed before it expires and on
 ``reauthorizationRequired``, made again on ``subscriptionRemoved``; ``changed`` and
-``missed`` read that link now.
+``missed`` read that link now. These calls use the link's token too: a refresh token
+MSAL rotated meanwhile is stored at once (``CalendarSync.save_updated_secret``).
 
 Must not do: sync inside the request, log a channel token or client state, or let a
 failing provider call stop the loop. Start reading at ``GooglePush.handle`` and
@@ -218,9 +219,11 @@ class GraphPush(_Keeper):
                     log.info("link %d: Graph change notifications on", link_id)
             except CalendarError as exc:  # polling covers the link meanwhile
                 log.warning("link %d: no Graph subscription (%s); polling only", link_id, exc)
+                await self.sync.save_updated_secret(link_id)  # the token may have rotated
                 continue
             self.book.add(subscription, link_id)
             self._subscriptions[link_id] = (source, subscription)
+            await self.sync.save_updated_secret(link_id)  # the token may have rotated
 
     async def _stop(self, link_id: int) -> None:
         source, subscription = self._subscriptions.pop(link_id)

@@ -14,6 +14,9 @@ request) and offers exactly the requests the source needs, each one REPORT or PR
   the server: no ``<C:expand>``, pbxcal expands recurrences itself);
 * ``discover(server_url)``: principal → calendar-home-set → the calendars in it.
 
+With ``guard`` (a link a customer made) the niquests session connects only to addresses
+``pbxcal.net`` accepted, redirects included; a refused one surfaces as a connection error.
+
 Every method maps errors at this one boundary: 401/403 → ``CalendarAuthFailed``,
 refused connection, DNS, TLS, timeouts, 429 and 5xx → ``CalendarUnavailable`` (or
 ``CalendarRateLimited``), anything unreadable → ``CalendarError``. Messages name the
@@ -46,6 +49,8 @@ from pbxcal.errors import (
     CalendarRateLimited,
     CalendarUnavailable,
 )
+from pbxcal.net.guard import AddressGuard
+from pbxcal.net.urllib3_guard import guard_niquests_session
 
 __all__ = [
     "CalendarInfo",
@@ -154,6 +159,7 @@ class DavConnection:
         *,
         timeout: float,
         verify: bool | str = True,
+        guard: AddressGuard | None = None,
     ) -> None:
         self.url = url
         self._where = redact_url(url)
@@ -166,6 +172,8 @@ class DavConnection:
                 ssl_verify_cert=verify,
                 enable_rfc6764=False,
             )
+            if guard is not None:  # a customer's URL: connect only to checked addresses
+                guard_niquests_session(self._client.session, guard)
         self.timeout = timeout
 
     def close(self) -> None:

@@ -60,6 +60,7 @@ from pbxcal.calendars.changes import ChangeSet, EventRow
 from pbxcal.core.redact import printable, redact_url
 from pbxcal.core.vevent import safe_zone
 from pbxcal.errors import CalendarError, CalendarUnavailable
+from pbxcal.net.guard import AddressGuard
 
 __all__ = ["DEFAULT_TIMEOUT", "CaldavSource", "list_calendars"]
 
@@ -79,6 +80,7 @@ async def list_calendars(
     *,
     timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - a per-request timeout, not ours
     verify: bool | str = True,
+    guard: AddressGuard | None = None,
 ) -> list[CalendarInfo]:
     """The calendars (URL, display name) of the account at ``server_url`` that hold events.
 
@@ -88,7 +90,9 @@ async def list_calendars(
     server_url = strip_user_info(server_url)
 
     def discover() -> list[CalendarInfo]:
-        connection = DavConnection(server_url, username, password, timeout=timeout, verify=verify)
+        connection = DavConnection(
+            server_url, username, password, timeout=timeout, verify=verify, guard=guard
+        )
         try:
             return connection.discover(server_url)
         finally:
@@ -106,7 +110,8 @@ class CaldavSource:
     Give either ``url`` (the calendar collection) or ``server_url`` plus
     ``calendar_name`` (a display name, or the calendar's URL or last path segment) for
     discovery through the user's principal. ``verify`` is ``True`` (the system's CA
-    store) or a CA bundle path; TLS verification cannot be turned off here.
+    store) or a CA bundle path; TLS verification cannot be turned off here. ``guard``
+    (a link a customer made) lets every connection reach only addresses it accepted.
     """
 
     provider = "caldav"
@@ -122,6 +127,7 @@ class CaldavSource:
         calendar_name: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         verify: bool | str = True,
+        guard: AddressGuard | None = None,
     ) -> None:
         if (url is None) == (server_url is None):
             raise ValueError("CaldavSource: give either url or server_url")
@@ -137,6 +143,7 @@ class CaldavSource:
         self._calendar_name = calendar_name
         self._timeout = timeout
         self._verify = verify
+        self._guard = guard
         self._connection: DavConnection | None = None
         self._lock = asyncio.Lock()
 
@@ -376,6 +383,7 @@ class CaldavSource:
                     self._password,
                     timeout=self._timeout,
                     verify=self._verify,
+                    guard=self._guard,
                 )
             return call(self._connection)
 
