@@ -42,7 +42,7 @@ from pbxcal.errors import ConfigError, PbxAuthFailed, PbxUnavailable, StoreError
 from pbxcal.pbx import ForwardingState
 from pbxcal.pbx.ami import AmiConfig, AmiPbx
 from pbxcal.service.clock import Clock, SystemClock
-from pbxcal.service.http import Webhook, build_app, start_http
+from pbxcal.service.ews_push import EwsPush
 from pbxcal.service.metrics import Metrics
 from pbxcal.service.notify import SystemdNotifier
 from pbxcal.service.push import GOOGLE_WEBHOOK, GRAPH_WEBHOOK, GooglePush, GraphPush
@@ -50,6 +50,7 @@ from pbxcal.service.reconciler import PbxSettings, Reconciler
 from pbxcal.service.store_health import StoreHealth
 from pbxcal.service.sync import CalendarSync
 from pbxcal.store import Link, Store, load_key_ring
+from pbxcal.web.server import Webhook, WebServer
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,13 @@ class Daemon:
         self._providers_seen: set[str] = set()
         self.push: GooglePush | None = None
         self.graph_push: GraphPush | None = None
+        self.ews_push: EwsPush | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
         keys = load_key_ring(self.config.secrets_key_file, self.config.secrets_key_credential)
+        self.keys = keys
         self.store = await asyncio.to_thread(Store.open, self.store_url, keys)
         try:
             await self._run()
@@ -155,6 +158,7 @@ class Daemon:
                     self.provider_calls,
                     self.store.load_secret,
                     timeout=self.config.sync_timeout,
+                    allow_networks=self.config.portal.allow_networks if self.config.portal else (),
                 ),
             )
             if self.config.public_url:
@@ -169,23 +173,26 @@ class Daemon:
                     graph.links_changed()
 
                 self.sync.on_sources_changed = sources_changed
+            # EWS streaming needs no public URL: the connection goes out from pbxcal
+            ews_push = self.ews_push = EwsPush(self.sync, self.metrics, self.clock)
+            others = self.sync.on_sources_changed
+
+            def sources_changed_ews() -> None:
+                if others is not None:
+                    others()
+                ews_push.links_changed()
+
+            self.sync.on_sources_changed = sources_changed_ews
             active = [link for link in links if link.active]
             await self.sync.restore(active)
             self.sync.set_links(active)
             self._count_links(links)
             await self._first_contact()
-            try:
-                runner = await start_http(
-                    build_app(self.metrics, self._health, self._readiness, self._webhooks()),
-                    self.config.listen,
-                )
-            except OSError as exc:  # port taken, address not local: the operator must act
-                raise ConfigError(
-                    [
-                        f"{self.config.source}: [http] listen: cannot listen on "
-                        f"{self.config.listen}: {exc.strerror or exc}"
-                    ]
-                ) from exc
+            web_server = WebServer(
+                self.config, self.store, self.keys, self.metrics, self.sync, self._webhooks(),
+                self._health, self._readiness, clock=self.clock,
+            )  # fmt: skip
+            await web_server.start()  # ConfigError naming the option when it cannot listen
             tasks = [
                 asyncio.create_task(self.reconciler.run(), name="reconciler"),
                 asyncio.create_task(self.sync.run(), name="calendar-sync"),
@@ -195,6 +202,7 @@ class Daemon:
             if self.push is not None and self.graph_push is not None:
                 tasks.append(asyncio.create_task(self.push.run(), name="google-push"))
                 tasks.append(asyncio.create_task(self.graph_push.run(), name="graph-push"))
+            tasks.append(asyncio.create_task(ews_push.run(), name="ews-push"))
             self._install_signals()
             # READY: config, store (every link's last known instances restored) and the
             # first PBX contact are done; the first pass plans and applies from here on.
@@ -205,22 +213,24 @@ class Daemon:
                 "pbxcal %s ready: %s; http on %s",
                 __version__,
                 self.status_line(),
-                self.config.listen,
+                web_server.addresses,
             )
             stopper = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
             self.notifier.stopping()
             log.info("stopping; forwardings stay as they are until the next start")
             self.sync.stop()
-            for push in (self.push, self.graph_push):  # stop channels (they expire anyway)
+            for push in (self.push, self.graph_push, self.ews_push):  # (they expire anyway)
                 if push is not None:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(push.close(), 5.0)
             self.provider_calls.close()
+            if isinstance(self.sync.source_factory, SourceFactory):  # customers' guarded client
+                await self.sync.source_factory.aclose()
             for task in [stopper, *tasks]:
                 task.cancel()
             results = await asyncio.gather(stopper, *tasks, return_exceptions=True)
-            await runner.cleanup()
+            await web_server.stop()
             await asyncio.gather(*(pbx.close() for pbx in self.pbxes.values()))
             for task, result in zip([stopper, *tasks], results, strict=True):
                 if task in done and isinstance(result, BaseException) and task is not stopper:

@@ -34,6 +34,7 @@ import argparse
 import base64
 import io
 import os
+import ssl
 import sys
 import threading
 import urllib.error
@@ -56,6 +57,16 @@ __all__ = ["RadicaleServer"]
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    #: Set for https: each accepted connection is wrapped, the handshake runs in its thread.
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[Any, Any]:
+        connection, address = super().get_request()
+        if self.tls is not None:
+            connection = self.tls.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+        return connection, address
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -66,7 +77,18 @@ class _QuietHandler(WSGIRequestHandler):
 class RadicaleServer:
     """One Radicale on ``127.0.0.1``; see the module docstring."""
 
-    def __init__(self, directory: Path, users: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        users: Mapping[str, str],
+        *,
+        tls: ssl.SSLContext | None = None,
+        ca_file: str | None = None,
+    ) -> None:
+        """``tls``: serve https with this server context; ``ca_file``: what the test-data
+        helpers (``put``, ``make_calendar``) trust then."""
+        self.tls = tls
+        self._client_tls = ssl.create_default_context(cafile=ca_file) if tls else None
         for name, password in users.items():
             if not name or any(c in name + password for c in ":\r\n"):
                 raise ValueError("user names and passwords: non-empty, no ':' or newlines")
@@ -129,8 +151,8 @@ class RadicaleServer:
 
     @property
     def url(self) -> str:
-        """The server's root URL (``http://127.0.0.1:PORT/``); discovery starts here."""
-        return f"http://127.0.0.1:{self.port}/"
+        """The server's root URL (``http://127.0.0.1:PORT/``, https with ``tls``)."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/"
 
     @property
     def running(self) -> bool:
@@ -148,6 +170,7 @@ class RadicaleServer:
             handler_class=_QuietHandler,
         )
         self.port = server.server_address[1]
+        server.tls = self.tls
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, name=f"radicale-{self.port}", daemon=True
@@ -242,7 +265,9 @@ class RadicaleServer:
         for key, value in (headers or {}).items():
             request.add_header(key, value)
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            with urllib.request.urlopen(  # noqa: S310 - loopback
+                request, timeout=10, context=self._client_tls
+            ) as response:
                 response.read()
                 return dict(response.headers.items())
         except urllib.error.HTTPError as exc:
