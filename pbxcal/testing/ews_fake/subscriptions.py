@@ -9,6 +9,20 @@ mailbox ``publish``es an event to every subscription on it and wakes the streams
 subscription id or watermark the fake did not issue, or one ``expire`` dropped, is
 ``ErrorSubscriptionNotFound`` / ``ErrorInvalidWatermark``. Start reading at
 ``Subscriptions.subscribe``.
+
+What exchangelib 5.6 sends (captured against this fake; SOAP header: RequestServerVersion
+Exchange2016, ExchangeImpersonation, TimeZoneContext), bodies abridged::
+
+    <m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds>
+      <t:DistinguishedFolderId Id="calendar"><t:Mailbox><t:EmailAddress>a@x.org
+      </t:EmailAddress>...</t:Mailbox></t:DistinguishedFolderId></t:FolderIds>
+      <t:EventTypes><t:EventType>CreatedEvent</t:EventType>...</t:EventTypes>
+    </m:StreamingSubscriptionRequest></m:Subscribe>
+    (pull: <m:PullSubscriptionRequest> ... <t:Timeout>10</t:Timeout>)
+    <m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>..</t:SubscriptionId>
+      </m:SubscriptionIds><m:ConnectionTimeout>1</m:ConnectionTimeout></m:GetStreamingEvents>
+    <m:GetEvents><m:SubscriptionId>..</m:SubscriptionId><m:Watermark>..</m:Watermark>
+    <m:Unsubscribe><m:SubscriptionId>..</m:SubscriptionId></m:Unsubscribe>
 """
 
 from __future__ import annotations
