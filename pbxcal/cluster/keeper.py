@@ -84,6 +84,10 @@ class LeaseKeeper:
         self._next_forget = 0.0
         #: set after every completed round (tests wait on it)
         self.round_done = asyncio.Event()
+        #: called with (lease name, previous holder) when a lease is taken over
+        self.on_takeover: Callable[[str, str], None] | None = None
+        #: called with the live member ids whenever that set changes
+        self.on_members: Callable[[list[str]], None] | None = None
 
     def fence(self, name: str) -> Fence | None:
         """The valid fence of lease ``name``, or None when this process must not write."""
@@ -141,7 +145,10 @@ class LeaseKeeper:
                     self._lose(name, "taken over by another member (not renewed)")
         self._expire_local()
         live = await membership.list_members(conn)
+        changed = {m.member_id for m in live} != {m.member_id for m in self.members}
         self.members = live
+        if changed and self.on_members is not None:
+            self.on_members(sorted(m.member_id for m in live))
         rows = await leases.list_leases(conn)
         holders = {row.name: row.holder for row in rows if row.live}
         moves = plan_moves(
@@ -186,6 +193,8 @@ class LeaseKeeper:
                     before.holder,
                     "was released" if before.released else "had expired",
                 )
+                if self.on_takeover is not None:
+                    self.on_takeover(name, before.holder)
             else:
                 log.info("cluster: holding %s (epoch %d)", name, lease.epoch)
             if self.on_gained is not None:

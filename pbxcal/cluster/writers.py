@@ -45,6 +45,8 @@ class PbxWriters:
         self.on_owned: Callable[[str], None] | None = None
         #: called with a PBX's name when this process stops owning it
         self.on_released: Callable[[str], None] | None = None
+        #: called with (PBX name, previous holder) when this process takes a PBX over
+        self.on_takeover: Callable[[str, str], None] | None = None
         self.keeper = LeaseKeeper(
             conninfo,
             [pbx_lease_name(name) for name in self.fenced],
@@ -56,6 +58,13 @@ class PbxWriters:
             on_gained=self._gained,
             on_lost=self._lost,
         )
+
+        self.keeper.on_takeover = self._took_over
+
+    @property
+    def members(self) -> list[str]:
+        """The live member ids as of the last lease round (empty before the first)."""
+        return sorted(member.member_id for member in self.keeper.members)
 
     @property
     def member_id(self) -> str:
@@ -84,6 +93,10 @@ class PbxWriters:
         pbx.grant(fence)
         if self.on_owned is not None:
             self.on_owned(name)
+
+    def _took_over(self, lease: str, previous: str) -> None:
+        if self.on_takeover is not None and lease.startswith(PBX_LEASE_PREFIX):
+            self.on_takeover(lease.removeprefix(PBX_LEASE_PREFIX), previous)
 
     def _lost(self, fence: Fence, why: str) -> None:
         name = fence.name.removeprefix(PBX_LEASE_PREFIX)

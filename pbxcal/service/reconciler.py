@@ -12,6 +12,12 @@ changes succeed), and applies the difference — idempotently — at these momen
   state is read back and the full difference applied, so a crash, a kill -9, an Asterisk
   restart, an AMI outage or a key deleted by someone else converge.
 
+With several processes on one PostgreSQL the reconciler is given ``FencedPbx``es
+(``pbxcal.cluster``): every process plans every PBX, but only the holder of a PBX's
+write lease gets past the fence; elsewhere the fence raises ``LeaseLost`` and nothing
+is sent. A gained lease calls ``pbx_connected``, so the new owner reads the PBX back
+and converges it, as after a reconnect.
+
 What it is given per link is already expanded (``LinkInstances``: the calendar's event
 instances over a range, computed once by the sync in a worker thread). Planning
 (title → target, the number policy, parallel sets) runs in a worker thread too, so a
@@ -41,7 +47,7 @@ from pbxcal.core.ical import EventInstance
 from pbxcal.core.policy import NumberPolicy
 from pbxcal.core.targets import TitleParser
 from pbxcal.core.windows import Plan, plan_windows
-from pbxcal.errors import PbxError, PbxUnavailable
+from pbxcal.errors import LeaseLost, PbxError, PbxUnavailable
 from pbxcal.pbx import ForwardingState, Pbx
 from pbxcal.service.clock import Clock
 from pbxcal.service.metrics import Metrics
@@ -428,6 +434,10 @@ class Reconciler:
             if not changes:
                 return False
             result = await pbx.apply(changes)
+        except LeaseLost as exc:  # another process writes this PBX (pbxcal.cluster)
+            log.debug("PBX %s: not written here: %s", name, exc)
+            self._readback.add(name)  # read back first once the lease is ours
+            return False
         except PbxUnavailable as exc:
             if name not in self._unavailable:  # once per outage, not every tick
                 log.warning("PBX %s unavailable, will apply when it returns: %s", name, exc)

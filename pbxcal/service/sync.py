@@ -44,7 +44,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -79,6 +79,7 @@ from pbxcal.service.source_secrets import SourceSecrets
 from pbxcal.service.store_health import StoreHealth
 from pbxcal.service.throttle import ThrottleBook
 from pbxcal.store import Link, Store
+from pbxcal.store.records import ExpansionRecord, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ class _LinkState:
     running: bool = False
     retry_after: float = 0.0
     again: bool = False  # a push arrived while it was being read: read once more
+    stored: bool = False  # the last sync committed a change (other processes are told)
+    set_at: float = 0.0  # monotonic: when this process last gave the reconciler its events
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,12 @@ class CalendarSync:
         #: Provider quotas shared by several links (``throttle_key``) and when to go on.
         self.throttles = ThrottleBook()
         self.secrets = SourceSecrets(store, self.store_health)
+        # Several processes on one store (``pbxcal.service.cluster_links``): which links
+        # this one reads on schedule (None: all), and who hears of a stored change.
+        self.is_mine: Callable[[int], bool] | None = None
+        self.on_link_saved: Callable[[int], Awaitable[None]] | None = None
+        self._parked: dict[int, int] = {}  # link id -> generation: due, but read elsewhere
+        self._pushed: set[int] = set()  # read here once even if read elsewhere (webhooks)
 
     @property
     def link_count(self) -> int:
@@ -287,6 +296,10 @@ class CalendarSync:
             state = self._links.get(link_id)
             if state is None or state.generation != generation or state.running:
                 continue  # removed, replaced, or still being read
+            if link_id not in self._pushed and self.is_mine and not self.is_mine(link_id):
+                self._parked[link_id] = generation  # another process reads it
+                continue
+            self._pushed.discard(link_id)
             held = self.throttles.until(_throttle_key(state), now)
             if held is not None:  # its quota is used up (another link was told so)
                 later = held + random.uniform(0.0, 0.1 * (held - now))
@@ -307,6 +320,8 @@ class CalendarSync:
         state = self._links.get(link_id)
         if state is None:
             return False
+        self._pushed.add(link_id)  # pushed here: read here, whoever reads it on schedule
+        self._parked.pop(link_id, None)
         if state.running:
             state.again = True
         else:
@@ -314,6 +329,49 @@ class CalendarSync:
             heapq.heappush(self._due, (held or 0.0, state.generation, link_id))
             self._wake.set()
         return True
+
+    def owners_changed(self) -> None:
+        """The processes sharing the store changed: read the links now ours at once."""
+        for link_id, generation in list(self._parked.items()):
+            state = self._links.get(link_id)
+            if state is None or state.generation != generation:
+                del self._parked[link_id]
+            elif self.is_mine is None or self.is_mine(link_id):
+                del self._parked[link_id]
+                heapq.heappush(self._due, (0.0, generation, link_id))
+        self._wake.set()
+
+    def adopt_stored(
+        self,
+        expansions: Mapping[int, ExpansionRecord],
+        states: Mapping[int, SyncState],
+        read_since: float,
+    ) -> int:
+        """Take links' expansions another process stored (it was told by NOTIFY).
+
+        Links this process gave events to after ``read_since`` (monotonic, taken before
+        the store was read) keep theirs: they are at least as new. Returns how many
+        links were updated.
+        """
+        adopted = 0
+        for link_id, record in expansions.items():
+            state = self._links.get(link_id)
+            if state is None or state.running or state.set_at > read_since:
+                continue
+            stored = states.get(link_id)
+            if stored is not None:
+                state.validators = Validators(stored.etag, stored.last_modified)
+                state.cursor = stored.sync_token
+                state.digest = None
+            state.set_at = time.monotonic()
+            link = state.link
+            self.reconciler.set_link_instances(
+                link_id,
+                LinkInstances(_key(link), record.instances, record.range_start, record.range_end),
+            )
+            adopted += 1
+        self._count_unknown()
+        return adopted
 
     def built_sources(self) -> list[tuple[int, AnySource]]:
         """(link id, source) of every link whose source exists (has been read once)."""
@@ -352,6 +410,7 @@ class CalendarSync:
         state = self._links[link_id]
         link = state.link
         started = time.perf_counter()
+        state.stored = False
         try:
             outcome = await self._sync(state)
         except asyncio.CancelledError:
@@ -400,6 +459,8 @@ class CalendarSync:
                     "; keeping the last known events" if outcome.result != "changed" else "",
                 )
             await self._log_sync(link.id, outcome)
+        if state.stored and self.on_link_saved is not None:
+            await self.on_link_saved(link.id)  # after the commit: the others re-read it
         return outcome.result
 
     async def save_updated_secret(self, link_id: int) -> None:
@@ -452,6 +513,7 @@ class CalendarSync:
             digest = state.digest
         else:
             return SyncOutcome("unchanged")
+        state.set_at = time.monotonic()
         self.reconciler.set_link_instances(
             link.id, LinkInstances(_key(link), work.instances, work.since, work.until)
         )
@@ -464,6 +526,7 @@ class CalendarSync:
             message = f"calendar followed, but not saved: {work.store_error}"
         else:
             self.store_health.succeeded()
+            state.stored = True
             if isinstance(fetched, Fetched):
                 state.validators, state.digest = fetched.validators, digest
         return SyncOutcome("changed", work.accepted, work.rejected, message)
@@ -485,6 +548,7 @@ class CalendarSync:
             work = await self._in_worker(
                 self._work.on_changes, self.config, link, change, now, parser
             )
+        state.set_at = time.monotonic()
         self.reconciler.set_link_instances(
             link.id, LinkInstances(_key(link), work.instances, work.since, work.until)
         )
@@ -496,6 +560,7 @@ class CalendarSync:
             message = f"calendar followed, but not saved: {work.store_error}"
         else:
             self.store_health.succeeded()
+            state.stored = True
             if change is not None:
                 state.cursor = change.cursor
         return SyncOutcome("changed", work.accepted, work.rejected, message)

@@ -10,7 +10,8 @@ does not make.
 
 Consumers: ``SyncStore`` - the daemon's calendar sync (restore on start, save what a
 fetch brought, re-expand from stored rows, log each sync); ``AppliedStore`` - the
-reconciler's persistence of applied forwardings; ``LinkWatchStore`` - the daemon's link
+reconciler's persistence of applied forwardings (with the PBX's lease epoch when several
+processes share the store); ``LinkWatchStore`` - the daemon's link
 watcher and start-up (config links, poll ``links_version``, re-read links);
 ``LinkAdminStore`` - the CLI's ``links`` commands; ``SecretStore`` - the providers'
 credentials (encrypted; the store needs its key ring) and ``pbxcal keys rotate``.
@@ -69,7 +70,9 @@ class SyncStore(Protocol):
 class AppliedStore(Protocol):
     """The reconciler's record of what it wrote to each PBX."""
 
-    def save_applied_changes(self, pbx: str, changes: Mapping[str, Sequence[str]]) -> None: ...
+    def save_applied_changes(
+        self, pbx: str, changes: Mapping[str, Sequence[str]], *, epoch: int | None = None
+    ) -> None: ...
     def load_applied(self, pbx: str) -> dict[str, tuple[str, ...]]: ...
 
 

@@ -1,0 +1,113 @@
+"""Links shared by several ``pbxcal run`` processes: who reads which, and hearing of changes.
+
+What it does, with a PostgreSQL store only (``pbxcal.cluster``):
+
+* **Who reads a link on schedule.** ``LinkShare.is_mine(link_id)``: the live member that
+  ranks the link highest by rendezvous hashing (``ownership.rendezvous_owner``) over the
+  members the lease keeper saw in its last round. Every member computes the same answer
+  from the same list, so each link is read by one process at a time; when a member
+  joins or dies only its links move (``CalendarSync.owners_changed`` reads the links
+  that became ours at once). A push notification is read wherever it lands
+  (``CalendarSync.sync_soon``), so two processes may read one link at the same moment
+  now and then; the store's transaction keeps the result right.
+* **Hearing of a change.** After a change of link N is committed, ``link_saved(N)``
+  sends ``NOTIFY pbxcal_link, 'N'``; every process's listener calls ``link_changed(N)``,
+  which re-reads the stored expansions of the links named (coalesced: one store read per
+  burst, in a thread) and hands them to the reconciler, so the owner of the link's PBX
+  applies a change read elsewhere within one round trip. After the listener reconnects
+  everything is re-read (notifications sent while it was away are lost).
+
+What it must not do: decide who writes a PBX (the leases do), or treat a notification as
+data (the store is the truth; a lost one costs the polling backstop).
+
+Start reading at ``LinkShare``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from pbxcal.cluster.notify import LinkListener, LinkNotifier
+from pbxcal.cluster.ownership import rendezvous_owner
+from pbxcal.errors import StoreError
+from pbxcal.service.sync import CalendarSync
+from pbxcal.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class LinkShare:
+    """See the module docstring. ``run()`` until cancelled, then ``close()``."""
+
+    def __init__(self, conninfo: str, store: Store, sync: CalendarSync, member_id: str) -> None:
+        self.store = store
+        self.sync = sync
+        self.member_id = member_id
+        self._members: list[str] = []
+        self.notifier = LinkNotifier(conninfo)
+        self.listener = LinkListener(conninfo, self.link_changed, self.resync)
+        self._pending: set[int] = set()
+        self._everything = False
+        self._reloader: asyncio.Task[None] | None = None
+        sync.is_mine = self.is_mine
+        sync.on_link_saved = self.link_saved
+
+    def is_mine(self, link_id: int) -> bool:
+        """Whether this process reads ``link_id`` on schedule (nobody before the first
+        lease round: membership is not known yet)."""
+        return rendezvous_owner(str(link_id), self._members) == self.member_id
+
+    def members_changed(self, members: list[str]) -> None:
+        """The lease keeper saw another set of live members."""
+        self._members = list(members)
+        self.sync.owners_changed()
+
+    async def link_saved(self, link_id: int) -> None:
+        try:
+            await self.notifier.link_changed(link_id)
+        except StoreError as exc:  # the others' polling backstop covers it
+            log.warning("cluster: could not tell the other processes of link %d: %s",
+                        link_id, exc)  # fmt: skip
+
+    def link_changed(self, link_id: int) -> None:
+        self._pending.add(link_id)
+        self._start_reload()
+
+    def resync(self) -> None:
+        self._everything = True
+        self._start_reload()
+
+    def _start_reload(self) -> None:
+        if self._reloader is None or self._reloader.done():
+            self._reloader = asyncio.create_task(self._reload(), name="link-reload")
+
+    async def _reload(self) -> None:
+        while self._pending or self._everything:
+            wanted, self._pending = self._pending, set()
+            everything, self._everything = self._everything, False
+            read_since = time.monotonic()
+            try:
+                expansions, states = await asyncio.gather(
+                    asyncio.to_thread(self.store.load_expansions),
+                    asyncio.to_thread(self.store.load_sync_states),
+                )
+            except StoreError as exc:
+                log.warning("cluster: cannot re-read changed links: %s", exc)
+                return  # the polling backstop and the next notification cover it
+            if not everything:
+                expansions = {i: r for i, r in expansions.items() if i in wanted}
+            adopted = self.sync.adopt_stored(expansions, states, read_since)
+            log.debug("cluster: %d link(s) re-read after a change elsewhere", adopted)
+
+    async def run(self) -> None:
+        await self.listener.run()
+
+    async def close(self) -> None:
+        if self._reloader is not None:
+            self._reloader.cancel()
+        try:
+            await self.notifier.close()
+        except Exception:  # closing on shutdown: nothing is left to do with it
+            log.debug("cluster: notifier not closed cleanly", exc_info=True)
