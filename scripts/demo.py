@@ -10,7 +10,11 @@ Run it with ``scripts/demo`` (which prepares the virtual environment first). It:
    input and is stored encrypted with a key from ``pbxcal keys generate``);
 4. runs ``pbxcal run`` with SQLite and both calendars, adds an appointment "202" to the
    CalDAV calendar while it runs, and prints what Asterisk holds (AstDB
-   ``pbxcal/fwd/<ext>`` and the BLF device state) every time it changes.
+   ``pbxcal/fwd/<ext>`` and the BLF device state) every time it changes;
+5. plays a customer of the portal: the admin makes an invitation for extension 102
+   (``pbxcal invitations create``), the customer opens it, fills in the CalDAV form
+   (the same Radicale, over https with a throwaway CA) and reads the status page; an
+   admin-API token then lists every link (``GET /api/v1/links``).
 """
 
 from __future__ import annotations
@@ -19,18 +23,24 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from html import unescape
 from pathlib import Path
 
-from pbxcal.testing.asterisk import AsteriskSandbox, SandboxError, ensure_root
+import httpx
+
+from pbxcal.testing.asterisk import DEFAULT_ENDPOINTS, AsteriskSandbox, SandboxError, ensure_root
 from pbxcal.testing.radicale import RadicaleServer
+from pbxcal.testing.tls import make_tls
 
 REPO = Path(__file__).resolve().parents[1]
 PBXCAL = Path(sys.executable).parent / "pbxcal"
@@ -59,6 +69,21 @@ def calendar(start: datetime) -> str:
     )
 
 
+def wait_ready(listen: str, daemon: subprocess.Popen[bytes]) -> None:
+    """Until ``/readyz`` answers 200 (READY), or the daemon exits."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise RuntimeError("pbxcal run exited before it was ready")
+        try:
+            if httpx.get(f"http://{listen}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)  # polling a probe: there is no event to wait on from outside
+    raise RuntimeError("pbxcal run was not ready within 60 s")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -81,10 +106,36 @@ def caldav_event(uid: str, title: str, begin: datetime, end: datetime) -> str:
     )
 
 
+def portal_customer(base: str, invitation: str, calendar_url: str, password: str) -> str:
+    """What a customer does in the browser, as plain HTTP: open the invitation, fill in
+    the CalDAV form, read the status page. Returns the status page as text."""
+    with httpx.Client(base_url=base, follow_redirects=True, timeout=30) as browser:
+        browser.get(invitation).raise_for_status()
+        form = browser.get("/link/caldav")
+        form.raise_for_status()
+        match = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        if match is None:
+            raise RuntimeError("the CalDAV form carries no CSRF token")
+        done = browser.post("/link/caldav", data={
+            "csrf_token": unescape(match.group(1)), "url": calendar_url, "username": "carol",
+            "password": password, "calendar": "",
+        })  # fmt: skip
+        if not str(done.url).endswith("/status"):
+            found = re.search(r'role="alert"[^>]*>(.*?)<', done.text, re.S)
+            why = found.group(1) if found else done.status_code
+            raise RuntimeError(f"the portal refused: {why}")
+        page = done.text
+    main = page[page.find("<main"):page.find("</main>")]
+    text = re.sub(r"<(?:dt|h2|li)[^>]*>", "\n", main)
+    text = unescape(re.sub(r"<[^>]+>", " ", text))
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    return "\n".join(f"    {line}" for line in lines if line and "Unlink" not in line)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lead", type=int, default=20,
-                        help="seconds until the first appointment starts (default 20)")
+    parser.add_argument("--lead", type=int, default=25,
+                        help="seconds until the first appointment starts (default 25)")
     args = parser.parse_args()
     try:
         root = ensure_root()
@@ -92,12 +143,22 @@ def main() -> int:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="pbxcal-demo-") as tmp, \
-            AsteriskSandbox(root, "pbxcal-demo") as ast:
+            AsteriskSandbox(root, "pbxcal-demo",
+                            endpoints=(*DEFAULT_ENDPOINTS, "101", "102", "203")) as ast:
         work = Path(tmp)
         logging.getLogger("radicale").setLevel(logging.WARNING)  # its start-up chatter
         password = os.urandom(12).hex()
-        dav = RadicaleServer(work / "radicale", {"bob": password}).start()
+        carol_password = os.urandom(12).hex()
+        # The portal takes https calendar addresses only: Radicale serves TLS with a
+        # throwaway CA that pbxcal's processes trust (SSL_CERT_FILE / REQUESTS_CA_BUNDLE).
+        ca_file, cert_file, key_file = make_tls(work / "tls")
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(cert_file, key_file)
+        os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(ca_file)
+        dav = RadicaleServer(work / "radicale", {"bob": password, "carol": carol_password},
+                             tls=tls, ca_file=str(ca_file)).start()  # fmt: skip
         bob_calendar = dav.make_calendar("bob", "work")
+        carol_calendar = dav.make_calendar("carol", "home")
         keys = work / "keys"
         subprocess.run([str(PBXCAL), "keys", "generate", str(keys)], check=True,
                        capture_output=True)  # fmt: skip
@@ -110,6 +171,7 @@ def main() -> int:
         (work / "pbxcal.toml").write_text(
             f'[pbxcal]\nregion = "NL"\n\n[http]\nlisten = "{listen}"\n\n'
             f'[sync]\ninterval = 2\n\n[secrets]\nkey_file = "{keys}"\n\n'
+            f'[portal]\npublic_url = "http://{listen}"\nallow_networks = ["127.0.0.0/8"]\n\n'
             f'[pbx.main]\nhost = "{ast.ami_host}"\nport = {ast.ami_port}\n'
             f'username = "{ast.ami_username}"\nsecret_file = "{secret}"\n\n'
             f'[[link]]\nextension = "100"\nsource = "{work / "anna.ics"}"\n'
@@ -133,7 +195,14 @@ def main() -> int:
         print(f"CalDAV calendar {bob_calendar} (Radicale), extension 101: "
               f"{added.stdout.strip()}")  # fmt: skip
         print(f"  an appointment '202' will be added to it at "
-              f"{start + timedelta(seconds=10):%H:%M:%S}, for 30 s\n")  # fmt: skip
+              f"{start + timedelta(seconds=10):%H:%M:%S}, for 30 s")  # fmt: skip
+        begin = start + timedelta(seconds=15)
+        dav.put("carol", "home", "call.ics",
+                caldav_event("carol", "203", begin, begin + timedelta(seconds=30)))
+        dav.put("carol", "home", "lunch.ics",
+                caldav_event("carol-lunch", "Lunch", begin, begin + timedelta(minutes=60)))
+        print(f"Carol's calendar {carol_calendar} (for extension 102, linked through the "
+              f"portal once pbxcal runs): '203' at {begin:%H:%M:%S} for 30 s, and 'Lunch'\n")
         plan = subprocess.run(
             [str(PBXCAL), "plan", "--ics", str(work / "anna.ics"), "--extension", "100",
              "--from", start.isoformat(), "--to", (start + timedelta(minutes=5)).isoformat(),
@@ -145,7 +214,34 @@ def main() -> int:
             stdout=log, stderr=subprocess.STDOUT, cwd=work,
         )
         print(f"pbxcal run started (pid {daemon.pid}); metrics on http://{listen}/metrics")
-        print("Watching Asterisk (what a call to 100 or 101 would ring):\n")
+        config_args = ["--config", str(work / "pbxcal.toml"), "--store", store]
+        try:
+            wait_ready(listen, daemon)
+            made = subprocess.run(
+                [str(PBXCAL), "invitations", "create", "--pbx", "main", "--extension", "102",
+                 "--json", *config_args], capture_output=True, text=True, check=True)
+            invitation = json.loads(made.stdout)["url"]
+            print(f"\nThe admin invites the customer of extension 102:\n  {invitation}")
+            print("The customer opens it, chooses 'iCloud or another CalDAV calendar', types "
+                  "the address, user and app password, and sees:")
+            print(portal_customer(f"http://{listen}", invitation, carol_calendar,
+                                  carol_password))  # fmt: skip
+            token = subprocess.run(
+                [str(PBXCAL), "admin-token", "create", "--name", "demo", *config_args],
+                capture_output=True, text=True, check=True).stdout.strip()
+            listed = httpx.get(f"http://{listen}/api/v1/links", timeout=10,
+                               headers={"Authorization": f"Bearer {token}"}).json()
+            print("The admin API (GET /api/v1/links) now lists:")
+            for item in listed.get("links", []):
+                print(f"    link {item.get('id')}: extension {item.get('extension')} "
+                      f"({item.get('provider')}) {item.get('status')}")
+        except (subprocess.CalledProcessError, RuntimeError, httpx.HTTPError, KeyError) as exc:
+            detail = getattr(exc, "stderr", "") or exc
+            print(f"demo: the portal step failed: {detail}", file=sys.stderr)
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=20)
+            return 1
+        print("\nWatching Asterisk (what a call to 100, 101 or 102 would ring):\n")
         last: dict[str, str] = {}
         end = start + timedelta(seconds=66)
         put = False
@@ -160,7 +256,7 @@ def main() -> int:
                     print("demo: pbxcal run exited early; its log:\n"
                           + (work / "pbxcal.log").read_text(), file=sys.stderr)
                     return 1
-                for ext in ("100", "101"):
+                for ext in ("100", "101", "102"):
                     now_state = forwarding(ast, ext)
                     if now_state != last.get(ext):
                         offset = (datetime.now(UTC) - start).total_seconds()

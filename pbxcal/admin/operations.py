@@ -211,8 +211,13 @@ def check_link_read(link: Link, store: Store, config: Config) -> None:
                 factory = SourceFactory(
                     client, config.max_calendar_bytes, calls, store.load_secret,
                     timeout=CHECK_TIMEOUT,
+                    allow_networks=config.portal.allow_networks if config.portal else (),
                 )  # fmt: skip
-                source: Any = await asyncio.to_thread(factory, link)
+                try:
+                    source: Any = await asyncio.to_thread(factory, link)
+                except BaseException:
+                    await factory.aclose()
+                    raise
                 try:
                     first_read = (
                         source.changes(None)
@@ -227,6 +232,7 @@ def check_link_read(link: Link, store: Store, config: Config) -> None:
                     renewed = await asyncio.to_thread(update) if update else None
                     if renewed is not None:
                         await asyncio.to_thread(store.save_secret, link.id, *renewed)
+                    await factory.aclose()
         finally:
             calls.close()
 

@@ -22,7 +22,7 @@ Start at ``server.WebServer``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,8 @@ class WebContext:
     templates: Templates
     #: ``send_invitation``-like callable for e-mail, None when ``[smtp]`` is not set.
     mailer: Callable[..., Any] | None = None
+    #: The daemon re-reads its links (a link was added here); None outside it.
+    links_changed: Callable[[], Awaitable[None]] | None = None
 
 
 CONTEXT = web.AppKey("pbxcal.web.context", WebContext)

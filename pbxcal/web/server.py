@@ -64,6 +64,7 @@ MICROSOFT_SIGN_IN = "https://login.microsoftonline.com"
 #: Modules that add their routes when they exist (the admin API, OAuth sign-in).
 API_MODULE = "pbxcal.web.api"
 OAUTH_MODULE = "pbxcal.web.portal.oauth"
+BOOKING_MODULE = "pbxcal.web.booking"
 
 
 @dataclass
@@ -134,6 +135,7 @@ class WebServer:
         ready: Probe,
         *,
         clock: Clock | None = None,
+        links_changed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.webhooks = dict(webhooks)
@@ -156,6 +158,7 @@ class WebServer:
             clock=clock or SystemClock(),
             metrics=metrics,
             templates=Templates(portal.languages if portal else ("en",), secure_cookies=secure),
+            links_changed=links_changed,
         )
         self.sealer = CookieSealer(keys, secure=secure) if keys is not None else None
         self.listeners = listeners(config)
@@ -185,6 +188,7 @@ class WebServer:
 
                 portal_pages.add_routes(app, self.context)
                 _add_optional_routes(OAUTH_MODULE, app, self.context)
+                _add_optional_routes(BOOKING_MODULE, app, self.context)
         if listener.internal:
             app.router.add_get("/metrics", self._metrics)
             app.router.add_get("/healthz", self._probe(self.health))

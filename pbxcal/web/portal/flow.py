@@ -83,6 +83,8 @@ async def finish_link(
     if not claimed:  # another browser linked this invitation first: undo ours
         await asyncio.to_thread(remove_link, ctx.store, ctx.config, link.id)
         return page(request, "invitation_refused.html", None, status=410, reason="used")
+    if ctx.links_changed is not None:  # the running service follows the new link now
+        await ctx.links_changed()
     if ctx.sync is not None:
         ctx.sync.sync_soon(link.id)
     log.info(

@@ -178,17 +178,19 @@ def check_fields(form: LinkForm, values: Mapping[str, str]) -> tuple[str, str] |
 
 
 def settings_of(form: LinkForm, values: Mapping[str, str]) -> dict[str, object]:
-    """The link settings (no secrets) of a filled-in form."""
+    """The link settings (no secrets) of a filled-in form. ``guarded``: a customer typed
+    the address, so every connection of this link goes through ``pbxcal.net``'s guard."""
     username = values["username"].strip()
     if form is CALDAV:
-        settings: dict[str, object] = {"username": username, "account": username}
+        settings: dict[str, object] = {"username": username, "account": username,
+                                       "guarded": True}  # fmt: skip
         calendar = values.get("calendar", "").strip()
         if calendar:
             settings["calendar_name"] = calendar
         return settings
     mailbox = values["mailbox"].strip()
     return {"mailbox": mailbox, "username": username, "auth": values["auth"],
-            "account": mailbox}  # fmt: skip
+            "account": mailbox, "guarded": True}  # fmt: skip
 
 
 def why_unread(error: BaseException) -> str:
