@@ -1,0 +1,185 @@
+"""Agents and groups: the operations the admin API and ``pbxcal agents`` share.
+
+What it does: checks input (slug ids, the PBX and extension of the config, links that
+exist), stores agents and groups, and turns stored rows into ``Agent`` / ``Group``.
+Blocking (the store); call from a worker thread in the event loop.
+
+Start reading at ``add_agent``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from pbxcal.booking.model import Agent, AgentNotFound, BookingRefused, Group
+from pbxcal.booking.settings import parse_settings, settings_json, stored_settings
+from pbxcal.config import Config
+from pbxcal.store import Store
+
+SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+_EXTENSION = re.compile(r"[0-9]{1,15}")
+_EMAIL = re.compile(r"[!-?A-~]{1,64}@[!-?A-~]{1,190}\.[!-?A-~]{1,63}")
+
+
+def check_slug(value: str, what: str = "agent id") -> str:
+    if not SLUG.fullmatch(value):
+        raise BookingRefused(
+            f"{what} must be 1-40 lower-case letters, digits or '-' (such as anna)"
+        )
+    return value
+
+
+def check_email(value: str, what: str = "email") -> str:
+    if len(value) > 254 or not _EMAIL.fullmatch(value):
+        raise BookingRefused(f"{what} is not an e-mail address")
+    return value
+
+
+def agent_from_row(row: Mapping[str, Any]) -> Agent:
+    return Agent(
+        id=row["id"],
+        pbx=row["pbx"],
+        extension=row["extension"],
+        name=row["name"],
+        settings=stored_settings(row["settings"] or {}),
+        booking_link_id=row["booking_link_id"],
+        conflict_link_ids=tuple(int(i) for i in row["conflict_link_ids"] or ()),
+        email=row["email"],
+    )
+
+
+def load_agent(store: Store, agent_id: str) -> Agent:
+    row = store.get_agent(agent_id) if SLUG.fullmatch(agent_id) else None
+    if row is None:
+        raise AgentNotFound(f"no agent {agent_id[:40]!r}")
+    return agent_from_row(row)
+
+
+def list_agents(store: Store) -> list[Agent]:
+    return [agent_from_row(row) for row in store.list_agents()]
+
+
+def load_group(store: Store, group_id: str) -> Group:
+    row = store.get_group(group_id) if SLUG.fullmatch(group_id) else None
+    if row is None:
+        raise AgentNotFound(f"no group {group_id[:40]!r}")
+    return Group(row["id"], row["name"], tuple(row["members"]))
+
+
+def add_agent(
+    store: Store,
+    config: Config,
+    agent_id: str,
+    *,
+    pbx: str,
+    extension: str,
+    name: str,
+    email: str | None = None,
+    booking_link_id: int | None = None,
+    conflict_link_ids: Sequence[int] = (),
+    settings: Mapping[str, Any] | None = None,
+) -> Agent:
+    """Store a new agent; ``BookingRefused`` for bad input, ``AgentExists`` if taken."""
+    check_slug(agent_id)
+    if config.pbxes and pbx not in config.pbxes:
+        raise BookingRefused(f"no PBX {pbx[:40]!r} in the configuration")
+    if not _EXTENSION.fullmatch(extension):
+        raise BookingRefused("extension must be 1-15 digits")
+    if not name.strip() or len(name) > 100:
+        raise BookingRefused("name must be 1-100 characters")
+    if email is not None:
+        check_email(email)
+    parsed = parse_settings(settings or {})
+    _check_links(store, booking_link_id, conflict_link_ids)
+    agent = Agent(
+        agent_id, pbx, extension, name.strip(), parsed, booking_link_id,
+        tuple(conflict_link_ids), email,
+    )  # fmt: skip
+    store.add_agent(agent_row(agent))
+    return agent
+
+
+def set_agent(
+    store: Store,
+    agent_id: str,
+    *,
+    name: str | None = None,
+    email: str | None = None,
+    booking_link_id: int | str | None = "keep",
+    conflict_link_ids: Sequence[int] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> Agent:
+    """Change an agent: only what is given (``booking_link_id`` "keep" keeps it)."""
+    agent = load_agent(store, agent_id)
+    if name is not None:
+        if not name.strip() or len(name) > 100:
+            raise BookingRefused("name must be 1-100 characters")
+        agent = replace(agent, name=name.strip())
+    if email is not None:
+        agent = replace(agent, email=check_email(email) if email else None)
+    if booking_link_id != "keep":
+        assert booking_link_id is None or isinstance(booking_link_id, int)
+        agent = replace(agent, booking_link_id=booking_link_id)
+    if conflict_link_ids is not None:
+        agent = replace(agent, conflict_link_ids=tuple(conflict_link_ids))
+    if settings is not None:
+        agent = replace(agent, settings=parse_settings(settings, agent.settings))
+    _check_links(store, agent.booking_link_id, agent.conflict_link_ids)
+    row = agent_row(agent)
+    del row["id"]
+    if not store.update_agent(agent_id, row):
+        raise AgentNotFound(f"no agent {agent_id!r}")
+    return agent
+
+
+def add_group(store: Store, group_id: str, name: str, members: Sequence[str]) -> Group:
+    check_slug(group_id, "group id")
+    if not members:
+        raise BookingRefused("a group needs at least one agent")
+    for member in members:
+        load_agent(store, member)
+    store.add_group(group_id, name.strip() or group_id, list(dict.fromkeys(members)))
+    return load_group(store, group_id)
+
+
+def agent_row(agent: Agent) -> dict[str, Any]:
+    return {
+        "id": agent.id,
+        "pbx": agent.pbx,
+        "extension": agent.extension,
+        "name": agent.name,
+        "email": agent.email,
+        "settings": {**settings_json(agent.settings), "hours_set": agent.settings.hours_set},
+        "booking_link_id": agent.booking_link_id,
+        "conflict_link_ids": list(agent.conflict_link_ids),
+    }
+
+
+def agent_json(agent: Agent) -> dict[str, Any]:
+    """An agent as the admin API and ``agents show --json`` answer it."""
+    return {
+        "id": agent.id,
+        "pbx": agent.pbx,
+        "extension": agent.extension,
+        "name": agent.name,
+        "email": agent.email,
+        "booking_link_id": agent.booking_link_id,
+        "conflict_link_ids": list(agent.conflict_link_ids),
+        "settings": settings_json(agent.settings),
+    }
+
+
+def _check_links(store: Store, booking: int | None, conflicts: Sequence[int]) -> None:
+    for link_id in ([booking] if booking is not None else []) + list(conflicts):
+        if store.get_link(link_id) is None:
+            raise BookingRefused(f"no link {link_id}")
+    if booking is not None:
+        provider = store.get_link(booking)
+        if provider is not None and provider.provider not in ("caldav", "google"):
+            raise BookingRefused(
+                f"link {booking} is {provider.provider}: bookings can be written to "
+                "CalDAV and Google calendars"
+            )

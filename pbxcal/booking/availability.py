@@ -1,0 +1,250 @@
+"""Free slots of an agent or a group, from stored data only (no provider call).
+
+What it does: an agent's busy time is the synced instances of its conflict links (the
+saved expansions the sync wrote; for a range beyond them, the stored events expanded
+again) minus what is not a meeting — forwarding appointments (titles the PBX's
+``TitleParser`` reads as numbers), free/transparent events; declined and cancelled
+invitations are already gone from the expansion; tentative ones stay busy; all-day
+events block their whole local days unless transparent — plus the agent's confirmed
+bookings (so a booking not yet synced back is busy too). ``free_slots`` of the core
+turns that and the agent's rules into slots (the ``pbxcal slots`` semantics).
+
+Fast path: each link's busy intervals are kept in memory per (link, expansion's
+``computed_at``), so a request costs three small queries and the slot walk.
+
+Start reading at ``available_slots``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from pbxcal.booking.agents import load_agent, load_group
+from pbxcal.booking.model import Agent, BookingRefused
+from pbxcal.booking.settings import rules_for
+from pbxcal.calendars.snapshot import join_calendar
+from pbxcal.core.ical import EventInstance, expand_calendar
+from pbxcal.core.slots import Slot, free_slots
+from pbxcal.core.targets import Reason, Rejection, TitleParser
+from pbxcal.store import Store
+from pbxcal.web import WebContext
+
+Interval = tuple[datetime, datetime]
+#: Longest range one availability request may ask for.
+MAX_RANGE = timedelta(days=62)
+_CACHE_SIZE = 512
+_cache: OrderedDict[tuple[int, int, datetime, str], list[Interval]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+async def available_slots(
+    ctx: WebContext, agent_id: str, start: datetime, end: datetime, duration_minutes: int
+) -> list[Slot]:
+    """Bookable slots of ``agent_id`` starting in ``[start, end)`` (UTC datetimes)."""
+    return await asyncio.to_thread(
+        agent_slots, ctx.store, ctx, agent_id, start, end, duration_minutes
+    )
+
+
+async def group_slots(
+    ctx: WebContext, group_id: str, start: datetime, end: datetime, duration_minutes: int
+) -> list[Slot]:
+    """Slots when at least one member of the group is free (each start once)."""
+
+    def compute() -> list[Slot]:
+        group = load_group(ctx.store, group_id)
+        seen: dict[datetime, Slot] = {}
+        for member in group.agent_ids:
+            try:
+                slots = agent_slots(ctx.store, ctx, member, start, end, duration_minutes)
+            except BookingRefused:  # a member who does not offer this duration
+                continue
+            for slot in slots:
+                seen.setdefault(slot.start, slot)
+        return [seen[s] for s in sorted(seen)]
+
+    return await asyncio.to_thread(compute)
+
+
+def agent_slots(
+    store: Store,
+    ctx: WebContext,
+    agent_id: str,
+    start: datetime,
+    end: datetime,
+    duration_minutes: int,
+) -> list[Slot]:
+    """``available_slots`` in the calling thread."""
+    agent = load_agent(store, agent_id)
+    parser = parser_of(ctx, agent)
+    return slots_of(agent, store, parser, start, end, duration_minutes, ctx.clock.now())
+
+
+def slots_of(
+    agent: Agent,
+    store: Store,
+    parser: TitleParser,
+    start: datetime,
+    end: datetime,
+    duration_minutes: int,
+    now: datetime,
+) -> list[Slot]:
+    """The agent's slots in ``[start, end)`` as of ``now``."""
+    check_request(agent, start, end, duration_minutes)
+    settings = agent.settings
+    end = min(end, now + timedelta(days=settings.horizon_days))
+    if end <= start:
+        return []
+    rules = rules_for(settings, duration_minutes)
+    margin = timedelta(days=1) + rules.buffer_before + rules.buffer_after
+    busy = busy_of(agent, store, parser, start - margin, end + margin)
+    zone = ZoneInfo(settings.timezone)
+    first_day = start.astimezone(zone).date()
+    last_day = end.astimezone(zone).date()
+    return [
+        slot
+        for slot in free_slots(busy, rules, first_day, last_day, now)
+        if start <= slot.start < end
+    ]
+
+
+def check_request(agent: Agent, start: datetime, end: datetime, duration_minutes: int) -> None:
+    if duration_minutes not in agent.settings.durations:
+        offered = ", ".join(str(d) for d in agent.settings.durations)
+        raise BookingRefused(f"duration must be one of {offered} minutes")
+    if start.tzinfo is None or end.tzinfo is None:
+        raise BookingRefused("from and to need a time zone")
+    if end <= start:
+        raise BookingRefused("to must be after from")
+    if end - start > MAX_RANGE:
+        raise BookingRefused(f"ask for at most {MAX_RANGE.days} days at once")
+
+
+def parser_of(ctx: WebContext, agent: Agent) -> TitleParser:
+    """The PBX's title parser (the daemon's, which knows the extensions) or one from the
+    config's number policy."""
+    if ctx.sync is not None:
+        return ctx.sync.reconciler.parser_for(agent.pbx)
+    return _parser_for_policy(ctx)
+
+
+def _parser_for_policy(ctx: WebContext) -> TitleParser:
+    parser = getattr(ctx, "_booking_parser", None)
+    if parser is None:
+        parser = TitleParser(ctx.config.policy, frozenset())
+        ctx._booking_parser = parser  # type: ignore[attr-defined]
+    return parser
+
+
+def busy_of(
+    agent: Agent, store: Store, parser: TitleParser, since: datetime, until: datetime
+) -> list[Interval]:
+    """Sorted, merged busy time of the agent overlapping ``[since, until)``."""
+    spans: list[Interval] = []
+    links = agent.conflict_link_ids
+    stamps = store.expansion_stamps(links) if links else {}
+    for link_id in links:
+        stamp = stamps.get(link_id)
+        if stamp is None:
+            continue  # never synced: nothing known (the booking re-checks fresh data)
+        spans.extend(_link_busy(store, parser, link_id, stamp, since, until))
+    spans.extend((s, e) for _, s, e in store.confirmed_bookings((agent.id,), since, until))
+    return merge(s for s in spans if s[0] < until and s[1] > since)
+
+
+def _link_busy(
+    store: Store,
+    parser: TitleParser,
+    link_id: int,
+    stamp: datetime,
+    since: datetime,
+    until: datetime,
+) -> list[Interval]:
+    key = (id(store), link_id, stamp, "saved")
+    with _cache_lock:
+        cached = _cache.get(key)
+    if cached is None:
+        record = store.load_link_expansions((link_id,)).get(link_id)
+        if record is None:
+            return []
+        cached = meeting_intervals(record.instances, parser)
+        _remember(key, cached)
+        # the range the record covers, kept beside it
+        _remember((id(store), link_id, stamp, "range"), [(record.range_start, record.range_end)])
+    with _cache_lock:
+        covered = _cache.get((id(store), link_id, stamp, "range"), [])
+    if covered and covered[0][0] <= since and until <= covered[0][1]:
+        return cached
+    return _expanded_busy(store, parser, link_id, stamp, since, until)
+
+
+def _expanded_busy(
+    store: Store, parser: TitleParser, link_id: int, stamp: datetime, since: datetime,
+    until: datetime,
+) -> list[Interval]:  # fmt: skip
+    """Beyond the saved expansion (a horizon longer than the daemon's): expand the stored
+    events over whole weeks around the range, cached like the saved ones."""
+    week_start = since - timedelta(days=since.weekday() + 7)
+    week_start = week_start.replace(hour=0, minute=0, second=0, microsecond=0)
+    week_end = week_start + timedelta(weeks=((until - week_start).days // 7) + 2)
+    key = (id(store), link_id, stamp, f"{week_start.isoformat()}/{week_end.isoformat()}")
+    with _cache_lock:
+        cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    events, state = store.load_events(link_id)
+    link = store.get_link(link_id)
+    if state is None or link is None:
+        return []
+    calendar = join_calendar(events, state.timezones, state.calendar_tz, source=f"link {link_id}")
+    zone = ZoneInfo(str(link.settings.get("timezone") or "UTC"))
+    owners = [str(o) for o in link.settings.get("owner_emails") or []]
+    expansion = expand_calendar(calendar, week_start, week_end, zone, owner_emails=owners)
+    result = meeting_intervals(expansion.instances, parser)
+    _remember(key, result)
+    return result
+
+
+def meeting_intervals(instances: Iterable[EventInstance], parser: TitleParser) -> list[Interval]:
+    """Busy time of instances: opaque ones that are not forwarding appointments, merged."""
+    meeting: dict[str, bool] = {}
+    spans = []
+    for instance in instances:
+        if instance.transparent or instance.end <= instance.start:
+            continue
+        is_meeting = meeting.get(instance.title)
+        if is_meeting is None:
+            parsed = parser.parse(instance.title)
+            is_meeting = isinstance(parsed, Rejection) and parsed.reason == Reason.NOT_A_NUMBER
+            meeting[instance.title] = is_meeting
+        if is_meeting:
+            spans.append((instance.start, instance.end))
+    return merge(spans)
+
+
+def merge(spans: Iterable[Interval]) -> list[Interval]:
+    merged: list[Interval] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def is_free(busy: Sequence[Interval], start: datetime, end: datetime) -> bool:
+    return all(e <= start or s >= end for s, e in busy)
+
+
+def _remember(key: tuple[int, int, datetime, str], value: list[Interval]) -> None:
+    with _cache_lock:
+        _cache[key] = value
+        _cache.move_to_end(key)
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
