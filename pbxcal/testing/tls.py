@@ -18,8 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def make_tls(directory: Path) -> tuple[Path, Path, Path]:
-    """(CA file, server certificate, server key) for 127.0.0.1, made fresh."""
+def make_tls(
+    directory: Path, names: tuple[str, ...] = ("127.0.0.1", "localhost")
+) -> tuple[Path, Path, Path]:
+    """(CA file, server certificate, server key) for ``names`` (IP addresses or DNS
+    names; the first is the certificate's common name), made fresh in ``directory``."""
     now = datetime.now(UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pbxcal test CA")])
@@ -42,16 +45,14 @@ def make_tls(directory: Path) -> tuple[Path, Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
+            x509.SubjectAlternativeName([_alternative_name(name) for name in names]),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -74,3 +75,10 @@ def make_tls(directory: Path) -> tuple[Path, Path, Path]:
     )
     key_file.chmod(0o600)
     return ca_file, cert_file, key_file
+
+
+def _alternative_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
