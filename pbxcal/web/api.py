@@ -101,6 +101,8 @@ def _document() -> dict[str, Any]:
 
 def routes() -> list[tuple[str, str, str, Handler]]:
     """(method, path, action, handler) of every operation of the API."""
+    from pbxcal.booking.api import routes as booking_routes
+
     link = f"{PREFIX}/links/{{link_id}}"
     return [
         ("POST", f"{PREFIX}/invitations", "invitation.create", _create_invitation),
@@ -112,6 +114,7 @@ def routes() -> list[tuple[str, str, str, Handler]]:
         ("POST", f"{link}/sync", "link.sync", _sync_link),
         ("POST", f"{link}/enable", "link.enable", _enable_link),
         ("POST", f"{link}/disable", "link.disable", _disable_link),
+        *booking_routes(PREFIX),
     ]
 
 

@@ -292,6 +292,16 @@ class AmiPbx:
             found.update(m.get(name) for m in events if m.event == event)
         return frozenset(ext for ext in found if is_wire_extension(ext))
 
+    async def read_extension_states(self) -> dict[str, str]:
+        """Each hinted extension's device state as ``"<Status>:<StatusText>"`` (Asterisk's
+        ``ExtensionStateList``: 0 idle, 1 in use, 8 ringing, 16 on hold, ...)."""
+        _, events = await self._request(Step("ExtensionStateList", tolerate=("no extension",)))
+        return {
+            str(m.get("Exten")): f"{m.get('Status', '')}:{m.get('StatusText', '')}"
+            for m in events
+            if m.event == "ExtensionStatus" and m.get("Exten")
+        }
+
     async def apply(self, changes: Mapping[str, Sequence[str]]) -> ApplyResult:
         """Set each extension's targets; an empty sequence clears. Idempotent.
 
