@@ -29,6 +29,12 @@ one that was answered: ``throttle.ThrottleBook``) and ``updated_secret()`` (a cr
 the source changed, e.g. a rotated OAuth refresh token: stored encrypted after every
 sync by ``save_updated_secret``: ``source_secrets.SourceSecrets``).
 
+Several processes on one PostgreSQL store (``pbxcal.service.cluster_links``): ``is_mine``
+says which links this process reads on schedule (the others are parked until
+``owners_changed``), a push still reads its link here (``sync_soon``), a committed change
+is announced through ``on_link_saved``, and ``adopt_stored`` takes the expansions
+another process stored.
+
 Start reading at ``sync_link``.
 """
 
