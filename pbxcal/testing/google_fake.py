@@ -29,6 +29,9 @@ and google-auth to work against it unchanged:
   ``revoked`` lists them, and a revoked refresh token gets ``invalid_grant``.
   ``GET /calendar/v3/users/me/calendarList`` lists the calendars ``add_calendar(...,
   owner=account)`` gave the token's account (the primary one's id is the e-mail).
+* writing (pbxcal's bookings): ``events.insert`` (``POST .../events``; a
+  ``conferenceData.createRequest`` gets a fake Meet link), ``events.update`` (``PUT
+  .../events/{id}``) and ``events.delete`` (``DELETE``: a tombstone, as above).
 * ``requests`` counts requests per endpoint (``"token"``, ``"events.list"``), for
   tests and benchmarks.
 
@@ -485,6 +488,50 @@ class FakeGoogle:
             "expiration": str(expiration),
         }
 
+    def _write_event(
+        self, method: str, path: str, body: Any
+    ) -> tuple[int, dict[str, Any] | None]:
+        """``events.insert`` (POST .../events), ``update`` (PUT .../events/{id}) and
+        ``delete`` (DELETE .../events/{id}); the caller holds the lock. Insert asks for
+        a Meet link through ``conferenceData.createRequest`` and gets one."""
+        rest = path[len(_EVENTS_PREFIX):]
+        calendar_id = urllib.parse.unquote(rest.split("/events", 1)[0])
+        event_id = urllib.parse.unquote(rest.rsplit("/", 1)[-1]) if method != "POST" else None
+        if calendar_id not in self._calendars:
+            return 404, _error(404, "notFound", "Not Found")
+        events = self._calendars[calendar_id].events
+        call = {"POST": "insert", "PUT": "update"}.get(method, "delete")
+        self.requests[f"events.{call}"] += 1
+        gone = event_id is not None and (
+            event_id not in events or events[event_id].get("status") == "cancelled"
+        )
+        if gone:
+            return 404, _error(404, "notFound", "Not Found")
+        if method == "DELETE":
+            assert event_id is not None
+            self._lock.release()
+            try:
+                self.delete_event(calendar_id, event_id)
+            finally:
+                self._lock.acquire()
+            return 204, None
+        if not isinstance(body, dict) or "start" not in body or "end" not in body:
+            return 400, _error(400, "required", "Missing start or end")
+        event = dict(body)
+        request = (event.pop("conferenceData", None) or {}).get("createRequest")
+        if request is not None:
+            digest = hashlib.sha256(str(request).encode()).hexdigest()[:10]
+            link = f"https://meet.google.com/fake-{digest}"
+            event["hangoutLink"] = link
+            event["conferenceData"] = {"entryPoints": [{"entryPointType": "video", "uri": link}]}
+        if event_id is not None:
+            event["id"] = event_id
+        self._lock.release()
+        try:
+            return 200, self.put_event(calendar_id, event)
+        finally:
+            self._lock.acquire()
+
     def _stop(self, body: Any) -> tuple[int, dict[str, Any] | None]:
         self.requests["channels.stop"] += 1
         if not isinstance(body, dict):
@@ -736,9 +783,28 @@ class _Handler(BaseHTTPRequestHandler):
                 status, answer = owner._watch(calendar_id, body)
             elif path == "/calendar/v3/channels/stop":
                 status, answer = owner._stop(body)
+            elif path.startswith(_EVENTS_PREFIX) and (
+                path.endswith("/events") or self.command in ("PUT", "DELETE")
+            ):
+                status, answer = owner._write_event(self.command, path, body)
             else:
                 status, answer = 404, _error(404, "notFound", "Not Found")
         self._answer(status, answer)
+
+    def do_PUT(self) -> None:
+        self._write_call()
+
+    def do_DELETE(self) -> None:
+        self._write_call()
+
+    def _write_call(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode()
+        path = urllib.parse.urlsplit(self.path).path
+        if not path.startswith(_EVENTS_PREFIX) or "/events/" not in path:
+            self._answer(404, _error(404, "notFound", "Not Found"))
+            return
+        self._channel_call(path, body)
 
     def do_GET(self) -> None:
         parsed = urllib.parse.urlsplit(self.path)
