@@ -41,6 +41,7 @@ from pbxcal.web.booking.pages import (
     formatters,
     guest_query,
     link_maker,
+    picked,
     refused,
     render,
     slot_list,
@@ -108,7 +109,7 @@ async def _show(
         slots = await slot_list(ctx, bookable, query)
         days = by_day(slots, query.zone)
         if query.at is not None:
-            chosen = next((slot for slot in slots if slot.start == query.at), None)
+            chosen = await picked(ctx, bookable, query, slots)
             if chosen is None:
                 notice = notice or "gone"
     link = link_maker(path, query, duration=False)

@@ -241,10 +241,8 @@ async def show_slots(
     chosen = None
     problems = list(query.problems)
     if query.at is not None:
-        chosen = next((slot for slot in slots if slot.start == query.at), None)
-        if chosen is None and await _free_at(ctx, bookable, query):
-            chosen = core.Slot(query.at, query.at + timedelta(minutes=query.duration))
-        if chosen is None:
+        chosen = await picked(ctx, bookable, query, slots)
+        if chosen is None and error is None:
             notice = notice or "gone"
     link = link_maker(bookable.path, query)
     return render(
@@ -271,21 +269,27 @@ def _kept(request: web.Request) -> dict[str, str]:
     return {k: v for k, v in request.query.items() if k in ("from", "at")}
 
 
-async def _free_at(ctx: WebContext, bookable: Bookable, query: GuestQuery) -> bool:
-    """Whether ``query.at`` is a free slot on another page's days (a link kept open)."""
-    assert query.at is not None
-    if query.window()[0] <= query.at < query.window()[1]:
-        return False
-    day = query.at.astimezone(query.zone).date()
+async def picked(
+    ctx: WebContext, bookable: Bookable, query: GuestQuery, shown: list[core.Slot]
+) -> core.Slot | None:
+    """The free slot at ``query.at``: one of the ``shown`` ones, or (a time on another
+    page's days) checked on its own; None when it is not free."""
+    at = query.at
+    if at is None:
+        return None
+    found = next((slot for slot in shown if slot.start == at), None)
+    start, end = query.window()
+    if found is not None or start <= at < end:
+        return found
+    day = at.astimezone(query.zone).date()
     if not query.first_day <= day <= query.last_day:
-        return False
-    start = query.at
-    end = start + timedelta(minutes=query.duration)
+        return None
+    until = at + timedelta(minutes=query.duration)
     if bookable.kind == "team":
-        slots = await core.group_slots(ctx, bookable.id, start, end, query.duration)
+        slots = await core.group_slots(ctx, bookable.id, at, until, query.duration)
     else:
-        slots = await core.available_slots(ctx, bookable.id, start, end, query.duration)
-    return any(slot.start == start for slot in slots)
+        slots = await core.available_slots(ctx, bookable.id, at, until, query.duration)
+    return next((slot for slot in slots if slot.start == at), None)
 
 
 def limited(limit: RateLimit, handler: Handler) -> Handler:
