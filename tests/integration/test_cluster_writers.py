@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -79,6 +80,7 @@ def forwarding_now(extension: str, target: str) -> LinkInstances:
 async def test_only_the_holder_writes_and_the_successor_repairs_after_the_holder_dies(
     conninfo: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="pbxcal.service.reconciler")  # fenced tries
     shared = FakePbx("main", extensions={"100", "201"})
     log: list[Write] = []
     writers: dict[str, PbxWriters] = {}
