@@ -341,4 +341,3 @@ def _moment(
 
 def _when(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-

@@ -82,7 +82,9 @@ def agent_slots(
     """``available_slots`` in the calling thread."""
     agent = load_agent(store, agent_id)
     parser = parser_of(ctx, agent)
-    return slots_of(agent, store, parser, start, end, duration_minutes, ctx.clock.now())
+    now = ctx.clock.now()
+    zone = ctx.config.timezone
+    return slots_of(agent, store, parser, start, end, duration_minutes, now, default_zone=zone)
 
 
 def slots_of(
@@ -93,8 +95,11 @@ def slots_of(
     end: datetime,
     duration_minutes: int,
     now: datetime,
+    *,
+    default_zone: str = "UTC",
 ) -> list[Slot]:
-    """The agent's slots in ``[start, end)`` as of ``now``."""
+    """The agent's slots in ``[start, end)`` as of ``now``. ``default_zone``: the
+    config's, for calendars that name none (all-day and floating events)."""
     check_request(agent, start, end, duration_minutes)
     settings = agent.settings
     end = min(end, now + timedelta(days=settings.horizon_days))
@@ -102,7 +107,7 @@ def slots_of(
         return []
     rules = rules_for(settings, duration_minutes)
     margin = timedelta(days=1) + rules.buffer_before + rules.buffer_after
-    busy = busy_of(agent, store, parser, start - margin, end + margin)
+    busy = busy_of(agent, store, parser, start - margin, end + margin, default_zone)
     zone = ZoneInfo(settings.timezone)
     first_day = start.astimezone(zone).date()
     last_day = end.astimezone(zone).date()
@@ -142,7 +147,12 @@ def _parser_for_policy(ctx: WebContext) -> TitleParser:
 
 
 def busy_of(
-    agent: Agent, store: Store, parser: TitleParser, since: datetime, until: datetime
+    agent: Agent,
+    store: Store,
+    parser: TitleParser,
+    since: datetime,
+    until: datetime,
+    default_zone: str = "UTC",
 ) -> list[Interval]:
     """Sorted, merged busy time of the agent overlapping ``[since, until)``."""
     spans: list[Interval] = []
@@ -152,7 +162,7 @@ def busy_of(
         stamp = stamps.get(link_id)
         if stamp is None:
             continue  # never synced: nothing known (the booking re-checks fresh data)
-        spans.extend(_link_busy(store, parser, link_id, stamp, since, until))
+        spans.extend(_link_busy(store, parser, link_id, stamp, since, until, default_zone))
     spans.extend((s, e) for _, s, e in store.confirmed_bookings((agent.id,), since, until))
     return merge(s for s in spans if s[0] < until and s[1] > since)
 
@@ -164,6 +174,7 @@ def _link_busy(
     stamp: datetime,
     since: datetime,
     until: datetime,
+    default_zone: str,
 ) -> list[Interval]:
     key = (id(store), link_id, stamp, "saved")
     with _cache_lock:
@@ -180,12 +191,12 @@ def _link_busy(
         covered = _cache.get((id(store), link_id, stamp, "range"), [])
     if covered and covered[0][0] <= since and until <= covered[0][1]:
         return cached
-    return _expanded_busy(store, parser, link_id, stamp, since, until)
+    return _expanded_busy(store, parser, link_id, stamp, since, until, default_zone)
 
 
 def _expanded_busy(
     store: Store, parser: TitleParser, link_id: int, stamp: datetime, since: datetime,
-    until: datetime,
+    until: datetime, default_zone: str,
 ) -> list[Interval]:  # fmt: skip
     """Beyond the saved expansion (a horizon longer than the daemon's): expand the stored
     events over whole weeks around the range, cached like the saved ones."""
@@ -202,7 +213,7 @@ def _expanded_busy(
     if state is None or link is None:
         return []
     calendar = join_calendar(events, state.timezones, state.calendar_tz, source=f"link {link_id}")
-    zone = ZoneInfo(str(link.settings.get("timezone") or "UTC"))
+    zone = ZoneInfo(str(link.settings.get("timezone") or default_zone))
     owners = [str(o) for o in link.settings.get("owner_emails") or []]
     expansion = expand_calendar(calendar, week_start, week_end, zone, owner_emails=owners)
     result = meeting_intervals(expansion.instances, parser)

@@ -53,8 +53,9 @@ async def agent_now(ctx: WebContext, agent_id: str) -> NowState:
 
 
 def _meeting_until(ctx: WebContext, agent: Agent, now: datetime) -> datetime | None:
-    busy = busy_of(agent, ctx.store, parser_of(ctx, agent), now - timedelta(days=1),
-                   now + timedelta(days=2))  # fmt: skip
+    parser = parser_of(ctx, agent)
+    since, until = now - timedelta(days=1), now + timedelta(days=2)
+    busy = busy_of(agent, ctx.store, parser, since, until, ctx.config.timezone)
     for start, end in busy:
         if start <= now < end:
             return end

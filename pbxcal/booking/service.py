@@ -268,7 +268,8 @@ def _check_slot(
     now = ctx.clock.now()
     parser = parser_of(ctx, agent)
     window_end = start + timedelta(seconds=1)
-    free = slots_of(agent, store, parser, start, window_end, minutes, now)
+    zone = ctx.config.timezone
+    free = slots_of(agent, store, parser, start, window_end, minutes, now, default_zone=zone)
     if any(s.start == start for s in free):
         return
     if moving is not None:  # its own time does not count against the move
@@ -280,13 +281,17 @@ def _check_slot(
                                                             start + timedelta(days=1))
             if (s, e) != (moving.start, moving.end)
         ]  # fmt: skip
-        candidates = slots_of(alone, store, parser, start, window_end, minutes, now)
+        candidates = slots_of(
+            alone, store, parser, start, window_end, minutes, now, default_zone=zone
+        )
         if any(
             s.start == start and all(e <= s.start or b >= s.end for b, e in others)
             for s in candidates
         ):
             return
-    bare = slots_of(_without_links(agent), store, parser, start, window_end, minutes, now)
+    bare = slots_of(
+        _without_links(agent), store, parser, start, window_end, minutes, now, default_zone=zone
+    )
     if not any(s.start == start for s in bare):
         raise BookingRefused("that time is not bookable (outside hours, notice or horizon)")
     raise SlotTaken("that time is not free any more")
