@@ -50,6 +50,9 @@ class TokenIssuer:
         self._tokens: dict[str, _Token] = {}
         #: Seconds a new token lives (``expires_in``).
         self.lifetime = 3600.0
+        #: Seconds the EWS side still accepts a token after ``expires_in`` (servers allow
+        #: for clock skew), so a client that renews on time never gets a 401.
+        self.grace = 1.0
         #: Token requests answered so far (any outcome).
         self.requests = 0
 
@@ -95,7 +98,8 @@ class TokenIssuer:
             if not form.get("scope", "").endswith("/.default"):
                 return 400, _error("invalid_scope", "AADSTS70011: the scope is not valid")
             value = secrets.token_urlsafe(24)
-            self._tokens[value] = _Token(form["client_id"], time.monotonic() + self.lifetime)
+            expires = time.monotonic() + self.lifetime + self.grace
+            self._tokens[value] = _Token(form["client_id"], expires)
             return 200, {
                 "token_type": "Bearer",
                 "expires_in": int(self.lifetime),
