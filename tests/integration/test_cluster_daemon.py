@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import secrets
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -347,6 +348,77 @@ def test_a_frozen_owner_writes_nothing_to_its_pbx_after_sigcont(cluster: Group) 
         (cluster.user_of(successor), "201")
     ], sent
     assert forwarding(ast, "202") == "201"
+
+
+class Watcher:
+    """Polls what both Asterisks hold (their CLI) in a thread; records every change."""
+
+    def __init__(self, group: Group, keys: list[tuple[str, str]]) -> None:
+        self.group = group
+        self.keys = keys
+        self.changes: dict[tuple[str, str], list[tuple[datetime, str | None]]] = {
+            key: [] for key in keys
+        }
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Watcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pbx, ext in self.keys:
+                value = forwarding(self.group.asts[pbx], ext)
+                seen = self.changes[(pbx, ext)]
+                if not seen or seen[-1][1] != value:
+                    seen.append((now(), value))
+            self._stop.wait(0.05)  # the polling period, not synchronisation
+
+    def first(self, key: tuple[str, str], value: str, after: datetime) -> datetime | None:
+        return next((t for t, v in self.changes[key] if v == value and t >= after), None)
+
+
+def test_processes_leave_and_join_ownership_rebalances_and_no_boundary_is_missed(
+    cluster: Group,
+) -> None:
+    keys = [("a", "201"), ("b", "202")]
+    targets = {("a", "201"): ["300", "202", "100"], ("b", "202"): ["300", "201", "100"]}
+    first = whole_second(now() + 3 * S)
+    windows = [(first + 2 * k * S, first + 2 * (k + 1) * S) for k in range(12)]
+    for key in keys:
+        events = [
+            Event(f"w{k}", targets[key][k % 3], start, end)
+            for k, (start, end) in enumerate(windows)
+        ]
+        write_calendar(cluster.calendars[key], events)
+    stayer = cluster.holder_run("b")
+    leavers = [run for run in cluster.runs if run is not stayer]
+    epochs_before = {row.name: row.epoch for row in cluster.status().leases}
+    with Watcher(cluster, keys) as watcher:
+        wait_until(first + 1 * S)
+        for run in leavers:  # two leave (SIGTERM: they hand their leases back)
+            assert run.terminate() == 0
+        wait_for(lambda: cluster.holder_run("a") is stayer, bool, TTL + 2, 0.05,
+                 "the one left to hold both PBXes")  # fmt: skip
+        for run in leavers:  # and come back: the newcomers get their share, gradually
+            run.start()
+        for run in leavers:
+            run.wait_ready()
+        wait_for(lambda: spread(cluster), bool, 20, 0.1, "the leases spread again")
+        wait_until(windows[-1][1] + 1 * S)
+    for key in keys:
+        for k, (start, _) in enumerate(windows):
+            seen = watcher.first(key, targets[key][k % 3], start - 0.1 * S)
+            assert seen is not None and seen <= start + TTL * S, (key, k, start, seen)
+        wait_forwarding(cluster.asts[key[0]], key[1], None, timeout=TTL)  # the last ended
+    epochs_after = {row.name: row.epoch for row in cluster.status().leases}
+    assert epochs_after["pbx:a"] > epochs_before["pbx:a"]  # it moved, and moved back
+    assert any("handed over to member" in run.log() for run in cluster.runs)
 
 
 def test_postgresql_restarted_the_group_recovers_without_restarting_pbxcal(
