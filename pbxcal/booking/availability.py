@@ -97,9 +97,13 @@ def slots_of(
     now: datetime,
     *,
     default_zone: str = "UTC",
+    with_busy: bool = True,
+    ignore: Interval | None = None,
 ) -> list[Slot]:
     """The agent's slots in ``[start, end)`` as of ``now``. ``default_zone``: the
-    config's, for calendars that name none (all-day and floating events)."""
+    config's, for calendars that name none (all-day and floating events);
+    ``with_busy`` False: working hours and rules only; ``ignore``: one booking's time
+    that does not count (the booking being moved)."""
     check_request(agent, start, end, duration_minutes)
     settings = agent.settings
     end = min(end, now + timedelta(days=settings.horizon_days))
@@ -107,7 +111,11 @@ def slots_of(
         return []
     rules = rules_for(settings, duration_minutes)
     margin = timedelta(days=1) + rules.buffer_before + rules.buffer_after
-    busy = busy_of(agent, store, parser, start - margin, end + margin, default_zone)
+    busy = (
+        busy_of(agent, store, parser, start - margin, end + margin, default_zone, ignore)
+        if with_busy
+        else []
+    )
     zone = ZoneInfo(settings.timezone)
     first_day = start.astimezone(zone).date()
     last_day = end.astimezone(zone).date()
@@ -153,8 +161,10 @@ def busy_of(
     since: datetime,
     until: datetime,
     default_zone: str = "UTC",
+    ignore: Interval | None = None,
 ) -> list[Interval]:
-    """Sorted, merged busy time of the agent overlapping ``[since, until)``."""
+    """Sorted, merged busy time of the agent overlapping ``[since, until)`` (without the
+    booking at ``ignore``)."""
     spans: list[Interval] = []
     links = agent.conflict_link_ids
     stamps = store.expansion_stamps(links) if links else {}
@@ -163,7 +173,8 @@ def busy_of(
         if stamp is None:
             continue  # never synced: nothing known (the booking re-checks fresh data)
         spans.extend(_link_busy(store, parser, link_id, stamp, since, until, default_zone))
-    spans.extend((s, e) for _, s, e in store.confirmed_bookings((agent.id,), since, until))
+    bookings = store.confirmed_bookings((agent.id,), since, until)
+    spans.extend((s, e) for _, s, e in bookings if (s, e) != ignore)
     return merge(s for s in spans if s[0] < until and s[1] > since)
 
 

@@ -264,43 +264,23 @@ async def _sync_one(sync: Any, link_id: int) -> str:
 def _check_slot(
     ctx: WebContext, agent: Agent, start: datetime, minutes: int, moving: Booking | None
 ) -> None:
+    """``start`` is a slot on the stored (just refreshed) data, else ``SlotTaken`` when
+    busy time is why, ``BookingRefused`` when the rules are (hours, notice, horizon)."""
     store: Store = ctx.store
     now = ctx.clock.now()
     parser = parser_of(ctx, agent)
-    window_end = start + timedelta(seconds=1)
+    end = start + timedelta(seconds=1)
     zone = ctx.config.timezone
-    free = slots_of(agent, store, parser, start, window_end, minutes, now, default_zone=zone)
+    ignore = (moving.start, moving.end) if moving is not None else None
+    free = slots_of(agent, store, parser, start, end, minutes, now, default_zone=zone,
+                    ignore=ignore)  # fmt: skip
     if any(s.start == start for s in free):
         return
-    if moving is not None:  # its own time does not count against the move
-        from dataclasses import replace
-
-        alone = replace(agent, id=f"{agent.id}\x00moving")  # no bookings under this id
-        others = [
-            (s, e) for _, s, e in store.confirmed_bookings((agent.id,), start - timedelta(days=1),
-                                                            start + timedelta(days=1))
-            if (s, e) != (moving.start, moving.end)
-        ]  # fmt: skip
-        candidates = slots_of(
-            alone, store, parser, start, window_end, minutes, now, default_zone=zone
-        )
-        if any(
-            s.start == start and all(e <= s.start or b >= s.end for b, e in others)
-            for s in candidates
-        ):
-            return
-    bare = slots_of(
-        _without_links(agent), store, parser, start, window_end, minutes, now, default_zone=zone
-    )
+    bare = slots_of(agent, store, parser, start, end, minutes, now, default_zone=zone,
+                    with_busy=False)  # fmt: skip
     if not any(s.start == start for s in bare):
         raise BookingRefused("that time is not bookable (outside hours, notice or horizon)")
     raise SlotTaken("that time is not free any more")
-
-
-def _without_links(agent: Agent) -> Agent:
-    from dataclasses import replace
-
-    return replace(agent, id=f"{agent.id}\x00bare", conflict_link_ids=())
 
 
 # -- helpers ---------------------------------------------------------------------------------
