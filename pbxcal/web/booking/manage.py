@@ -125,6 +125,10 @@ async def _show(
         days=days,
         chosen=chosen,
         notice=notice,
+        open_move=notice is not None
+        or query.at is not None
+        or "from" in request.query
+        or request.query.get("move") == "1",
         booked=request.query.get("booked") == "1",
         moved=request.query.get("moved") == "1",
         path=path,
@@ -180,6 +184,8 @@ async def reschedule(request: web.Request) -> web.StreamResponse:
         )
     except core.BookingRefused:
         return await _show(request, booking, token, status=400, notice="gone", **fields)
+    except core.AgentNotFound:  # the booking or its agent went meanwhile
+        return refused(request, "unknown-booking", 404)
     except core.ProviderFailed:
         return refused(request, "provider", 502)
     log.info("booking: %s moved by the guest (sequence %d)", moved.uid, moved.sequence)
@@ -232,8 +238,9 @@ async def cancel(request: web.Request) -> web.StreamResponse:
     if booking.status == "confirmed" and booking.start > ctx.clock.now():
         try:
             booking = await core.cancel(ctx, token)
-        except core.ProviderFailed:
-            return refused(request, "provider", 502)
-        log.info("booking: %s cancelled by the guest", booking.uid)
+        except (core.BookingRefused, core.AgentNotFound):
+            pass  # cancelled meanwhile (another tab): the page says so
+        else:
+            log.info("booking: %s cancelled by the guest", booking.uid)
     location = f"/book/manage/{token}?" + urlencode({"tz": values.get("tz", "")})
     return web.Response(status=303, headers={"Location": location})

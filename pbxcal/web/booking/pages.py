@@ -198,10 +198,17 @@ def formatters(query: GuestQuery, language: str) -> dict[str, Any]:
 
 
 def render(request: web.Request, name: str, *, status: int = 200, **values: Any) -> web.Response:
-    """A guest page in the guest's language, with the form token of their cookie."""
+    """A guest page in the guest's language, with the form token of their cookie;
+    ``mail`` tells the page whether invitations are e-mailed (``[smtp]`` is set)."""
     cookie, new = guest_cookie(request)
-    response = context(request).templates.render(
-        request, name, status=status, csrf=form_field(request, cookie), **values
+    ctx = context(request)
+    response = ctx.templates.render(
+        request,
+        name,
+        status=status,
+        csrf=form_field(request, cookie),
+        mail=ctx.config.smtp is not None,
+        **values,
     )
     if new:
         _set_cookie(request, response, cookie)
@@ -373,6 +380,8 @@ def booking_page(kind: str) -> tuple[Handler, Handler]:
         except core.ProviderFailed:
             log.warning("booking: the calendar of %s %s refused the event", kind, bookable.id)
             return refused(request, "provider", 502)
+        except core.AgentNotFound:  # removed (or emptied) while the guest was choosing
+            return refused(request, "unknown-" + kind, 404)
         assert made.manage_token is not None
         log.info("booking: %s booked with %s %s", made.uid, kind, bookable.id)
         location = f"/book/manage/{made.manage_token}?" + urlencode(
