@@ -13,11 +13,15 @@ does not depend on the values. Every wait has a deadline and waits for a conditi
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import signal
+import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -447,6 +451,47 @@ def test_postgresql_restarted_the_group_recovers_without_restarting_pbxcal(
     for run in cluster.runs:
         run.check_alive()
         assert "PostgreSQL reachable again" in run.log()
+
+
+def test_the_group_is_visible_in_the_cli_the_admin_api_and_the_metrics(cluster: Group) -> None:
+    run = cluster.runs[0]
+    tokens = {}
+    for name, scope in (("ops", ()), ("tenant", ("--pbx", "a"))):
+        made = subprocess.run(run.command("admin-token", "create", "--name", name, *scope),
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        tokens[name] = made.stdout.strip()
+    status, body = _get(run, "/api/v1/cluster", tokens["ops"])
+    assert status == 200, body
+    shown = json.loads(body)
+    pids = {r.proc.pid for r in cluster.runs if r.proc is not None}
+    assert {m["pid"] for m in shown["members"] if m["live"]} == pids
+    leases = {row["name"]: row for row in shown["leases"]}
+    assert sorted(leases) == ["pbx:a", "pbx:b"] and all(r["live"] for r in leases.values())
+    holder = cluster.holder_run("a")
+    by_pid = {m["pid"]: m for m in shown["members"] if m["live"]}
+    assert holder.proc is not None
+    assert "pbx:a" in by_pid[holder.proc.pid]["leases"]
+    assert leases["pbx:a"]["holder"] == by_pid[holder.proc.pid]["member_id"]
+    status, body = _get(run, "/api/v1/cluster", tokens["tenant"])
+    assert status == 404 and json.loads(body)["error"] == "not-found", body
+    cli = subprocess.run(run.command("cluster", "status", "--json"), capture_output=True,
+                         text=True, timeout=60, check=False)  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert {m["pid"] for m in json.loads(cli.stdout)["members"] if m["live"]} == pids
+    assert [r.metric("pbxcal_cluster_members") for r in cluster.runs] == [3.0, 3.0, 3.0]
+    assert sum(r.metric("pbxcal_pbx_leases_held") for r in cluster.runs) == 2.0
+
+
+def _get(run: DaemonRun, path: str, token: str) -> tuple[int, str]:
+    request = urllib.request.Request(
+        f"http://{run.listen}{path}", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 - http://loopback
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 def test_a_second_service_on_one_sqlite_store_is_refused_in_one_line(
