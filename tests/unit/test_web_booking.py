@@ -402,8 +402,11 @@ async def test_a_booking_leads_to_the_confirmation_with_an_ics_and_the_event_in_
 
 async def test_a_taken_time_shows_the_times_again_with_just_taken(site: SiteClient) -> None:
     made, client = site
-    # two guests opened the same time; the first books it
-    second_form = await open_form(client, "/book/anna", TUESDAY_10)
+    # two guests opened the same time (through a link for that day); the first books it
+    narrow = {"start": "01.12.2026", "end": "01.12.2026"}
+    second_form = await open_form(client, "/book/anna", TUESDAY_10, **narrow)
+    action = re.search(r'<form method="post" action="([^"]+)"', second_form)
+    assert action is not None
     first = await book(client, "/book/anna", TUESDAY_10)
     assert first.status == 303
     data = {
@@ -414,11 +417,15 @@ async def test_a_taken_time_shows_the_times_again_with_just_taken(site: SiteClie
         **GUEST,
         "email": "other@example.org",
     }
-    reply = await client.post("/book/anna", data=data, allow_redirects=False)
+    post_to = action.group(1).replace("&amp;", "&")
+    reply = await client.post(post_to, data=data, allow_redirects=False)
     text = await read(reply)
     assert reply.status == 409
     assert alerts(text) == ["That time was just taken by someone else. Please pick another time."]
-    assert 'id="details"' not in text and times_of(text)
+    # the times again, still narrowed to the link's day, without the taken one
+    assert 'id="details"' not in text
+    [(heading, times)] = times_of(text)
+    assert heading == "Tuesday 1 December" and "10:00 AM" not in times and "9:30 AM" in times
     assert len(made.bookings()) == 1 and len(made.radicale_events("anna")) == 1
 
 

@@ -17,6 +17,7 @@ from pbxcal.web.booking.params import (
     parse_date,
     parse_moment,
     read_query,
+    zone_choices,
     zone_names,
 )
 
@@ -151,6 +152,12 @@ def test_the_zone_list_is_area_city_names() -> None:
     names = zone_names()
     assert "Europe/Amsterdam" in names and "America/Argentina/Buenos_Aires" in names
     assert "US/Eastern" not in names and "Etc/GMT+1" not in names and names[0] == "UTC"
+    assert "America/Buenos_Aires" not in names  # an old spelling (a CLDR alias)
+    # ... that still works when a link or an agent names it, and is then offered
+    got = read_query({"tz": "America/Buenos_Aires"}, now=NOW, horizon_days=31,
+                     durations=(30,), default_zone="UTC")  # fmt: skip
+    assert got.zone_name == "America/Buenos_Aires" and got.problems == ()
+    assert "America/Buenos_Aires" in zone_choices("America/Buenos_Aires")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from pbxcal.web.booking.pages import (
     render,
     slot_list,
 )
-from pbxcal.web.booking.params import by_day, zone_names
+from pbxcal.web.booking.params import by_day, zone_choices
 
 log = logging.getLogger(__name__)
 MAX_TOKEN = 128
@@ -137,7 +137,7 @@ async def _show(
         lang_link=link(
             **{k: v for k, v in request.query.items() if k in ("from", "at", "booked", "moved")}
         ),
-        zones=zone_names(),
+        zones=zone_choices(query.zone_name),
         **formatters(query, language),
     )
 

@@ -46,7 +46,7 @@ from pbxcal.web.booking.params import (
     format_moment,
     guess_zone,
     read_query,
-    zone_names,
+    zone_choices,
 )
 from pbxcal.web.booking.params import (
     format_date as link_date,
@@ -266,8 +266,8 @@ async def show_slots(
         form=form or {"subject": query.subject},
         link=link,
         lang_link=link_maker(request.path, query)(**_kept(request)),
-        zones=zone_names(),
-        action=bookable.path,
+        zones=zone_choices(query.zone_name),
+        action=link(),
         **formatters(query, language),
     )
 

@@ -121,7 +121,7 @@ def format_date(day: date) -> str:
 
 
 def _zone(name: str) -> zoneinfo.ZoneInfo | None:
-    if not name or len(name) > 64 or name not in zone_names():
+    if not name or len(name) > 64 or name not in _all_zones():
         return None
     try:
         return zoneinfo.ZoneInfo(name)
@@ -130,22 +130,26 @@ def _zone(name: str) -> zoneinfo.ZoneInfo | None:
 
 
 @cache
+def _all_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+@cache
 def zone_names() -> tuple[str, ...]:
-    """The IANA zones a guest can choose: ``Area/City`` names, sorted (no ``Etc/*``,
-    no legacy aliases such as ``US/Eastern``), plus UTC."""
-    areas = (
-        "Africa/",
-        "America/",
-        "Antarctica/",
-        "Asia/",
-        "Atlantic/",
-        "Australia/",
-        "Europe/",
-        "Indian/",
-        "Pacific/",
-    )
-    names = {name for name in zoneinfo.available_timezones() if name.startswith(areas)}
+    """The IANA zones a guest can choose: ``Area/City`` names, sorted, plus UTC; no
+    ``Etc/*``, no ``US/Eastern``-style names and no old spellings CLDR lists as aliases
+    (``America/Buenos_Aires``). A zone not listed still works as ``?tz=``."""
+    areas = ("Africa/", "America/", "Antarctica/", "Asia/", "Atlantic/", "Australia/",
+             "Europe/", "Indian/", "Pacific/")  # fmt: skip
+    aliases: Mapping[str, str] = get_global("zone_aliases")
+    names = {name for name in _all_zones() if name.startswith(areas) and name not in aliases}
     return ("UTC", *sorted(names))
+
+
+def zone_choices(current: str) -> tuple[str, ...]:
+    """``zone_names`` with ``current`` in it (an alias an agent or a link named)."""
+    names = zone_names()
+    return names if current in names else tuple(sorted({*names, current}))
 
 
 def guess_zone(accept_language: str | None, agent_zone: str) -> str:
@@ -156,7 +160,7 @@ def guess_zone(accept_language: str | None, agent_zone: str) -> str:
         parts = tag.replace("_", "-").split("-")
         regions = [part.upper() for part in parts[1:] if len(part) == 2 and part.isalpha()]
         for region in regions[:1]:
-            zones = [name for name in territory_zones.get(region, ()) if name in zone_names()]
+            zones = [name for name in territory_zones.get(region, ()) if name in _all_zones()]
             if len(zones) == 1:
                 return zones[0]
             if agent_zone in zones:
