@@ -38,7 +38,7 @@ from pbxcal.store import KeyRing, Store
 from pbxcal.store.secrets import new_key
 from pbxcal.testing.fakes import FakeClock
 from pbxcal.testing.radicale import RadicaleServer
-from pbxcal.web.booking.pages import POST_RATE
+from pbxcal.web.booking.pages import MANAGE_RATE, POST_RATE
 from pbxcal.web.server import WebServer
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)  # Monday 10:00 in Amsterdam
@@ -635,6 +635,16 @@ async def test_a_past_meeting_can_no_longer_be_changed(site: SiteClient) -> None
     text = await read(await client.get(path))
     assert "it can no longer be moved or cancelled here" in text
     assert "Move the meeting" not in text
+
+
+async def test_opening_manage_links_is_rate_limited(site: SiteClient) -> None:
+    _, client = site
+    statuses = [
+        (await client.get(f"/book/manage/guess-{n}")).status for n in range(MANAGE_RATE + 1)
+    ]
+    assert statuses == [404] * MANAGE_RATE + [429]
+    # the booking page itself stays open (read-only; a shared proxy address would starve it)
+    assert (await client.get("/book/anna")).status == 200
 
 
 async def test_unknown_manage_links_get_a_clear_page(site: SiteClient) -> None:

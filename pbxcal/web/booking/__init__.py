@@ -12,6 +12,9 @@ Routes (``add_routes``, on the portal's public address)::
     GET  /book/manage/{token}/cancel          manage: "cancel this meeting?"
     POST /book/manage/{token}/cancel          manage: cancel it (CSRF, rate limit)
 
+All POSTs share one per-address limit (``pages.POST_RATE`` a minute), the manage
+pages another (``MANAGE_RATE``); the booking pages are read-only and not limited.
+
 The map: ``params.py`` reads the link's query (dates ``dd.mm.yyyy``, subject, length,
 time zone) without ever failing; ``guard.py`` is the guests' CSRF defence (a signed
 double-submit cookie); ``pages.py`` the booking page; ``manage.py`` the manage pages.
@@ -28,7 +31,13 @@ from aiohttp import web
 
 from pbxcal.web import WebContext
 from pbxcal.web.booking import manage
-from pbxcal.web.booking.pages import PAGE_RATE, POST_RATE, booking_page, limited
+from pbxcal.web.booking.pages import (
+    MANAGE_RATE,
+    POST_RATE,
+    booking_page,
+    limited,
+    unlimited,
+)
 from pbxcal.web.security import RateLimit
 
 
@@ -36,7 +45,7 @@ def add_routes(app: web.Application, ctx: WebContext) -> None:
     """The booking pages' routes on ``app`` (see the module docstring)."""
     del ctx  # the handlers reach it through the request
     posts = RateLimit(POST_RATE)
-    pages = RateLimit(PAGE_RATE)
+    pages = RateLimit(MANAGE_RATE)
     router = app.router
     router.add_get("/book/manage/{token}", limited(pages, manage.manage_page))
     router.add_get("/book/manage/{token}/meeting.ics", limited(pages, manage.meeting_ics))
@@ -45,5 +54,5 @@ def add_routes(app: web.Application, ctx: WebContext) -> None:
     router.add_post("/book/manage/{token}/cancel", limited(posts, manage.cancel))
     for kind, path in (("team", "/book/team/{key}"), ("agent", "/book/{key}")):
         show, submit = booking_page(kind)
-        router.add_get(path, limited(pages, show))
+        router.add_get(path, unlimited(show))
         router.add_post(path, limited(posts, submit))

@@ -57,10 +57,15 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: Booking, rescheduling and cancelling: POSTs per remote address and minute.
-POST_RATE = 10
-#: Booking pages and manage links opened per remote address and minute.
-PAGE_RATE = 120
+#: Booking, rescheduling and cancelling: POSTs per remote address and minute. Behind a
+#: reverse proxy every guest has the proxy's address (``security.RateLimit`` never
+#: trusts X-Forwarded-For), so this is a site-wide ceiling there: generous for a guest,
+#: slow for a script filling an agent's calendar.
+POST_RATE = 20
+#: Manage links opened per remote address and minute (the tokens are 256 random bits;
+#: this keeps guessing and the store's load calm). The booking pages themselves are
+#: not limited: they are read-only and a shared proxy address would starve them.
+MANAGE_RATE = 120
 MAX_NAME = 100
 MAX_EMAIL = 254
 
@@ -299,11 +304,16 @@ async def picked(
     return next((slot for slot in slots if slot.start == at), None)
 
 
-def limited(limit: RateLimit, handler: Handler) -> Handler:
+def unlimited(handler: Handler) -> Handler:
+    """``handler`` with the refusal page for a failed CSRF check, without a limit."""
+    return limited(None, handler)
+
+
+def limited(limit: RateLimit | None, handler: Handler) -> Handler:
     """``handler`` behind ``limit`` and with the refusal page for a failed CSRF check."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        if not limit.allow(request):
+        if limit is not None and not limit.allow(request):
             return refused(request, "rate", 429)
         try:
             return await handler(request)
