@@ -9,9 +9,12 @@ raises ``LeaseLost``, a ``PbxUnavailable``, which the reconciler already treats 
 epoch the latest batch was sent under: record it with the state that batch changed
 (``Store.save_applied_changes(..., epoch=)``), so a stale owner's record is refused.
 
-Why reads are fenced too: a member that does not own a PBX has no reason to load it,
-and the owner's read-back after a takeover is what converges the PBX, exactly as after
-a reconnect.
+Why the read-back is fenced too: a member that does not own a PBX has no reason to load
+its forwardings, and the owner's read-back after a takeover is what converges the PBX,
+exactly as after a reconnect. The directory (``read_extensions``) is not fenced: every
+member reads calendars for every PBX (links are spread by link, not by PBX), and a title
+is only a target if it is an extension of its PBX, so each member needs each PBX's
+extensions; listing them changes nothing on the PBX.
 
 What it must not do: retry or queue a refused write (the reconciler re-applies the
 desired state itself once the PBX is "back"), or decide ownership.
@@ -62,5 +65,4 @@ class FencedPbx:
         return await self.inner.apply(changes)
 
     async def read_extensions(self) -> frozenset[str]:
-        self.epoch()
-        return await self.inner.read_extensions()
+        return await self.inner.read_extensions()  # a read every member needs (docstring)

@@ -14,8 +14,11 @@ What it does, with a PostgreSQL store only (``pbxcal.cluster``):
   sends ``NOTIFY pbxcal_link, 'N'``; every process's listener calls ``link_changed(N)``,
   which re-reads the stored expansions of the links named (coalesced: one store read per
   burst, in a thread) and hands them to the reconciler, so the owner of the link's PBX
-  applies a change read elsewhere within one round trip. After the listener reconnects
-  everything is re-read (notifications sent while it was away are lost).
+  applies a change read elsewhere within one round trip. A link this process starts
+  following is re-read the same way (another process may have read it first). Once
+  LISTEN is in place, after every reconnect (notifications sent while away are lost)
+  and every ``backstop`` seconds (the polling backstop: a lost notification costs no
+  more), every link whose stored expansion is newer than the one taken is re-read.
 
 What it must not do: decide who writes a PBX (the leases do), or treat a notification as
 data (the store is the truth; a lost one costs the polling backstop).
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime
 
 from pbxcal.cluster.notify import LinkListener, LinkNotifier
 from pbxcal.cluster.ownership import rendezvous_owner
@@ -41,10 +45,21 @@ log = logging.getLogger(__name__)
 class LinkShare:
     """See the module docstring. ``run()`` until cancelled, then ``close()``."""
 
-    def __init__(self, conninfo: str, store: Store, sync: CalendarSync, member_id: str) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        store: Store,
+        sync: CalendarSync,
+        member_id: str,
+        *,
+        backstop: float = 300.0,
+    ) -> None:
         self.store = store
         self.sync = sync
         self.member_id = member_id
+        self.backstop = backstop
+        #: link id -> ``computed_at`` of the stored expansion last taken from the store
+        self._taken: dict[int, datetime] = {}
         self._members: list[str] = []
         self.notifier = LinkNotifier(conninfo)
         self.listener = LinkListener(conninfo, self.link_changed, self.resync)
@@ -53,6 +68,7 @@ class LinkShare:
         self._reloader: asyncio.Task[None] | None = None
         sync.is_mine = self.is_mine
         sync.on_link_saved = self.link_saved
+        sync.on_links_added = self.links_added
 
     def is_mine(self, link_id: int) -> bool:
         """Whether this process reads ``link_id`` on schedule (nobody before the first
@@ -73,6 +89,10 @@ class LinkShare:
 
     def link_changed(self, link_id: int) -> None:
         self._pending.add(link_id)
+        self._start_reload()
+
+    def links_added(self, link_ids: list[int]) -> None:
+        self._pending.update(link_ids)
         self._start_reload()
 
     def resync(self) -> None:
@@ -98,11 +118,24 @@ class LinkShare:
                 return  # the polling backstop and the next notification cover it
             if not everything:
                 expansions = {i: r for i, r in expansions.items() if i in wanted}
-            adopted = self.sync.adopt_stored(expansions, states, read_since)
-            log.debug("cluster: %d link(s) re-read after a change elsewhere", adopted)
+            expansions = {
+                i: r for i, r in expansions.items() if self._taken.get(i) != r.computed_at
+            }
+            settled = self.sync.adopt_stored(expansions, states, read_since)
+            self._taken.update((i, expansions[i].computed_at) for i in settled)
+            log.debug("cluster: %d link(s) re-read after a change elsewhere", len(settled))
 
     async def run(self) -> None:
-        await self.listener.run()
+        listening = asyncio.create_task(self.listener.run(), name="link-listener")
+        try:
+            await self.listener.listening.wait()
+            self.resync()  # what was stored between the start-up restore and LISTEN
+            while not listening.done():
+                await asyncio.wait([listening], timeout=self.backstop)  # the backstop period
+                self.resync()
+            await listening  # re-raises what ended it
+        finally:
+            listening.cancel()
 
     async def close(self) -> None:
         if self._reloader is not None:

@@ -181,6 +181,8 @@ class CalendarSync:
         # this one reads on schedule (None: all), and who hears of a stored change.
         self.is_mine: Callable[[int], bool] | None = None
         self.on_link_saved: Callable[[int], Awaitable[None]] | None = None
+        #: called with links this process starts following (their events may be stored)
+        self.on_links_added: Callable[[list[int]], None] | None = None
         self._parked: dict[int, int] = {}  # link id -> generation: due, but read elsewhere
         self._pushed: set[int] = set()  # read here once even if read elsewhere (webhooks)
 
@@ -232,6 +234,7 @@ class CalendarSync:
     def set_links(self, links: Sequence[Link]) -> None:
         """Follow the store's set of active links: new or changed ones are read at once."""
         wanted = {link.id: link for link in links if link.active}
+        added: list[int] = []
         for link_id in set(self._links) - set(wanted):
             del self._links[link_id]
             self.secrets.forget(link_id)
@@ -244,8 +247,11 @@ class CalendarSync:
                 self._track(link)
                 if current is None or _key(current.link) != _key(link):
                     self.reconciler.set_link_unknown(link_id, _key(link))
+                    added.append(link_id)
         self._count_unknown()
         self._wake.set()
+        if added and self.on_links_added is not None:
+            self.on_links_added(added)  # another process may have read them already
 
     def _track(self, link: Link) -> _LinkState:
         """(Re)start following ``link``: a fresh state and one schedule entry, due now.
@@ -352,17 +358,21 @@ class CalendarSync:
         expansions: Mapping[int, ExpansionRecord],
         states: Mapping[int, SyncState],
         read_since: float,
-    ) -> int:
+    ) -> set[int]:
         """Take links' expansions another process stored (it was told by NOTIFY).
 
         Links this process gave events to after ``read_since`` (monotonic, taken before
-        the store was read) keep theirs: they are at least as new. Returns how many
-        links were updated.
+        the store was read) keep theirs: they are at least as new. Returns the links
+        that are settled: taken, or newer here. Links not followed (yet) and links being
+        read right now are not.
         """
-        adopted = 0
+        settled: set[int] = set()
         for link_id, record in expansions.items():
             state = self._links.get(link_id)
-            if state is None or state.running or state.set_at > read_since:
+            if state is None or state.running:
+                continue
+            settled.add(link_id)
+            if state.set_at > read_since:
                 continue
             stored = states.get(link_id)
             if stored is not None:
@@ -375,9 +385,8 @@ class CalendarSync:
                 link_id,
                 LinkInstances(_key(link), record.instances, record.range_start, record.range_end),
             )
-            adopted += 1
         self._count_unknown()
-        return adopted
+        return settled
 
     def built_sources(self) -> list[tuple[int, AnySource]]:
         """(link id, source) of every link whose source exists (has been read once)."""

@@ -453,6 +453,33 @@ def test_postgresql_restarted_the_group_recovers_without_restarting_pbxcal(
         assert "PostgreSQL reachable again" in run.log()
 
 
+def test_links_added_while_the_group_runs_are_applied_whoever_reads_them(
+    cluster: Group, tmp_path: Path
+) -> None:
+    run = cluster.runs[1]
+    added: list[str] = []
+    try:
+        for pbx, target in (("a", "202"), ("b", "201")):  # one link per PBX: the reader and
+            calendar = tmp_path / f"{pbx}-100.ics"  # the PBX's owner differ for some
+            start = whole_second(now() - 60 * S)
+            write_calendar(calendar, [Event("w", target, start, start + 600 * S)])
+            made = subprocess.run(
+                run.command("links", "add", "--json", "--extension", "100", "--pbx", pbx,
+                            "--source", str(calendar)),
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert made.returncode == 0, made.stderr
+            added.append(str(json.loads(made.stdout)["added"]))
+        for pbx, target in (("a", "202"), ("b", "201")):
+            wait_settled(cluster.asts[pbx], "100", target, timeout=15)
+    finally:
+        for link_id in added:
+            subprocess.run(run.command("links", "remove", link_id), capture_output=True,
+                           timeout=60, check=False)  # fmt: skip
+    for pbx in ("a", "b"):
+        wait_settled(cluster.asts[pbx], "100", None, timeout=15)
+
+
 def test_the_group_is_visible_in_the_cli_the_admin_api_and_the_metrics(cluster: Group) -> None:
     run = cluster.runs[0]
     tokens = {}
