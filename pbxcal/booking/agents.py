@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from pbxcal.booking.model import Agent, AgentNotFound, BookingRefused, Group
+from pbxcal.booking.model import Agent, AgentNotFound, BookingRefused, Group, LinkUnsuitable
 from pbxcal.booking.settings import parse_settings, settings_json, stored_settings
 from pbxcal.config import Config
 from pbxcal.store import Store
@@ -85,7 +85,7 @@ def add_agent(
     """Store a new agent; ``BookingRefused`` for bad input, ``AgentExists`` if taken."""
     check_slug(agent_id)
     if config.pbxes and pbx not in config.pbxes:
-        raise BookingRefused(f"no PBX {pbx[:40]!r} in the configuration")
+        raise AgentNotFound(f"no PBX {pbx[:40]!r} in the configuration")
     if not _EXTENSION.fullmatch(extension):
         raise BookingRefused("extension must be 1-15 digits")
     if not name.strip() or len(name) > 100:
@@ -175,11 +175,11 @@ def agent_json(agent: Agent) -> dict[str, Any]:
 def _check_links(store: Store, booking: int | None, conflicts: Sequence[int]) -> None:
     for link_id in ([booking] if booking is not None else []) + list(conflicts):
         if store.get_link(link_id) is None:
-            raise BookingRefused(f"no link {link_id}")
+            raise AgentNotFound(f"no link {link_id}")
     if booking is not None:
         provider = store.get_link(booking)
         if provider is not None and provider.provider not in ("caldav", "google"):
-            raise BookingRefused(
+            raise LinkUnsuitable(
                 f"link {booking} is {provider.provider}: bookings can be written to "
                 "CalDAV and Google calendars"
             )

@@ -20,12 +20,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 
 from pbxcal.booking import agents as agent_ops
-from pbxcal.booking.availability import available_slots
+from pbxcal.booking.availability import forget_agent, window_slots
 from pbxcal.booking.model import (
     Agent,
     AgentNotFound,
     Booking,
     BookingError,
+    LinkUnsuitable,
     NowState,
     ProviderFailed,
     SlotTaken,
@@ -70,7 +71,7 @@ def _mapped(exc: BookingError | AgentExists) -> Exception:
         return _api_error(404, "not-found", str(exc))
     if isinstance(exc, SlotTaken):
         return _api_error(409, "slot-taken", str(exc))
-    if isinstance(exc, AgentExists):
+    if isinstance(exc, AgentExists | LinkUnsuitable):
         return _api_error(409, "conflict", str(exc))
     if isinstance(exc, ProviderFailed):
         return _api_error(502, "calendar-failed", str(exc))
@@ -149,36 +150,47 @@ async def _update_agent(call: _Call) -> web.Response:
         changed = await asyncio.to_thread(agent_ops.set_agent, call.ctx.store, agent.id, **changes)
     except BookingError as exc:
         raise _mapped(exc) from None
+    finally:
+        forget_agent(call.ctx.store, agent.id)
     return web.json_response(agent_ops.agent_json(changed))
 
 
 async def _availability(call: _Call) -> web.Response:
-    agent = await _agent(call)
+    """Stored data only, one worker-thread hop (see ``availability.window_slots``)."""
+    agent_id = call.request.match_info["agent_id"]
+    call.target = f"agent:{agent_id[:40]}"
     query = call.request.query
-    zone_name = _one(query, "tz") or agent.settings.timezone
-    try:
-        zone = ZoneInfo(zone_name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise _api_error(400, "bad-request", "tz must be an IANA zone name") from None
-    now = call.now()
-    start = _moment(_one(query, "from"), zone, "from") or now
-    end = _moment(_one(query, "to"), zone, "to", end_of_day=True) or start + timedelta(days=7)
+    raw_zone, raw_from, raw_to = _one(query, "tz"), _one(query, "from"), _one(query, "to")
     raw_duration = _one(query, "duration")
-    if raw_duration is None:
-        duration = agent.settings.durations[0]
-    elif raw_duration.isascii() and raw_duration.isdigit() and len(raw_duration) <= 4:
-        duration = int(raw_duration)
-    else:
+    if raw_duration is not None and not (
+        raw_duration.isascii() and raw_duration.isdigit() and len(raw_duration) <= 4
+    ):
         raise _api_error(400, "bad-request", "duration must be whole minutes")
+    now = call.now()
+
+    def window(agent: Agent) -> tuple[datetime, datetime, int]:
+        try:
+            zone = ZoneInfo(raw_zone or agent.settings.timezone)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise _api_error(400, "bad-request", "tz must be an IANA zone name") from None
+        start = _moment(raw_from, zone, "from") or now
+        end = _moment(raw_to, zone, "to", end_of_day=True) or start + timedelta(days=7)
+        duration = int(raw_duration) if raw_duration else agent.settings.durations[0]
+        return start, end, duration
+
     try:
-        slots = await available_slots(call.ctx, agent.id, start, end, duration)
+        agent, slots = await asyncio.to_thread(
+            window_slots, call.ctx.store, call.ctx, agent_id, window, call.pbxes
+        )
     except BookingError as exc:
         raise _mapped(exc) from None
+    start, end, duration = window(agent)
+    zone = ZoneInfo(raw_zone or agent.settings.timezone)
     return web.json_response(
         {
             "agent_id": agent.id,
             "duration": duration,
-            "timezone": zone_name,
+            "timezone": str(zone),
             "from": _when(start),
             "to": _when(end),
             "slots": [
@@ -210,7 +222,7 @@ async def _book(call: _Call) -> web.Response:
     _known(body, _BOOKING_FIELDS)
     start = _moment(_str(body, "start", 40, required=True), UTC, "start", strict=True)
     assert start is not None
-    duration = body.get("duration", agent.settings.durations[0])
+    duration = _whole(body.get("duration", agent.settings.durations[0]))
     if not isinstance(duration, int) or isinstance(duration, bool) or not 1 <= duration <= 1440:
         raise _api_error(400, "bad-request", "duration must be whole minutes")
     language = _optional_str(body, "language", 2) or "en"
@@ -284,7 +296,15 @@ def _optional_str(body: dict[str, Any], name: str, limit: int) -> str | None:
     return _str(body, name, limit)
 
 
+def _whole(value: Any) -> Any:
+    """JSON's 3.0 is the integer 3 (JSON Schema says so too)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
 def _link_id(value: Any, name: str) -> int | None:
+    value = _whole(value)
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 2**31 - 1:

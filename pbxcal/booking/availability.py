@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable, Collection, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from pbxcal.booking.agents import load_agent, load_group
-from pbxcal.booking.model import Agent, BookingRefused
+from pbxcal.booking.agents import SLUG, agent_from_row, load_group
+from pbxcal.booking.model import Agent, AgentNotFound, BookingRefused
 from pbxcal.booking.settings import rules_for
 from pbxcal.calendars.snapshot import join_calendar
 from pbxcal.core.ical import EventInstance, expand_calendar
@@ -37,8 +38,20 @@ from pbxcal.web import WebContext
 Interval = tuple[datetime, datetime]
 #: Longest range one availability request may ask for.
 MAX_RANGE = timedelta(days=62)
+#: Bookings and busy time are read this far around a request (a day for all-day events
+#: in other zones, plus the largest buffers).
+QUERY_MARGIN = timedelta(days=1, hours=1)
 _CACHE_SIZE = 512
 _cache: OrderedDict[tuple[int, int, datetime, str], list[Interval]] = OrderedDict()
+#: How long one read of an agent's row, link stamps and bookings serves availability
+#: requests. Bookings and agent changes of this process drop it at once; another
+#: process's show within this time (a booking re-checks in the database anyway).
+INPUTS_TTL = 1.0
+_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+_inputs: dict[
+    tuple[int, str],
+    tuple[float, Agent, dict[int, datetime], list[Interval], datetime],
+] = {}
 _cache_lock = threading.Lock()
 
 
@@ -78,13 +91,62 @@ def agent_slots(
     start: datetime,
     end: datetime,
     duration_minutes: int,
+    pbxes: Collection[str] | None = None,
 ) -> list[Slot]:
     """``available_slots`` in the calling thread."""
-    agent = load_agent(store, agent_id)
-    parser = parser_of(ctx, agent)
+    return window_slots(store, ctx, agent_id, lambda _: (start, end, duration_minutes), pbxes)[1]
+
+
+def window_slots(
+    store: Store,
+    ctx: WebContext,
+    agent_id: str,
+    window: Callable[[Agent], tuple[datetime, datetime, int]],
+    pbxes: Collection[str] | None = None,
+) -> tuple[Agent, list[Slot]]:
+    """The agent and its slots in ``window(agent)`` = (start, end, duration), from one
+    store transaction (agent, link stamps, bookings from a day ago on) kept for
+    ``INPUTS_TTL`` seconds; busy time cached per link. ``pbxes``: only agents of these
+    (others are ``AgentNotFound``, like unknown ones)."""
+    if not SLUG.fullmatch(agent_id):
+        raise AgentNotFound(f"no agent {agent_id[:40]!r}")
     now = ctx.clock.now()
-    zone = ctx.config.timezone
-    return slots_of(agent, store, parser, start, end, duration_minutes, now, default_zone=zone)
+    key = (id(store), agent_id)
+    with _cache_lock:
+        cached = _inputs.get(key)
+    if cached is None or cached[0] < time.monotonic() - INPUTS_TTL:
+        read_at = time.monotonic()
+        since = now - QUERY_MARGIN
+        inputs = store.availability_inputs(agent_id, lambda _: (since, _FAR_FUTURE))
+        if inputs is None:
+            raise AgentNotFound(f"no agent {agent_id[:40]!r}")
+        row, stamps, bookings = inputs
+        cached = (read_at, agent_from_row(row), stamps, bookings, since)
+        with _cache_lock:
+            _inputs[key] = cached
+            if len(_inputs) > _CACHE_SIZE:
+                _inputs.pop(next(iter(_inputs)))
+    _, agent, stamps, bookings, since = cached
+    if pbxes is not None and agent.pbx not in pbxes:
+        raise AgentNotFound(f"no agent {agent_id[:40]!r}")
+    start, end, duration = window(agent)
+    if start - QUERY_MARGIN < since:  # the past: read what the cache does not hold
+        inputs = store.availability_inputs(
+            agent_id, lambda _: (start - QUERY_MARGIN, end + QUERY_MARGIN)
+        )
+        if inputs is None:
+            raise AgentNotFound(f"no agent {agent_id[:40]!r}")
+        _, stamps, bookings = inputs
+    parser = parser_of(ctx, agent)
+    slots = slots_of(agent, store, parser, start, end, duration, now,
+                     default_zone=ctx.config.timezone, prefetched=(stamps, bookings))  # fmt: skip
+    return agent, slots
+
+
+def forget_agent(store: Store, agent_id: str) -> None:
+    """Drop the cached inputs of an agent (after this process booked or changed it)."""
+    with _cache_lock:
+        _inputs.pop((id(store), agent_id), None)
 
 
 def slots_of(
@@ -99,6 +161,7 @@ def slots_of(
     default_zone: str = "UTC",
     with_busy: bool = True,
     ignore: Interval | None = None,
+    prefetched: tuple[dict[int, datetime], list[Interval]] | None = None,
 ) -> list[Slot]:
     """The agent's slots in ``[start, end)`` as of ``now``. ``default_zone``: the
     config's, for calendars that name none (all-day and floating events);
@@ -110,12 +173,13 @@ def slots_of(
     if end <= start:
         return []
     rules = rules_for(settings, duration_minutes)
-    margin = timedelta(days=1) + rules.buffer_before + rules.buffer_after
+    margin = timedelta(days=1) + rules.buffer_before + rules.buffer_after  # <= QUERY_MARGIN
     busy = (
-        busy_of(agent, store, parser, start - margin, end + margin, default_zone, ignore)
+        busy_of(agent, store, parser, start - margin, end + margin, default_zone, ignore,
+                prefetched=prefetched)
         if with_busy
         else []
-    )
+    )  # fmt: skip
     zone = ZoneInfo(settings.timezone)
     first_day = start.astimezone(zone).date()
     last_day = end.astimezone(zone).date()
@@ -162,19 +226,25 @@ def busy_of(
     until: datetime,
     default_zone: str = "UTC",
     ignore: Interval | None = None,
+    *,
+    prefetched: tuple[dict[int, datetime], list[Interval]] | None = None,
 ) -> list[Interval]:
     """Sorted, merged busy time of the agent overlapping ``[since, until)`` (without the
-    booking at ``ignore``)."""
+    booking at ``ignore``). ``prefetched``: the link stamps and bookings already read
+    (``Store.availability_inputs`` over a range covering this one)."""
     spans: list[Interval] = []
     links = agent.conflict_link_ids
-    stamps = store.expansion_stamps(links) if links else {}
+    if prefetched is not None:
+        stamps, bookings = prefetched
+    else:
+        stamps = store.expansion_stamps(links) if links else {}
+        bookings = [(s, e) for _, s, e in store.confirmed_bookings((agent.id,), since, until)]
     for link_id in links:
         stamp = stamps.get(link_id)
         if stamp is None:
             continue  # never synced: nothing known (the booking re-checks fresh data)
         spans.extend(_link_busy(store, parser, link_id, stamp, since, until, default_zone))
-    bookings = store.confirmed_bookings((agent.id,), since, until)
-    spans.extend((s, e) for _, s, e in bookings if (s, e) != ignore)
+    spans.extend((s, e) for s, e in bookings if (s, e) != ignore)
     return merge(s for s in spans if s[0] < until and s[1] > since)
 
 

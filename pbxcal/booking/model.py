@@ -128,5 +128,9 @@ class BookingRefused(BookingError):
     """The request cannot be booked: outside availability, bad e-mail, ... (400)."""
 
 
+class LinkUnsuitable(BookingError):
+    """The link cannot play the role asked (bookings into an ICS or Exchange link) (409)."""
+
+
 class ProviderFailed(BookingError):
     """The booking calendar did not take the event; nothing was booked (502)."""

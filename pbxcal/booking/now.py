@@ -3,8 +3,8 @@
 What it does: ``agent_now`` combines three readings, all without a provider call:
 the agent's busy time from stored data (in a meeting until ...), the reconciler's plan
 and applied state for the agent's extension (forwarded to ... until ...), and the
-extension's device state read over AMI (``ExtensionStateList``: idle, in use, ringing,
-on hold, unavailable; do-not-disturb when the hint's device reports busy/DND). The
+extension's phone read over AMI (``AmiPbx.read_extension_states``: device state, hint
+and do-not-disturb presence: idle, in use, ringing, dnd, unavailable). The
 most telling wins: on a call > ringing > do-not-disturb > in a meeting > forwarded >
 free.
 
@@ -24,11 +24,6 @@ from pbxcal.web import WebContext
 
 log = logging.getLogger(__name__)
 
-#: Asterisk's extension state (``Status`` of ``ExtensionStatus``) -> ours.
-PHONE_STATES = {
-    "0": "idle", "1": "in-use", "2": "in-use", "4": "unavailable", "8": "ringing",
-    "9": "in-use", "16": "in-use", "17": "in-use", "-1": "unavailable", "-2": "unavailable",
-}  # fmt: skip
 _PHONE_TIMEOUT = 3.0
 
 
@@ -94,10 +89,5 @@ async def phone_state(ctx: WebContext, agent: Agent) -> str | None:
     except Exception as exc:  # noqa: BLE001 - "now" answers without the phone then
         log.info("agent %s: phone state not read: %s", agent.id, exc)
         return None
-    raw = states.get(agent.extension)
-    if raw is None:
-        return None
-    status, _, text = raw.partition(":")
-    if "dnd" in text.lower() or text.lower() in ("busy",):
-        return "dnd"
-    return PHONE_STATES.get(status, "unavailable")
+    state = states.get(agent.extension)
+    return None if state is None else str(state)

@@ -38,7 +38,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from pbxcal.booking.agents import check_email, load_agent, load_group
-from pbxcal.booking.availability import check_request, parser_of, slots_of
+from pbxcal.booking.availability import check_request, forget_agent, parser_of, slots_of
 from pbxcal.booking.itip import agent_notice, booking_calendar, invitation_email
 from pbxcal.booking.model import (
     Agent,
@@ -150,6 +150,8 @@ async def _book_agent(
         booking_id = await asyncio.to_thread(ctx.store.insert_booking, row)
     except BookingOverlap:
         raise SlotTaken("that time was just booked by someone else") from None
+    finally:
+        forget_agent(ctx.store, agent.id)
     booking = booking_from_row(
         {**row, "id": booking_id, "provider_event_id": None, "created_at": ctx.clock.now(),
          "reminded_at": None}, token,
@@ -159,6 +161,7 @@ async def _book_agent(
         event_id = await calendar.create(booking, _ics(ctx, booking, agent))
     except ProviderFailed as exc:
         await asyncio.to_thread(ctx.store.delete_booking, booking_id)
+        forget_agent(ctx.store, agent.id)
         log.warning("agent %s: booking not written to the calendar: %s", agent.id, exc)
         raise
     await asyncio.to_thread(ctx.store.update_booking, booking_id, {"provider_event_id": event_id})
@@ -196,6 +199,8 @@ async def reschedule(ctx: WebContext, token: str, new_start: datetime) -> Bookin
         await asyncio.to_thread(ctx.store.update_booking, booking.id, changes)
     except BookingOverlap:
         raise SlotTaken("that time was just booked by someone else") from None
+    finally:
+        forget_agent(ctx.store, agent.id)
     moved = booking_from_row(_row_of(booking) | changes)
     try:
         if booking.provider_event_id:
@@ -205,6 +210,7 @@ async def reschedule(ctx: WebContext, token: str, new_start: datetime) -> Bookin
         back = {"start_at": booking.start, "end_at": booking.end,
                 "sequence": booking.sequence, "reminded_at": booking.reminded_at}  # fmt: skip
         await asyncio.to_thread(ctx.store.update_booking, booking.id, back)
+        forget_agent(ctx.store, agent.id)
         raise
     await _mail_both(ctx, moved, agent, "update", "update", token)
     return moved
@@ -216,6 +222,7 @@ async def cancel(ctx: WebContext, token: str) -> Booking:
     agent = await asyncio.to_thread(load_agent, ctx.store, booking.agent_id)
     changes = {"status": "cancelled", "sequence": booking.sequence + 1}
     await asyncio.to_thread(ctx.store.update_booking, booking.id, changes)
+    forget_agent(ctx.store, agent.id)
     cancelled = booking_from_row(_row_of(booking) | changes)
     if booking.provider_event_id:
         try:

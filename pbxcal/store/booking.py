@@ -17,7 +17,7 @@ Start reading at ``BookingTable.insert_booking``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -206,6 +206,35 @@ class BookingTable:
                 .values(reminded_at=now)
             )
             return bool(result.rowcount)
+
+    def availability_inputs(
+        self, agent_id: str, span: Callable[[dict[str, Any]], tuple[datetime, datetime]]
+    ) -> tuple[dict[str, Any], dict[int, datetime], list[tuple[datetime, datetime]]] | None:
+        """What availability reads, in one transaction: the agent's row, the
+        ``computed_at`` of its conflict links' expansions, and its confirmed bookings
+        overlapping ``span(row)`` = ``[since, until)``. None for an unknown agent."""
+        b, x = db.bookings.c, db.expansions.c
+        with self._db.transaction() as conn:
+            row = conn.execute(select(db.agents).where(db.agents.c.id == agent_id)).first()
+            if row is None:
+                return None
+            agent = dict(row._mapping)
+            since, until = span(agent)
+            links = [int(i) for i in agent["conflict_link_ids"] or ()]
+            stamps = {
+                r.link_id: r.computed_at
+                for r in conn.execute(select(x.link_id, x.computed_at).where(x.link_id.in_(links)))
+            } if links else {}  # fmt: skip
+            bookings = [
+                (r.start_at, r.end_at)
+                for r in conn.execute(
+                    select(b.start_at, b.end_at).where(
+                        b.agent_id == agent_id, b.status == "confirmed",
+                        b.start_at < until, b.end_at > since,
+                    )
+                )
+            ]  # fmt: skip
+        return agent, stamps, bookings
 
     # -- synced instances of a few links ---------------------------------------------
 

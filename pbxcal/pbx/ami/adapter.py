@@ -172,6 +172,14 @@ def _result(exc: BaseException) -> str:
     return "timeout" if isinstance(exc, TimeoutError) else "disconnected"
 
 
+#: ``ExtensionStatus`` ``Status`` (a hint's state bits) and an endpoint's
+#: ``DeviceState`` as ``read_extension_states`` answers them.
+_HINT_STATES = {"0": "idle", "1": "in-use", "2": "in-use", "4": "unavailable", "8": "ringing",
+                "9": "in-use", "16": "in-use", "17": "in-use"}  # fmt: skip
+_DEVICE_STATES = {"not in use": "idle", "in use": "in-use", "busy": "in-use",
+                  "ringing": "ringing", "ring+inuse": "in-use", "on hold": "in-use"}  # fmt: skip
+
+
 class AmiPbx:
     """The ``Pbx`` port over AMI. See the module docstring."""
 
@@ -293,14 +301,31 @@ class AmiPbx:
         return frozenset(ext for ext in found if is_wire_extension(ext))
 
     async def read_extension_states(self) -> dict[str, str]:
-        """Each hinted extension's device state as ``"<Status>:<StatusText>"`` (Asterisk's
-        ``ExtensionStateList``: 0 idle, 1 in use, 8 ringing, 16 on hold, ...)."""
-        _, events = await self._request(Step("ExtensionStateList", tolerate=("no extension",)))
-        return {
-            str(m.get("Exten")): f"{m.get('Status', '')}:{m.get('StatusText', '')}"
-            for m in events
-            if m.event == "ExtensionStatus" and m.get("Exten")
-        }
+        """What each extension's phone is doing: "in-use", "ringing", "dnd", "idle" or
+        "unavailable": the PJSIP endpoints' device state (``PJSIPShowEndpoints``), hints
+        (``ExtensionStateList``) where there is no endpoint of that name, and
+        do-not-disturb as FreePBX keeps it (AstDB ``DND/<ext>`` = ``YES``) over an idle
+        phone. Extensions with none of these are absent."""
+        found: dict[str, str] = {}
+        tolerate = ("no extension", "no endpoints", "not found", "invalid/unknown command")
+        _, hints = await self._request(Step("ExtensionStateList", tolerate=tolerate))
+        for m in hints:
+            ext = m.get("Exten") or ""
+            if m.event == "ExtensionStatus" and is_wire_extension(ext):
+                found[ext] = _HINT_STATES.get(m.get("Status") or "", "unavailable")
+        _, endpoints = await self._request(Step("PJSIPShowEndpoints", tolerate=tolerate))
+        for m in endpoints:
+            ext = m.get("ObjectName") or ""
+            if m.event == "EndpointList" and is_wire_extension(ext):
+                state = (m.get("DeviceState") or "").lower()
+                found[ext] = _DEVICE_STATES.get(state, "unavailable")
+        _, dnd = await self._request(Step("DBGetTree", (("Family", "DND"),), tolerate=tolerate))
+        for m in dnd:
+            ext = (m.get("Key") or "").rpartition("/")[2]
+            on = m.event == "DBGetTreeResponse" and (m.get("Val") or "").upper() == "YES"
+            if on and found.get(ext) in (None, "idle"):
+                found[ext] = "dnd"
+        return found
 
     async def apply(self, changes: Mapping[str, Sequence[str]]) -> ApplyResult:
         """Set each extension's targets; an empty sequence clears. Idempotent.
