@@ -30,6 +30,7 @@ from pbxcal.booking.model import Agent, AgentNotFound, BookingRefused
 from pbxcal.booking.settings import rules_for
 from pbxcal.calendars.snapshot import join_calendar
 from pbxcal.core.ical import EventInstance, expand_calendar
+from pbxcal.core.policy import NumberPolicy
 from pbxcal.core.slots import Slot, free_slots
 from pbxcal.core.targets import Reason, Rejection, TitleParser
 from pbxcal.store import Store
@@ -48,6 +49,8 @@ _cache: OrderedDict[tuple[int, int, datetime, str], list[Interval]] = OrderedDic
 #: process's show within this time (a booking re-checks in the database anyway).
 INPUTS_TTL = 1.0
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+#: Outside the daemon (no reconciler): one memoising parser per number policy.
+_parsers: dict[NumberPolicy, TitleParser] = {}
 _inputs: dict[
     tuple[int, str],
     tuple[float, Agent, dict[int, datetime], list[Interval], datetime],
@@ -162,11 +165,12 @@ def slots_of(
     with_busy: bool = True,
     ignore: Interval | None = None,
     prefetched: tuple[dict[int, datetime], list[Interval]] | None = None,
+    skip_uid: str | None = None,
 ) -> list[Slot]:
     """The agent's slots in ``[start, end)`` as of ``now``. ``default_zone``: the
     config's, for calendars that name none (all-day and floating events);
-    ``with_busy`` False: working hours and rules only; ``ignore``: one booking's time
-    that does not count (the booking being moved)."""
+    ``with_busy`` False: working hours and rules only; ``ignore`` / ``skip_uid``: the
+    booking being moved (its row's time, its event in the calendar) does not count."""
     check_request(agent, start, end, duration_minutes)
     settings = agent.settings
     end = min(end, now + timedelta(days=settings.horizon_days))
@@ -176,7 +180,7 @@ def slots_of(
     margin = timedelta(days=1) + rules.buffer_before + rules.buffer_after  # <= QUERY_MARGIN
     busy = (
         busy_of(agent, store, parser, start - margin, end + margin, default_zone, ignore,
-                prefetched=prefetched)
+                prefetched=prefetched, skip_uid=skip_uid)
         if with_busy
         else []
     )  # fmt: skip
@@ -211,10 +215,11 @@ def parser_of(ctx: WebContext, agent: Agent) -> TitleParser:
 
 
 def _parser_for_policy(ctx: WebContext) -> TitleParser:
-    parser = getattr(ctx, "_booking_parser", None)
-    if parser is None:
-        parser = TitleParser(ctx.config.policy, frozenset())
-        ctx._booking_parser = parser  # type: ignore[attr-defined]
+    policy = ctx.config.policy
+    with _cache_lock:
+        parser = _parsers.get(policy)
+        if parser is None:
+            parser = _parsers[policy] = TitleParser(policy, frozenset())
     return parser
 
 
@@ -228,10 +233,12 @@ def busy_of(
     ignore: Interval | None = None,
     *,
     prefetched: tuple[dict[int, datetime], list[Interval]] | None = None,
+    skip_uid: str | None = None,
 ) -> list[Interval]:
     """Sorted, merged busy time of the agent overlapping ``[since, until)`` (without the
-    booking at ``ignore``). ``prefetched``: the link stamps and bookings already read
-    (``Store.availability_inputs`` over a range covering this one)."""
+    booking at ``ignore``, and without calendar events of UID ``skip_uid``: the booking
+    being moved, as synced back from its calendar). ``prefetched``: the link stamps and
+    bookings already read (``Store.availability_inputs`` over a range covering this)."""
     spans: list[Interval] = []
     links = agent.conflict_link_ids
     if prefetched is not None:
@@ -243,7 +250,11 @@ def busy_of(
         stamp = stamps.get(link_id)
         if stamp is None:
             continue  # never synced: nothing known (the booking re-checks fresh data)
-        spans.extend(_link_busy(store, parser, link_id, stamp, since, until, default_zone))
+        if skip_uid is not None:
+            spans.extend(_busy_without(store, parser, link_id, since, until, default_zone,
+                                       skip_uid))  # fmt: skip
+        else:
+            spans.extend(_link_busy(store, parser, link_id, stamp, since, until, default_zone))
     spans.extend((s, e) for s, e in bookings if (s, e) != ignore)
     return merge(s for s in spans if s[0] < until and s[1] > since)
 
@@ -275,20 +286,34 @@ def _link_busy(
     return _expanded_busy(store, parser, link_id, stamp, since, until, default_zone)
 
 
+def _busy_without(
+    store: Store, parser: TitleParser, link_id: int, since: datetime, until: datetime,
+    default_zone: str, skip_uid: str,
+) -> list[Interval]:  # fmt: skip
+    """A link's busy time without the events of one UID (not cached: moves are rare)."""
+    record = store.load_link_expansions((link_id,)).get(link_id)
+    if record is not None and record.range_start <= since and until <= record.range_end:
+        return meeting_intervals((i for i in record.instances if i.uid != skip_uid), parser)
+    return _expanded_busy(store, parser, link_id, None, since, until, default_zone, skip_uid)
+
+
 def _expanded_busy(
-    store: Store, parser: TitleParser, link_id: int, stamp: datetime, since: datetime,
-    until: datetime, default_zone: str,
+    store: Store, parser: TitleParser, link_id: int, stamp: datetime | None, since: datetime,
+    until: datetime, default_zone: str, skip_uid: str | None = None,
 ) -> list[Interval]:  # fmt: skip
     """Beyond the saved expansion (a horizon longer than the daemon's): expand the stored
-    events over whole weeks around the range, cached like the saved ones."""
+    events over whole weeks around the range, cached like the saved ones (``stamp``
+    None: not cached)."""
     week_start = since - timedelta(days=since.weekday() + 7)
     week_start = week_start.replace(hour=0, minute=0, second=0, microsecond=0)
     week_end = week_start + timedelta(weeks=((until - week_start).days // 7) + 2)
-    key = (id(store), link_id, stamp, f"{week_start.isoformat()}/{week_end.isoformat()}")
-    with _cache_lock:
-        cached = _cache.get(key)
-    if cached is not None:
-        return cached
+    key = None
+    if stamp is not None:
+        key = (id(store), link_id, stamp, f"{week_start.isoformat()}/{week_end.isoformat()}")
+        with _cache_lock:
+            cached = _cache.get(key)
+        if cached is not None:
+            return cached
     events, state = store.load_events(link_id)
     link = store.get_link(link_id)
     if state is None or link is None:
@@ -297,8 +322,9 @@ def _expanded_busy(
     zone = ZoneInfo(str(link.settings.get("timezone") or default_zone))
     owners = [str(o) for o in link.settings.get("owner_emails") or []]
     expansion = expand_calendar(calendar, week_start, week_end, zone, owner_emails=owners)
-    result = meeting_intervals(expansion.instances, parser)
-    _remember(key, result)
+    result = meeting_intervals((i for i in expansion.instances if i.uid != skip_uid), parser)
+    if key is not None:
+        _remember(key, result)
     return result
 
 

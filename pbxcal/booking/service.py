@@ -280,7 +280,7 @@ def _check_slot(
     zone = ctx.config.timezone
     ignore = (moving.start, moving.end) if moving is not None else None
     free = slots_of(agent, store, parser, start, end, minutes, now, default_zone=zone,
-                    ignore=ignore)  # fmt: skip
+                    ignore=ignore, skip_uid=moving.uid if moving else None)  # fmt: skip
     if any(s.start == start for s in free):
         return
     bare = slots_of(agent, store, parser, start, end, minutes, now, default_zone=zone,

@@ -12,8 +12,9 @@ with a moved occurrence, a tentative meeting (busy), a declined invitation, a fr
 event and a forwarding appointment (none busy); the same from Google within the saved
 expansion; 20 concurrent bookings of one slot give one 201 and nineteen 409 and one
 event in Radicale with the booking's UID, the guest gets ``METHOD:REQUEST`` with
-``RSVP=TRUE``; moving (SEQUENCE 1) and cancelling (``METHOD:CANCEL``, SEQUENCE 2)
-through the guest's token update and delete the Radicale event and mail the guest; the
+``RSVP=TRUE``; moving (SEQUENCE 1, and again to a time within the buffer of its own
+synced-back event: SEQUENCE 2) and cancelling (``METHOD:CANCEL``, SEQUENCE 3) through
+the guest's token update and delete the Radicale event and mail the guest; the
 reminder is sent once; a Google booking is inserted with the UID and a Meet link.
 """
 
@@ -393,23 +394,40 @@ def test_reschedule_cancel_and_reminder_by_the_guests_token(service: Service) ->
         assert int(prop(sent, "SEQUENCE")) == 1
         assert prop(sent, "DTSTART").dt == datetime(2027, 3, 30, 12, tzinfo=UTC)
         service.inbox.next_to("anna@example.com")
+        # the moved event is synced back (the daemon reads the calendar on request);
+        # moving once more to 12:30, within the 15 min buffer of its own event, works:
+        # the booking's own event does not count against it
+        queued = api(service, "POST", f"/links/{service.anna_link}/sync")
+        assert queued.status_code == 202, queued.text
+        wait_for(
+            lambda: [e.ical for e in ctx.store.load_events(service.anna_link)[0] if e.uid == uid],
+            lambda found: len(found) == 1 and "20270330T120000Z" in found[0],
+            timeout=30, what="the moved event synced back",
+        )  # fmt: skip
+        again = asyncio.run(reschedule(ctx, token, datetime(2027, 3, 30, 12, 30, tzinfo=UTC)))
+        assert again.sequence == 2
+        (event,) = calendar_objects(service)
+        assert prop(event, "DTSTART").dt == datetime(2027, 3, 30, 12, 30, tzinfo=UTC)
+        _, calendar = calendar_part(service.inbox.next_to("guest@example.org"))
+        assert int(prop(calendar.walk("VEVENT")[0], "SEQUENCE")) == 2
+        service.inbox.next_to("anna@example.com")
     finally:
         ctx.store.close()
     # the reminder: 15 minutes before (anna's default), once
-    ctx = _context(service, now=datetime(2027, 3, 30, 11, 50, tzinfo=UTC))
+    ctx = _context(service, now=datetime(2027, 3, 30, 12, 20, tzinfo=UTC))
     try:
         assert asyncio.run(send_due_reminders(ctx)) == 1
         method, calendar = calendar_part(service.inbox.next_to("guest@example.org"))
         assert method == "REQUEST" and str(prop(calendar.walk("VEVENT")[0], "UID")) == uid
         assert asyncio.run(send_due_reminders(ctx)) == 0
         cancelled = asyncio.run(cancel(ctx, token))
-        assert cancelled.status == "cancelled" and cancelled.sequence == 2
+        assert cancelled.status == "cancelled" and cancelled.sequence == 3
         assert calendar_objects(service) == []
         message = service.inbox.next_to("guest@example.org")
         method, calendar = calendar_part(message)
         (sent,) = calendar.walk("VEVENT")
         assert method == "CANCEL" and str(prop(calendar, "METHOD")) == "CANCEL"
-        assert str(prop(sent, "UID")) == uid and int(prop(sent, "SEQUENCE")) == 2
+        assert str(prop(sent, "UID")) == uid and int(prop(sent, "SEQUENCE")) == 3
         assert str(prop(sent, "STATUS")) == "CANCELLED"
         assert service.inbox.messages.get(timeout=MAIL_TIMEOUT) is not None  # agent's notice
         assert asyncio.run(send_due_reminders(ctx)) == 0

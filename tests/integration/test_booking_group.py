@@ -6,6 +6,8 @@ as both agents' booking calendars). Bookings at different times alternate betwee
 two agents; a second booking of a time one agent already has goes to the other; a third
 is 409; ten concurrent bookings of one slot give exactly two bookings, one per agent;
 ``group_slots`` offers a time while one member is free and drops it when both are booked.
+A calendar that refuses the event (Radicale answering 507) leaves no booking behind,
+and the same time can be booked once it works again.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 from daemon_helpers import new_key_file
 
-from pbxcal.booking import SlotTaken, book, group_slots
+from pbxcal.booking import ProviderFailed, SlotTaken, book, group_slots
 from pbxcal.booking.agents import add_agent, add_group
 from pbxcal.config import Config
 from pbxcal.service.metrics import Metrics
@@ -54,8 +56,11 @@ def ctx(tmp_path: Path) -> Iterator[WebContext]:
             add_agent(store, Config(), agent, pbx="main", extension=link.extension,
                       name=agent.title(), booking_link_id=link.id, settings=settings)  # fmt: skip
         add_group(store, "team", "Team", ["anna", "ben"])
-        yield WebContext(config=Config(), store=store, keys=None, sync=None, clock=FixedClock(),
-                         metrics=Metrics(), templates=Templates(("en",)))  # fmt: skip
+        context = WebContext(config=Config(), store=store, keys=None, sync=None,
+                             clock=FixedClock(), metrics=Metrics(),
+                             templates=Templates(("en",)))  # fmt: skip
+        context.radicale = radicale  # type: ignore[attr-defined]
+        yield context
     finally:
         store.close()
         radicale.stop()
@@ -96,3 +101,17 @@ def test_ten_concurrent_group_bookings_of_one_slot(ctx: WebContext) -> None:
     booked = [r for r in results if not isinstance(r, BaseException)]
     assert sorted(b.agent_id for b in booked) == ["anna", "ben"]
     assert all(isinstance(r, SlotTaken) for r in results if isinstance(r, BaseException))
+
+
+def test_a_calendar_that_refuses_the_event_leaves_nothing_booked(ctx: WebContext) -> None:
+    radicale: RadicaleServer = ctx.radicale  # type: ignore[attr-defined]
+    start = MONDAY + timedelta(days=3)
+    radicale.fault = (507, b"insufficient storage")
+    try:
+        with pytest.raises(ProviderFailed, match="507"):
+            asyncio.run(book(ctx, "anna", start=start, **{**guest(1), "group": False}))
+    finally:
+        radicale.fault = None
+    assert ctx.store.list_bookings("anna", start - timedelta(days=1)) == []
+    booked = asyncio.run(book(ctx, "anna", start=start, **{**guest(2), "group": False}))
+    assert booked.agent_id == "anna" and booked.provider_event_id
