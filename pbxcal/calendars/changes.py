@@ -27,8 +27,9 @@ Start reading at ``IncrementalSource``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,10 @@ class ChangeSet:
     ``cursor`` is opaque to pbxcal and handed back on the next call (a sync token, a
     delta link, an ETag...). ``timezones`` holds VTIMEZONE blocks the rows need
     (iCalendar text; ``""`` keeps what is stored), ``calendar_tz`` the calendar's own
-    IANA zone if it names one.
+    IANA zone if it names one; ``working_hours`` the owner's working hours where the
+    provider reports them (``{"time_zone": IANA, "days": ["monday", ...], "start":
+    "08:00", "end": "17:00"}``; Microsoft 365's mailboxSettings; ``None`` keeps what is
+    stored), for the availability feature.
     """
 
     cursor: str
@@ -67,6 +71,7 @@ class ChangeSet:
     removed_instances: tuple[tuple[str, str], ...] = ()
     timezones: str = ""
     calendar_tz: str | None = None
+    working_hours: Mapping[str, Any] | None = None
 
 
 class IncrementalSource(Protocol):

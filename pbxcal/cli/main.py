@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from pbxcal import __version__
-from pbxcal.cli import admin, cluster, keys, links, offline, service_commands
+from pbxcal.cli import admin, agents, cluster, keys, links, offline, service_commands
 from pbxcal.errors import ConfigError, PbxcalError
 
 EXIT_USAGE = 2
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_keys(sub)
     cluster.add_cluster(sub)
     admin.add_admin_commands(sub)
+    agents.add_agents(sub)
     return parser
 
 

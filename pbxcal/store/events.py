@@ -107,11 +107,14 @@ class EventTable:
                     keys=["link_id", "uid", "recurrence_id"],
                 )
             timezones, calendar_tz = change.timezones, change.calendar_tz
-            if not change.full and old is not None:  # an increment keeps what it does not say
-                timezones = timezones or old.timezones
-                calendar_tz = calendar_tz or old.calendar_tz
+            hours = change.working_hours
+            if old is not None:  # what a change set does not say stays as it is
+                hours = hours or old.working_hours
+                if not change.full:
+                    timezones = timezones or old.timezones
+                    calendar_tz = calendar_tz or old.calendar_tz
             state = SyncState(
-                etag, last_modified, change.cursor, calendar_tz, timezones, fetched_at
+                etag, last_modified, change.cursor, calendar_tz, timezones, fetched_at, hours
             )
             save_state(conn, state_values(link_id, state))
             if expansion_values is not None:
@@ -175,6 +178,7 @@ def state_values(link_id: int, state: SyncState) -> dict[str, Any]:
         "calendar_tz": state.calendar_tz,
         "timezones": state.timezones,
         "fetched_at": state.fetched_at,
+        "working_hours": dict(state.working_hours) if state.working_hours else None,
     }
 
 
@@ -195,4 +199,5 @@ def _state(row: Row[Any]) -> SyncState:
         calendar_tz=row.calendar_tz,
         timezones=row.timezones,
         fetched_at=row.fetched_at,
+        working_hours=row.working_hours,
     )

@@ -7,6 +7,7 @@ how a value is stored. Times are tz-aware UTC ``datetime`` values.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -51,7 +52,8 @@ class SyncState:
     the incremental providers of the next issue (Google, Graph, CalDAV sync-collection)
     and is always ``None`` for ICS links today; ``calendar_tz`` is the calendar's own
     zone; ``timezones`` holds the calendar's VTIMEZONE blocks as iCalendar text (needed
-    to expand the events).
+    to expand the events); ``working_hours`` what the provider reports as the owner's
+    working hours (``ChangeSet.working_hours``; Microsoft 365 only), or ``None``.
     """
 
     etag: str | None
@@ -60,6 +62,7 @@ class SyncState:
     calendar_tz: str | None
     timezones: str
     fetched_at: datetime
+    working_hours: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,8 @@ sync_state = Table(
     Column("calendar_tz", Text),
     Column("timezones", Text, nullable=False),
     Column("fetched_at", UtcDateTime, nullable=False),
+    #: ``{"time_zone", "days", "start", "end"}`` as the provider reports them, or NULL
+    Column("working_hours", JSON),
 )
 
 applied = Table(
@@ -279,4 +281,62 @@ pbx_epochs = Table(
     Column("pbx", Text, primary_key=True),
     Column("epoch", BigInteger, nullable=False),
     Column("written_at", UtcDateTime, nullable=False),
+)
+
+# -- agents and bookings (pbxcal.booking; migration 0006) ------------------------------------
+
+agents = Table(
+    "agents",
+    metadata,
+    # a slug ("anna"), chosen by the admin
+    Column("id", Text, primary_key=True),
+    Column("pbx", Text, nullable=False),
+    Column("extension", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    # the organizer address of invitations
+    Column("email", Text),
+    # booking.settings as JSON (see pbxcal.booking.settings)
+    Column("settings", JSON, nullable=False),
+    Column("booking_link_id", Integer, ForeignKey("links.id", ondelete="SET NULL")),
+    # the link ids whose events make the agent busy
+    Column("conflict_link_ids", JSON, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+agent_groups = Table(
+    "agent_groups",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    # the member agent ids, in round-robin order
+    Column("members", JSON, nullable=False),
+    # how many bookings the group has handed out: the next one starts at this member
+    Column("rr_counter", BigInteger, nullable=False),
+)
+
+bookings = Table(
+    "bookings",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("agent_id", Text, ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    # [start_at, end_at) of the meeting itself (buffers are the agent's settings)
+    Column("start_at", UtcDateTime, nullable=False),
+    Column("end_at", UtcDateTime, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("guest_name", Text, nullable=False),
+    Column("guest_email", Text, nullable=False),
+    Column("language", Text, nullable=False),
+    # the iCalendar UID and SEQUENCE of the invitation
+    Column("uid", Text, nullable=False, unique=True),
+    Column("sequence", Integer, nullable=False),
+    # "confirmed" | "cancelled"; two confirmed bookings of one agent never overlap
+    # (an exclusion constraint on PostgreSQL, triggers on SQLite: migration 0006)
+    Column("status", Text, nullable=False),
+    # SHA-256 hex of the guest's manage token; never the token
+    Column("manage_token_hash", Text, nullable=False, unique=True),
+    Column("provider_event_id", Text),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("reminded_at", UtcDateTime),
+    Index(None, "agent_id", "start_at"),
+    sqlite_autoincrement=True,
 )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pbxcal.store import migrate
 from pbxcal.store.applied import AppliedTable
+from pbxcal.store.booking import BookingTable
 from pbxcal.store.engine import Database
 from pbxcal.store.events import EventTable
 from pbxcal.store.expansions import ExpansionTable
@@ -30,7 +31,14 @@ from pbxcal.store.synclog import SyncLogTable
 
 
 class Store(
-    LinkTable, EventTable, AppliedTable, SyncLogTable, ExpansionTable, SecretTable, PortalTable
+    LinkTable,
+    EventTable,
+    AppliedTable,
+    SyncLogTable,
+    ExpansionTable,
+    SecretTable,
+    PortalTable,
+    BookingTable,
 ):
     """The state store. Create with ``Store.open(url)``; every method is one transaction."""
 

@@ -443,3 +443,53 @@ async def test_a_410_in_a_new_round_is_unavailable_not_a_loop(
         await source.changes(None)
     full = await source.changes(None)
     assert full is not None and sorted(by_uid(full)) == ["a"]
+
+
+async def test_a_full_read_carries_the_mailbox_zone_and_working_hours_into_the_store(
+    fake: FakeGraph, calls: BlockingCalls, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from pbxcal.store import Store
+
+    fake.put_event(MAILBOX, timed("e1", "333", 11))
+    source = app_source(fake, calls)
+    bare = await source.changes(None)  # no mailboxSettings in the fake yet: sync still works
+    assert bare is not None and bare.working_hours is None and bare.calendar_tz is None
+    fake.set_mailbox_settings(MAILBOX, {
+        "timeZone": "W. Europe Standard Time",
+        "workingHours": {
+            "daysOfWeek": ["Monday", "Tuesday", "Thursday"],
+            "startTime": "08:30:00.0000000", "endTime": "16:00:00.0000000",
+            "timeZone": {"name": "Pacific Standard Time"},
+        },
+    })
+    full = await source.changes(None)
+    assert full is not None and full.full
+    assert full.calendar_tz == "Europe/Berlin"
+    assert full.working_hours == {
+        "time_zone": "America/Los_Angeles", "days": ["monday", "tuesday", "thursday"],
+        "start": "08:30", "end": "16:00",
+    }
+    fake.put_event(MAILBOX, timed("e2", "334", 12))
+    increment = await source.changes(full.cursor)
+    assert increment is not None and not increment.full and increment.working_hours is None
+
+    with Store.open(f"sqlite:///{tmp_path / 'store.sqlite3'}") as store:
+        link = store.add_link("100", "main", "graph", MAILBOX, {})
+        now = datetime(2026, 3, 10, tzinfo=UTC)
+        store.apply_changes(link.id, full, now)
+        store.apply_changes(link.id, increment, now)  # an increment keeps what it does not say
+        _, state = store.load_events(link.id)
+    assert state is not None and state.calendar_tz == "Europe/Berlin"
+    assert state.working_hours == full.working_hours
+
+
+def test_outlook_zone_names_become_iana_zones() -> None:
+    from pbxcal.calendars.graph.source import iana_zone
+
+    assert iana_zone("W. Europe Standard Time") == "Europe/Berlin"
+    assert iana_zone("Europe/Amsterdam") == "Europe/Amsterdam"
+    assert iana_zone("Mars Standard Time") is None
+    assert iana_zone("../../etc/passwd") is None
+    assert iana_zone(None) is None

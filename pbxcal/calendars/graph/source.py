@@ -42,7 +42,7 @@ import secrets
 import ssl
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -243,7 +243,35 @@ class GraphCalendarSource:
         full = delta is None
         if not full and not items:
             return None
-        return _change_set(items, cursor, full=full, where=self._where)
+        change = _change_set(items, cursor, full=full, where=self._where)
+        if full:  # a full read also refreshes the owner's zone and working hours
+            change = replace(change, **await self._profile())
+        return change
+
+    async def _profile(self) -> dict[str, Any]:
+        """``calendar_tz`` and ``working_hours`` of a ChangeSet from mailboxSettings;
+        empty when Graph does not give them (they are a nicety: never fail the sync)."""
+        try:
+            settings = _settings(await self._get(f"{self._root}/mailboxSettings",
+                                                 "mailboxSettings"))  # fmt: skip
+        except CalendarRateLimited:
+            raise
+        except CalendarError as exc:
+            _log.info("%s: no mailbox settings (%s)", self._where, exc)
+            return {}
+        profile: dict[str, Any] = {}
+        zone = iana_zone(settings.time_zone)
+        if zone is not None:
+            profile["calendar_tz"] = zone
+        hours = settings.working_hours
+        if hours is not None and hours.start and hours.end:
+            profile["working_hours"] = {
+                "time_zone": iana_zone(hours.time_zone) or zone,
+                "days": [d.lower() for d in hours.days],
+                "start": hours.start[:5],
+                "end": hours.end[:5],
+            }
+        return profile
 
     def _own(self, link: str) -> str:
         """A link Graph gave us must point at Graph, never at another host."""
@@ -423,6 +451,24 @@ def _retry_after(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return seconds if 0 <= seconds <= 86_400 else None
+
+
+def iana_zone(name: str | None) -> str | None:
+    """An IANA zone for what Outlook names a zone (a Windows name such as "W. Europe
+    Standard Time", or already IANA); ``None`` when unknown."""
+    if not name:
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
+
+    if name in WINDOWS_TO_OLSON:
+        return str(WINDOWS_TO_OLSON[name])
+    try:
+        ZoneInfo(name)
+    except (ValueError, OSError, ZoneInfoNotFoundError):  # not a zone key, or no such zone
+        return None
+    return name
 
 
 def _iso(moment: datetime) -> str:
