@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from pbxcal.config import checks, schema
 from pbxcal.config.model import (
+    ClusterConfig,
     Config,
     LinkConfig,
     PbxConfig,
@@ -121,6 +122,13 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     admin_listen = reader.optional(admin, "admin", schema.ADMIN_LISTEN)
     reader.done(admin, "admin", schema.SCHEMA["admin"])
     smtp = _read_smtp(reader, raw)
+    cluster = reader.table(raw, "cluster")
+    lease_ttl = reader.get(cluster, "cluster", schema.CLUSTER_TTL)
+    lease_margin = reader.get(cluster, "cluster", schema.CLUSTER_MARGIN)
+    lease_settle = reader.optional(cluster, "cluster", schema.CLUSTER_SETTLE)
+    reader.done(cluster, "cluster", schema.SCHEMA["cluster"])
+    if lease_margin >= lease_ttl / 2:
+        reader.problem("cluster", "margin", f"must be below half of ttl ({lease_ttl:g} s)")
 
     pbxes = _read_pbxes(reader, raw.get("pbx", {}), regex)
     links = _read_links(reader, raw.get("link", []), pbxes, regex)
@@ -152,6 +160,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
         portal=portal,
         admin_listen=admin_listen,
         smtp=smtp,
+        cluster=ClusterConfig(lease_ttl, lease_margin, lease_settle),
         pbxes=pbxes,
         links=tuple(links),
         source=source,

@@ -131,6 +131,16 @@ class LinkConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: the PBX write leases of processes sharing a PostgreSQL store."""
+
+    ttl: float = 10.0
+    margin: float = 2.0
+    #: ``None``: 3 × ttl
+    settle: float | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -155,6 +165,8 @@ class Config:
     admin_listen: str | None = None
     #: ``[smtp]``; ``None``: invitations are not e-mailed.
     smtp: SmtpConfig | None = None
+    #: ``[cluster]``; used only with a PostgreSQL store.
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     pbxes: dict[str, PbxConfig] = field(default_factory=dict)
     links: tuple[LinkConfig, ...] = ()
     source: str = "(defaults)"

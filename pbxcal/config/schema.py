@@ -177,6 +177,14 @@ READBACK_INTERVAL = _opt("readback_interval", float, 60.0,
                          "seconds between read-backs that repair drift",
                          checks.within(5.0, 3600.0))
 # [[link]]
+# [cluster] (PostgreSQL stores only: several `pbxcal run` processes, one writer per PBX)
+CLUSTER_TTL = _opt("ttl", float, 10.0, "seconds a PBX write lease lasts unrenewed",
+                   checks.within(2.0, 300.0))
+CLUSTER_MARGIN = _opt("margin", float, 2.0, "seconds a holder stops writing before expiry",
+                      checks.within(0.0, 60.0))
+CLUSTER_SETTLE = _opt("settle", float, None,
+                      "seconds a joining process runs before it is given PBXes (default 3 × ttl)",
+                      checks.within(0.0, 3600.0))
 LINK_EXTENSION = _opt("extension", str, None, "the extension (required)")
 LINK_SOURCE = _opt("source", str, None, "file path or http(s)/webcal URL (required)",
                    checks.source)
@@ -204,6 +212,7 @@ SCHEMA: dict[str, tuple[Option[Any], ...]] = {
                          MS_GRAPH_URL, MS_CA_FILE),
     "admin": (ADMIN_LISTEN,),
     "smtp": (SMTP_HOST, SMTP_PORT, SMTP_FROM, SMTP_STARTTLS, SMTP_USERNAME, SMTP_PASSWORD_FILE),
+    "cluster": (CLUSTER_TTL, CLUSTER_MARGIN, CLUSTER_SETTLE),
     "pbx.*": (HOST, PORT, USERNAME, SECRET_FILE, SECRET_CREDENTIAL, ACTION_TIMEOUT,
               PING_INTERVAL, PING_TIMEOUT, BACKOFF_MAX, DEVICE_STATE, EXTENSIONS,
               DISCOVER_EXTENSIONS, READBACK_INTERVAL),
@@ -211,6 +220,6 @@ SCHEMA: dict[str, tuple[Option[Any], ...]] = {
 }
 #: The top-level tables.
 SECTIONS = ("pbxcal", "policy", "store", "http", "sync", "secrets", "portal", "admin", "smtp",
-            "pbx", "link")
+            "cluster", "pbx", "link")
 #: Sub-tables of ``[portal]``.
 PORTAL_PROVIDERS = ("google", "microsoft")

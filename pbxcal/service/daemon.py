@@ -37,11 +37,15 @@ from pbxcal import __version__
 from pbxcal.calendars.blocking import BlockingCalls
 from pbxcal.calendars.health import LINK_STATUSES
 from pbxcal.calendars.providers import SourceFactory
+from pbxcal.cluster.connection import cluster_conninfo, is_postgres_url
+from pbxcal.cluster.status import read_status, status_json
+from pbxcal.cluster.writers import PbxWriters
 from pbxcal.config import Config, load_config
-from pbxcal.errors import ConfigError, PbxAuthFailed, PbxUnavailable, StoreError
-from pbxcal.pbx import ForwardingState
+from pbxcal.errors import ConfigError, LeaseLost, PbxAuthFailed, PbxUnavailable, StoreError
+from pbxcal.pbx import ForwardingState, Pbx
 from pbxcal.pbx.ami import AmiConfig, AmiPbx
 from pbxcal.service.clock import Clock, SystemClock
+from pbxcal.service.cluster_links import LinkShare
 from pbxcal.service.ews_push import EwsPush
 from pbxcal.service.metrics import Metrics
 from pbxcal.service.notify import SystemdNotifier
@@ -50,6 +54,7 @@ from pbxcal.service.reconciler import PbxSettings, Reconciler
 from pbxcal.service.store_health import StoreHealth
 from pbxcal.service.sync import CalendarSync
 from pbxcal.store import Link, Store, load_key_ring
+from pbxcal.store.process_lock import ServiceLock, lock_store_for_service
 from pbxcal.web.server import Webhook, WebServer
 
 log = logging.getLogger(__name__)
@@ -87,7 +92,12 @@ class Daemon:
         self._last_status = ""
         self.store_health = StoreHealth(self.metrics)
         self._links_version: int | None = None
-        self._unsaved_applied: dict[str, dict[str, tuple[str, ...]]] = {}
+        #: PBX -> (lease epoch the changes were sent under, the changes) not stored yet
+        self._unsaved_applied: dict[str, tuple[int | None, dict[str, tuple[str, ...]]]] = {}
+        #: several processes on one PostgreSQL store (None with SQLite): pbxcal.cluster
+        self.writers: PbxWriters | None = None
+        self.link_share: LinkShare | None = None
+        self._service_lock: ServiceLock | None = None
         self._disabled: Counter[str] = Counter()
         self._providers_seen: set[str] = set()
         self.push: GooglePush | None = None
@@ -101,6 +111,8 @@ class Daemon:
         self.keys = keys
         self.store = await asyncio.to_thread(Store.open, self.store_url, keys)
         try:
+            # one service per SQLite store (kept for the process's life; PostgreSQL: None)
+            self._service_lock = lock_store_for_service(self.store_url)
             await self._run()
         finally:
             await asyncio.to_thread(self.store.close)
@@ -119,8 +131,16 @@ class Daemon:
         tick = min(10.0, watchdog / 2) if watchdog else 10.0
         self._tick_limit = max(3 * tick, 15.0)
         self._beat_every = min(1.0, watchdog / 4) if watchdog else 1.0
+        written: dict[str, Pbx] = dict(self.pbxes)
+        if is_postgres_url(self.store_url):  # one writer per PBX among the processes
+            cluster = self.config.cluster
+            self.writers = PbxWriters(
+                self.pbxes, cluster_conninfo(self.store_url),
+                ttl=cluster.ttl, margin=cluster.margin, settle=cluster.settle,
+            )  # fmt: skip
+            written = dict(self.writers.fenced)
         self.reconciler = Reconciler(
-            self.pbxes,
+            written,
             self.config.policy,
             self.clock,
             self.metrics,
@@ -137,6 +157,8 @@ class Daemon:
                 for name, pbx in self.config.pbxes.items()
             },
         )
+        if self.writers is not None:
+            self._watch_cluster(self.writers)
         for name, pbx in self.pbxes.items():
             pbx.on_connected.append(self._connected_callback(name))
             pbx.on_disconnected.append(self._disconnected_callback(name))
@@ -183,6 +205,13 @@ class Daemon:
                 ews_push.links_changed()
 
             self.sync.on_sources_changed = sources_changed_ews
+            if self.writers is not None:
+                self.link_share = LinkShare(
+                    cluster_conninfo(self.store_url, application_name="pbxcal-listen"),
+                    self.store, self.sync, self.writers.member_id,
+                    backstop=self.config.sync_interval,
+                )  # fmt: skip
+                self.writers.keeper.on_members = self.link_share.members_changed
             active = [link for link in links if link.active]
             await self.sync.restore(active)
             self.sync.set_links(active)
@@ -191,7 +220,11 @@ class Daemon:
             web_server = WebServer(
                 self.config, self.store, self.keys, self.metrics, self.sync, self._webhooks(),
                 self._health, self._readiness, clock=self.clock,
+                links_changed=self._refresh_links,
             )  # fmt: skip
+            if self.writers is not None:  # GET /api/v1/cluster
+                conninfo = cluster_conninfo(self.store_url, application_name="pbxcal-api")
+                web_server.context.cluster_status = lambda: status_json(read_status(conninfo))
             await web_server.start()  # ConfigError naming the option when it cannot listen
             tasks = [
                 asyncio.create_task(self.reconciler.run(), name="reconciler"),
@@ -203,6 +236,16 @@ class Daemon:
                 tasks.append(asyncio.create_task(self.push.run(), name="google-push"))
                 tasks.append(asyncio.create_task(self.graph_push.run(), name="graph-push"))
             tasks.append(asyncio.create_task(ews_push.run(), name="ews-push"))
+            from pbxcal.booking.reminders import reminder_loop
+
+            tasks.append(
+                asyncio.create_task(
+                    reminder_loop(web_server.context, self._stop), name="booking-reminders"
+                )
+            )
+            if self.writers is not None and self.link_share is not None:
+                tasks.append(asyncio.create_task(self.writers.run(), name="lease-keeper"))
+                tasks.append(asyncio.create_task(self.link_share.run(), name="link-listen"))
             self._install_signals()
             # READY: config, store (every link's last known instances restored) and the
             # first PBX contact are done; the first pass plans and applies from here on.
@@ -230,6 +273,10 @@ class Daemon:
             for task in [stopper, *tasks]:
                 task.cancel()
             results = await asyncio.gather(stopper, *tasks, return_exceptions=True)
+            if self.writers is not None:  # stop writing, hand the leases back
+                await self.writers.close()
+            if self.link_share is not None:
+                await self.link_share.close()
             await web_server.stop()
             await asyncio.gather(*(pbx.close() for pbx in self.pbxes.values()))
             for task, result in zip([stopper, *tasks], results, strict=True):
@@ -387,21 +434,53 @@ class Daemon:
         return disconnected
 
     async def _save_applied(self, pbx: str, changes: ForwardingState) -> None:
-        """Record what a PBX now holds (changed rows only); kept for a retry on failure."""
-        self._unsaved_applied.setdefault(pbx, {}).update(changes)
+        """Record what a PBX now holds (changed rows only); kept for a retry on failure.
+
+        With several processes the record carries the lease epoch the batch was sent
+        under (read before any await), so a stale owner's record is refused.
+        """
+        epoch = self.writers.epoch_for_record(pbx) if self.writers is not None else None
+        pending = self._unsaved_applied.get(pbx)
+        if pending is not None and pending[0] == epoch:
+            self._unsaved_applied[pbx] = (epoch, {**pending[1], **changes})
+        else:  # an older epoch's unsaved changes would be refused anyway
+            self._unsaved_applied[pbx] = (epoch, dict(changes))
         await self._retry_applied_writes()
 
     async def _retry_applied_writes(self) -> None:
         for pbx in list(self._unsaved_applied):
-            changes = self._unsaved_applied.pop(pbx)
+            epoch, changes = self._unsaved_applied.pop(pbx)
             try:
-                await asyncio.to_thread(self.store.save_applied_changes, pbx, changes)
+                await asyncio.to_thread(
+                    self.store.save_applied_changes, pbx, changes, epoch=epoch
+                )
+            except LeaseLost as exc:  # a newer owner writes (and records) this PBX now
+                log.info("PBX %s: applied state not recorded: %s", pbx, exc)
+                continue
             except StoreError as exc:
-                newer = self._unsaved_applied.get(pbx, {})
-                self._unsaved_applied[pbx] = {**changes, **newer}
+                newer = self._unsaved_applied.get(pbx)
+                if newer is None or newer[0] == epoch:
+                    merged = {**changes, **(newer[1] if newer else {})}
+                    self._unsaved_applied[pbx] = (epoch, merged)
                 self.store_health.failed("applied-state", exc)
                 return
             self.store_health.succeeded()
+
+    def _watch_cluster(self, writers: PbxWriters) -> None:
+        """Owned PBXes converge like a reconnect; leases and members in the metrics."""
+        reconciler, metrics = self.reconciler, self.metrics
+
+        def took_over(name: str, previous: str) -> None:
+            metrics.lease_takeovers.inc()
+
+        def released(name: str) -> None:
+            metrics.leases_lost.inc()
+
+        writers.on_owned = reconciler.pbx_connected
+        writers.on_takeover = took_over
+        writers.on_released = released
+        metrics.cluster_members.set_function(lambda: len(writers.keeper.members))
+        metrics.pbx_leases_held.set_function(lambda: len(writers.owned()))
 
     def _config_link_specs(self) -> list[tuple[str, str, str, str, dict[str, object]]]:
         specs = []

@@ -120,6 +120,28 @@ class Metrics:
             registry=r,
         )
 
+        # Several processes on one PostgreSQL (pbxcal.cluster); absent with SQLite.
+        self.cluster_members = Gauge(
+            "pbxcal_cluster_members",
+            "Live pbxcal processes sharing this store, as of this process's last lease round",
+            registry=r,
+        )
+        self.pbx_leases_held = Gauge(
+            "pbxcal_pbx_leases_held",
+            "PBX write leases this process holds now (summed over the group: the PBX count)",
+            registry=r,
+        )
+        self.lease_takeovers = Counter(
+            "pbxcal_lease_takeovers_total",
+            "PBX write leases this process took from another member (dead, frozen or released)",
+            registry=r,
+        )
+        self.leases_lost = Counter(
+            "pbxcal_leases_lost_total",
+            "PBX write leases this process stopped holding (lost, handed over, or on shutdown)",
+            registry=r,
+        )
+
     def observe_ami_action(self, action: str, result: str, seconds: float) -> None:
         """The ``on_action`` observer handed to ``AmiPbx``."""
         self.ami_actions.labels(action, result).inc()

@@ -54,6 +54,9 @@ class WebContext:
     mailer: Callable[..., Any] | None = None
     #: The daemon re-reads its links (a link was added here); None outside it.
     links_changed: Callable[[], Awaitable[None]] | None = None
+    #: Members and leases of the processes sharing a PostgreSQL store, as ``pbxcal
+    #: cluster status --json`` shows them (blocking; ``StoreError``); None with SQLite.
+    cluster_status: Callable[[], dict[str, object]] | None = None
 
 
 CONTEXT = web.AppKey("pbxcal.web.context", WebContext)

@@ -114,6 +114,7 @@ def routes() -> list[tuple[str, str, str, Handler]]:
         ("POST", f"{link}/sync", "link.sync", _sync_link),
         ("POST", f"{link}/enable", "link.enable", _enable_link),
         ("POST", f"{link}/disable", "link.disable", _disable_link),
+        ("GET", f"{PREFIX}/cluster", "cluster.status", _cluster_status),
         *booking_routes(PREFIX),
     ]
 
@@ -280,6 +281,18 @@ async def _list_invitations(call: _Call) -> web.Response:
     found = await asyncio.to_thread(call.ctx.store.list_invitations, call.pbxes)
     now = call.now()
     return web.json_response({"invitations": [invitation_record(i, now) for i in found]})
+
+
+# -- the processes sharing the store --------------------------------------------------------
+
+
+async def _cluster_status(call: _Call) -> web.Response:
+    read = call.ctx.cluster_status
+    if read is None:
+        raise ApiError(404, "not-found", "an SQLite store serves one process: there is no cluster")
+    if call.pbxes is not None:  # hosts and every PBX's lease: not a tenant's business
+        raise ApiError(404, "not-found", "the cluster is shown to tokens without a PBX scope")
+    return web.json_response(await asyncio.to_thread(read))
 
 
 # -- links ---------------------------------------------------------------------------------

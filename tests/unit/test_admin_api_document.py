@@ -56,7 +56,7 @@ def test_routes_and_document_agree(tmp_path: Path) -> None:
     documented = documented_operations()
     assert served - documented == set(), "served but not documented"
     assert documented - served == set(), "documented but not served"
-    assert len(served) == 17
+    assert len(served) == 18
 
 
 def test_document_is_openapi_3_1_with_bearer_security_and_json_errors() -> None:
