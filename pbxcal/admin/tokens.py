@@ -5,6 +5,13 @@ characters, 256 bits), stores its hash with a name and an optional list of PBXes
 see, and returns the token for the caller to show once; ``authenticate`` finds the
 token a request presents; ``in_scope`` says whether a token may see a PBX.
 
+``TokenCache`` (one per process: ``TOKENS``) keeps tokens it verified, by hash, for at
+most ``CACHE_SECONDS`` (5 s), so the admin API checks a known token without a store
+read or a thread hop. Revocation therefore takes effect in every process within 5 s,
+and at once in the process that revoked through ``revoke_admin_token``. Unknown and
+revoked tokens are never kept (each refusal reads the store). ``last_used_at`` is still
+written at most once a minute (on a cache miss, by ``authenticate``).
+
 Why the lookup by hash is safe: the store finds the row by the hash (an indexed
 lookup whose timing may depend on the hash), then the hashes are compared with
 ``hmac.compare_digest``. Timing can at most reveal something about the *hash* of a
@@ -23,7 +30,10 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Collection
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -82,6 +92,73 @@ def authenticate(store: Store, presented: str, now: datetime) -> AdminToken | No
     if token.last_used_at is None or now - token.last_used_at >= TOUCH_EVERY:
         store.touch_admin_token(token.id, now)
     return token
+
+
+#: How long a verified token is believed without reading the store (seconds).
+CACHE_SECONDS = 5.0
+
+
+class TokenCache:
+    """Verified tokens by (store, hash) for at most ``ttl`` seconds of ``clock``.
+
+    ``cached`` answers from memory only (call it on the event loop); ``authenticate``
+    reads the store (blocking: a worker thread) and keeps what it verified.
+    """
+
+    def __init__(
+        self, ttl: float = CACHE_SECONDS, clock: Callable[[], float] = time.monotonic,
+        size: int = 1024,
+    ) -> None:  # fmt: skip
+        self.ttl = ttl
+        self.clock = clock
+        self.size = size
+        self._entries: OrderedDict[tuple[int, str], tuple[float, AdminToken]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cached(self, store: Store, presented: str) -> AdminToken | None:
+        """The token ``presented`` is, if verified less than ``ttl`` ago; else None
+        (then ``authenticate``)."""
+        if not presented.startswith(TOKEN_PREFIX) or len(presented) > 200:
+            return None
+        key = (id(store), hash_token(presented))
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if self.clock() - entry[0] >= self.ttl:
+                del self._entries[key]
+                return None
+            return entry[1]
+
+    def authenticate(self, store: Store, presented: str, now: datetime) -> AdminToken | None:
+        """``authenticate`` (reads the store), keeping a valid token for ``ttl``."""
+        verified_at = self.clock()
+        token = authenticate(store, presented, now)
+        if token is not None:
+            with self._lock:
+                self._entries[(id(store), hash_token(presented))] = (verified_at, token)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        return token
+
+    def forget(self, name: str | None = None) -> None:
+        """Drop the token named ``name`` (every token: None) from the cache."""
+        with self._lock:
+            for key, (_, token) in list(self._entries.items()):
+                if name is None or token.name == name:
+                    del self._entries[key]
+
+
+#: This process's cache of verified tokens (the admin API's).
+TOKENS = TokenCache()
+
+
+def revoke_admin_token(store: Store, name: str) -> AdminToken:
+    """Revoke the token ``name`` in the store (every process within ``CACHE_SECONDS``)
+    and at once in this process's cache; ``StoreError`` if unknown."""
+    record = store.revoke_admin_token(name)
+    TOKENS.forget(name)
+    return record
 
 
 def in_scope(token: AdminToken, pbx: str) -> bool:

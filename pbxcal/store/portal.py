@@ -17,12 +17,12 @@ Start reading at ``PortalTable.add_invitation`` and ``use_invitation``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pbxcal.errors import StoreError
@@ -75,6 +75,18 @@ class AdminToken:
     created_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AuditLine:
+    """One audit line to write (``record_audit_lines``); ``at`` in UTC."""
+
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    detail: Mapping[str, Any]
+    remote: str | None
 
 
 @dataclass(frozen=True)
@@ -331,6 +343,25 @@ class PortalTable:
             ).scalar_one()
             if new_id % AUDIT_PRUNE_EVERY == 0:  # bounded, whoever floods the API
                 conn.execute(delete(db.audit_log).where(db.audit_log.c.id <= new_id - AUDIT_KEEP))
+
+    def record_audit_lines(self, lines: Sequence[AuditLine]) -> None:
+        """Append ``lines`` to the audit log in one transaction (the admin API's batched
+        writer, ``pbxcal.web.audit``); pruned like ``record_audit``."""
+        if not lines:
+            return
+        for line in lines:
+            require_utc(line.at, "audit time")
+        rows = [
+            {"at": line.at, "actor": line.actor, "action": line.action, "target": line.target,
+             "detail": dict(line.detail), "remote": line.remote}
+            for line in lines
+        ]  # fmt: skip
+        table = db.audit_log
+        with self._db.transaction(write=True) as conn:
+            conn.execute(insert(table), rows)
+            newest = int(conn.execute(select(func.max(table.c.id))).scalar_one())
+            if newest // AUDIT_PRUNE_EVERY != (newest - len(rows)) // AUDIT_PRUNE_EVERY:
+                conn.execute(delete(table).where(table.c.id <= newest - AUDIT_KEEP))
 
     def audit_entries(self, limit: int = 100) -> list[AuditEntry]:
         """The newest ``limit`` audit lines, newest first."""

@@ -363,12 +363,28 @@ def test_delete_removes_a_link(service: Service, tmp_path: Path) -> None:
 
 
 def test_every_call_is_audit_logged(service: Service) -> None:
+    with Store.open(service.daemon.store) as store:
+        before = store.audit_entries(1)[0].id
     with service.client(service.ops) as ops:
         ops.get(f"/api/v1/links/{service.link_id}/sync-log")
     with service.client("pbxcal_wrong") as wrong:
         wrong.get("/api/v1/links")
-    with Store.open(service.daemon.store) as store:
-        entries = store.audit_entries(500)
+
+    def read() -> list[Any]:
+        with Store.open(service.daemon.store) as store:
+            return store.audit_entries(500)
+
+    def both_in(found: list[Any]) -> bool:
+        new = {(e.actor, e.action) for e in found if e.id > before}
+        return {("ops", "link.sync-log"), ("-", "auth.refused")} <= new
+
+    # the lines are committed in batches (every 50 ms)
+    entries, _ = wait_for(
+        read,
+        both_in,
+        timeout=10,
+        what="the two calls' audit lines",
+    )
     newest_refusal = next(e for e in entries if e.action == "auth.refused")
     assert (newest_refusal.actor, newest_refusal.target) == ("-", "/api/v1/links")
     newest_ops = next(e for e in entries if e.actor == "ops")

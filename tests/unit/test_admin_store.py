@@ -232,3 +232,25 @@ def test_audit_log_keeps_the_newest_lines(store: Store, monkeypatch: pytest.Monk
         store.record_audit("ops", "link.show", f"link:{n}")
     kept = [e.target for e in store.audit_entries(100)]
     assert kept == [f"link:{n}" for n in range(12, 7, -1)]  # pruned at 4, 8 and 12
+
+
+def test_audit_lines_in_one_batch_are_kept_in_order_and_pruned(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pbxcal.store import portal
+    from pbxcal.store.portal import AuditLine
+
+    monkeypatch.setattr(portal, "AUDIT_KEEP", 5)
+    monkeypatch.setattr(portal, "AUDIT_PRUNE_EVERY", 4)
+    at = datetime(2026, 3, 30, 9, tzinfo=UTC)
+    store.record_audit_lines([])
+    store.record_audit_lines(
+        [AuditLine(at, "ops", "link.show", f"link:{n}", {"n": n}, None) for n in range(1, 4)]
+    )
+    assert [e.target for e in store.audit_entries(100)] == ["link:3", "link:2", "link:1"]
+    store.record_audit_lines(  # crosses id 4 and 8: pruned to the newest five
+        [AuditLine(at, "ops", "link.show", f"link:{n}", {"n": n}, "::1") for n in range(4, 10)]
+    )
+    entries = store.audit_entries(100)
+    assert [e.target for e in entries] == [f"link:{n}" for n in range(9, 4, -1)]
+    assert (entries[0].at, entries[0].detail, entries[0].remote) == (at, {"n": 9}, "::1")
