@@ -7,9 +7,11 @@ What it does, with a PostgreSQL store only (``pbxcal.cluster``):
   members the lease keeper saw in its last round. Every member computes the same answer
   from the same list, so each link is read by one process at a time; when a member
   joins or dies only its links move (``CalendarSync.owners_changed`` reads the links
-  that became ours at once). A push notification is read wherever it lands
-  (``CalendarSync.sync_soon``), so two processes may read one link at the same moment
-  now and then; the store's transaction keeps the result right.
+  that became ours at once, and the push keepers, woken through
+  ``on_sources_changed``, take their channels over: ``pbxcal.service.push``). A push
+  notification is read wherever it lands (``CalendarSync.sync_soon``), so two processes
+  may read one link at the same moment now and then; the store's transaction keeps the
+  result right.
 * **Hearing of a change.** After a change of link N is committed, ``link_saved(N)``
   sends ``NOTIFY pbxcal_link, 'N'``; every process's listener calls ``link_changed(N)``,
   which re-reads the stored expansions of the links named (coalesced: one store read per
@@ -69,6 +71,7 @@ class LinkShare:
         sync.is_mine = self.is_mine
         sync.on_link_saved = self.link_saved
         sync.on_links_added = self.links_added
+        sync.member_id = member_id
 
     def is_mine(self, link_id: int) -> bool:
         """Whether this process reads ``link_id`` on schedule (nobody before the first
@@ -79,6 +82,8 @@ class LinkShare:
         """The lease keeper saw another set of live members."""
         self._members = list(members)
         self.sync.owners_changed()
+        if self.sync.on_sources_changed is not None:  # push channels follow their links
+            self.sync.on_sources_changed()
 
     async def link_saved(self, link_id: int) -> None:
         try:

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +21,14 @@ from pbxcal.calendars.google.push import (
     Accepted,
     ChannelBook,
     GoogleChannel,
+    Refused,
+    StoredChannel,
     open_channel,
     replace_channel,
+    token_digest,
 )
+from pbxcal.store import Store
+from pbxcal.store.push_channels import PushChannelRecord
 from pbxcal.testing.google_fake import FakeGoogle
 
 
@@ -189,3 +195,52 @@ def test_book_checks_in_isolation() -> None:
                           "X-Goog-Channel-Token": token, "X-Goog-Resource-State": "sync",
                           "X-Goog-Message-Number": "1"})
     assert isinstance(pending, Accepted) and pending.link == 8 and not pending.wants_sync
+
+
+def test_a_channel_learned_from_the_store_is_checked_by_its_digest_and_ages_out() -> None:
+    book: ChannelBook[int] = ChannelBook()
+    stored = StoredChannel("c9", "r9", token_digest("the-token"))
+    book.learn(stored, 9, at=100.0)
+    headers = {"x-goog-channel-id": "c9", "x-goog-resource-id": "r9",
+               "x-goog-channel-token": "the-token", "x-goog-resource-state": "exists",
+               "x-goog-message-number": "1"}  # fmt: skip
+    verdict = book.check(headers)
+    assert isinstance(verdict, Accepted) and verdict.link == 9
+    assert book.check({**headers, "x-goog-channel-token": "the-tokeN",
+                       "x-goog-message-number": "2"}) == Refused("bad-token")  # fmt: skip
+    assert book.check({**headers, "x-goog-resource-id": "r8",
+                       "x-goog-message-number": "2"}) == Refused("wrong-resource")  # fmt: skip
+    assert book.fresh("c9", 129.0, 30.0) and not book.fresh("c9", 130.0, 30.0)
+    assert book.channels() == []  # learned, not opened here
+    # an own channel never ages out, and learning the same id does not demote it
+    own = GoogleChannel("c1", "r1", "tok", datetime(2026, 12, 1, tzinfo=UTC), "primary")
+    book.add(own, 1)
+    book.learn(StoredChannel("c1", "r1", token_digest("other")), 1, at=0.0)
+    assert book.fresh("c1", 1e9, 30.0)
+    assert isinstance(book.check({**headers, "x-goog-channel-id": "c1", "x-goog-resource-id": "r1",
+                                  "x-goog-channel-token": "tok"}), Accepted)  # fmt: skip
+
+
+def test_stored_channels_message_numbers_are_taken_once(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path / 's.db'}") as store:
+        link = store.add_link("100", "main", "google", "primary", {})
+        record = PushChannelRecord("google", "c1", link.id, token_digest("t"), "", None, "m1")
+        store.save_push_channel(record)
+        assert store.push_channel("google", "c1") == record
+        assert store.take_push_message("google", "c1", 1) is True
+        assert store.take_push_message("google", "c1", 1) is False  # a replay
+        assert store.take_push_message("google", "c1", 3) is True
+        assert store.take_push_message("google", "c1", 2) is False  # out of order
+        assert store.take_push_message("google", "nobody", 1) is None
+        later = datetime(2026, 12, 1, tzinfo=UTC)
+        store.save_push_channel(PushChannelRecord(
+            "google", "c1", link.id, token_digest("t"), "res", later, "m2"))  # fmt: skip
+        assert store.take_push_message("google", "c1", 3) is False  # numbers survive a save
+        assert store.push_channels("google")[0].owner == "m2"
+        assert store.push_channels("graph") == []
+        store.expire_push_channel("google", "c1")
+        expired = store.push_channel("google", "c1")
+        assert expired is not None and expired.expires_at is not None
+        assert expired.expires_at < later
+        store.remove_link(link.id)  # a link's channels go with it
+        assert store.push_channels("google") == []

@@ -171,6 +171,37 @@ def test_forged_and_malformed_notifications_are_refused() -> None:
     assert book.refused["unknown subscription"] == 2
 
 
+
+def test_subscriptions_from_the_store_and_taken_over_ones_check_by_digest() -> None:
+    from pbxcal.calendars.google.push import token_digest
+    from pbxcal.calendars.graph import GraphSubscription
+
+    book: SubscriptionBook[int] = SubscriptionBook()
+
+    def body(**item: Any) -> bytes:
+        return json.dumps({"value": [item]}).encode()
+
+    # made by another process: known only as a digest, trusted for max_age seconds
+    book.learn("sub-7", token_digest("state-7"), 7, at=10.0)
+    assert book.check(body(subscriptionId="sub-7", clientState="state-7")) == [
+        Accepted(7, "changed", "sub-7")]
+    assert book.check(body(subscriptionId="sub-7", clientState="state-8")) == [
+        Refused("wrong clientState")]
+    assert book.fresh("sub-7", 39.0, 30.0) and not book.fresh("sub-7", 40.0, 30.0)
+    assert book.get("sub-7") is None  # not tended here
+    # taken over: tended here, its client state still only a digest
+    taken = GraphSubscription("sub-7", "me/events", "", EXPIRES)
+    book.add(taken, 7, digest=token_digest("state-7"))
+    assert book.fresh("sub-7", 1e9, 30.0) and book.get("sub-7") == taken
+    assert book.check(body(subscriptionId="sub-7", clientState="state-7")) == [
+        Accepted(7, "changed", "sub-7")]
+    assert book.check(body(subscriptionId="sub-7", clientState="")) == [
+        Refused("wrong clientState")]
+    assert SubscriptionBook.subscription_ids(
+        json.dumps({"value": [{"subscriptionId": "a"}, {"subscriptionId": 3}, "x"]}).encode()
+    ) == {"a"}
+    assert SubscriptionBook.subscription_ids(b"nonsense") == set()
+
 def test_validation_token() -> None:
     assert validation_token({"validationToken": "abc def"}) == "abc def"
     assert validation_token({}) is None

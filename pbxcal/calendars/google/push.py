@@ -11,12 +11,15 @@ costs at most one cheap sync. Channels are not 100 % reliable: a polling backsto
 anyway.
 
 * ``ChannelBook`` (one per process) knows the live channels: ``add(channel, link)``,
-  ``remove(channel_id)``, and ``check(headers)`` → ``Accepted(link, notification)`` or
-  ``Refused(reason)`` for a notification that is spoofed (unknown channel, wrong
-  resource, wrong token: compared in constant time), malformed, or replayed (a message
-  number not above the highest seen on that channel). ``refused`` counts the reasons
-  (for a metric). The webhook answers at once (200 for accepted *and* for a ``sync``
-  message, 4xx for refused) and triggers the sync outside the request.
+  ``remove(channel_id)``, ``learn(stored, link, at)`` for a channel another process
+  opened (read from the store; a cache entry that ``fresh`` ages out), and
+  ``check(headers)`` → ``Accepted(link, notification)`` or ``Refused(reason)`` for a
+  notification that is spoofed (unknown channel, wrong resource, wrong token: digests
+  compared in constant time), malformed, or replayed (a message number not above the
+  highest this process saw on that channel; across processes see
+  ``pbxcal.service.push``). ``refused`` counts the reasons (for a metric). The webhook
+  answers at once (200 for accepted *and* for a ``sync`` message, 4xx for refused) and
+  triggers the sync outside the request.
 * ``open_channel(source, book, link, address)`` registers the channel's id and token
   in the book *before* ``events.watch``, so the first message is not refused.
 * There is no renewal: ``replace_channel(source, book, old, link, address)`` opens a
@@ -30,10 +33,11 @@ channel token, or sync inside the webhook request. Start reading at ``ChannelBoo
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -96,19 +100,41 @@ class Refused:
     reason: str  # "malformed", "unknown-channel", "wrong-resource", "bad-token", "replayed"
 
 
-class ChannelBook(Generic[L]):
-    """The live channels of this process and the highest message number seen on each.
+def token_digest(token: str) -> bytes:
+    """What is kept of a channel token or Graph client state to compare with (SHA-256,
+    labelled): all the store keeps of it (``pbxcal.store.push_channels``)."""
+    return hashlib.sha256(b"pbxcal push token\x00" + token.encode()).digest()
 
-    Not thread-safe: use it from the event loop only (the webhook handler runs there).
+
+@dataclass(frozen=True)
+class StoredChannel:
+    """A channel as the store knows it (opened by any process): the token only as its
+    digest; ``resource_id`` is ``""`` while ``events.watch`` has not answered."""
+
+    id: str
+    resource_id: str
+    token_digest: bytes
+
+
+class ChannelBook(Generic[L]):
+    """The channels this process knows and the highest message number it saw on each.
+
+    Two kinds of entry: the channels this process opened (``expect``/``add``: kept until
+    ``remove``) and channels learned from the store (``learn``: another process opened
+    them; kept ``max_age`` seconds, then ``fresh`` says to look again). Not thread-safe:
+    use it from the event loop only (the webhook handler runs there).
     """
 
     def __init__(self) -> None:
-        self._channels: dict[str, tuple[GoogleChannel, L]] = {}
+        #: channel id -> (resource id, token digest, link, learned at (monotonic) or None)
+        self._entries: dict[str, tuple[str, bytes, L, float | None]] = {}
+        self._own: dict[str, tuple[GoogleChannel, L]] = {}
         self._last_message: dict[str, int] = {}
         self.refused: Counter[str] = Counter()
 
     def add(self, channel: GoogleChannel, link: L) -> None:
-        self._channels[channel.id] = (channel, link)
+        self._own[channel.id] = (channel, link)
+        self._entries[channel.id] = (channel.resource_id, token_digest(channel.token), link, None)
 
     def expect(self, link: L) -> tuple[str, str]:
         """A fresh channel id and token for ``link``, accepted before ``add`` (any
@@ -116,18 +142,32 @@ class ChannelBook(Generic[L]):
         channel_id = f"pbxcal-{secrets.token_hex(16)}"
         token = secrets.token_urlsafe(32)
         pending = GoogleChannel(channel_id, "", token, datetime.max.replace(tzinfo=UTC), "")
-        self._channels[channel_id] = (pending, link)
+        self.add(pending, link)
         return channel_id, token
 
+    def learn(self, channel: StoredChannel, link: L, at: float) -> None:
+        """A channel read from the store at ``at`` (monotonic); own entries stay own."""
+        known = self._entries.get(channel.id)
+        if known is None or known[3] is not None:
+            self._entries[channel.id] = (channel.resource_id, channel.token_digest, link, at)
+
+    def fresh(self, channel_id: str, now: float, max_age: float) -> bool:
+        """Whether the entry can be used without asking the store again: an own channel,
+        or one learned less than ``max_age`` seconds before ``now``."""
+        known = self._entries.get(channel_id)
+        return known is not None and (known[3] is None or now - known[3] < max_age)
+
     def remove(self, channel_id: str) -> None:
-        self._channels.pop(channel_id, None)
+        self._entries.pop(channel_id, None)
+        self._own.pop(channel_id, None)
         self._last_message.pop(channel_id, None)
 
     def channels(self) -> list[tuple[GoogleChannel, L]]:
-        return list(self._channels.values())
+        """The channels this process opened (not the learned ones)."""
+        return list(self._own.values())
 
     def check(self, headers: Mapping[str, str]) -> Accepted[L] | Refused:
-        """Is this a genuine, new notification of one of our channels?"""
+        """Is this a genuine, new notification of a known channel?"""
         verdict = self._check({name.lower(): value for name, value in headers.items()})
         if isinstance(verdict, Refused):
             self.refused[verdict.reason] += 1
@@ -139,16 +179,16 @@ class ChannelBook(Generic[L]):
         number_text = headers.get("x-goog-message-number", "")
         if not channel_id or state not in _STATES or not number_text.isdigit():
             return Refused("malformed")
-        known = self._channels.get(channel_id)
+        known = self._entries.get(channel_id)
         if known is None:
             return Refused("unknown-channel")
-        channel, link = known
-        if channel.resource_id and not hmac.compare_digest(
-            headers.get("x-goog-resource-id", "").encode(), channel.resource_id.encode()
+        resource_id, digest, link, _ = known
+        if resource_id and not hmac.compare_digest(
+            headers.get("x-goog-resource-id", "").encode(), resource_id.encode()
         ):
             return Refused("wrong-resource")
         if not hmac.compare_digest(
-            headers.get("x-goog-channel-token", "").encode(), channel.token.encode()
+            token_digest(headers.get("x-goog-channel-token", "")), digest
         ):
             return Refused("bad-token")
         number = int(number_text)
@@ -160,15 +200,19 @@ class ChannelBook(Generic[L]):
 
 async def open_channel(
     source: GoogleCalendarSource, book: ChannelBook[L], link: L, address: str,
-    *, ttl: int | None = None,
+    *, ttl: int | None = None, before_watch: Callable[[str, str], Awaitable[None]] | None = None,
 ) -> GoogleChannel:
     """A new channel for ``link``, known to ``book`` before Google can use it.
 
     The channel id and token are registered first, so the ``sync`` message Google sends
-    right after ``events.watch`` (often before its answer arrives) is not refused.
+    right after ``events.watch`` (often before its answer arrives) is not refused;
+    ``before_watch(channel_id, token)`` registers them elsewhere too (the store, for the
+    other processes' webhooks) before Google is asked.
     """
     channel_id, token = book.expect(link)
     try:
+        if before_watch is not None:
+            await before_watch(channel_id, token)
         channel = await source.watch(address, channel_id=channel_id, token=token, ttl=ttl)
     except BaseException:
         book.remove(channel_id)
@@ -180,6 +224,7 @@ async def open_channel(
 async def replace_channel(
     source: GoogleCalendarSource, book: ChannelBook[L], old: GoogleChannel, link: L,
     address: str, *, ttl: int | None = None,
+    before_watch: Callable[[str, str], Awaitable[None]] | None = None,
 ) -> GoogleChannel:
     """A new channel first, then ``channels.stop`` of ``old`` (Google has no renewal).
 
@@ -187,7 +232,7 @@ async def replace_channel(
     seen twice costs one extra cheap sync). A failing stop of the old channel is
     ignored (it expires by itself); it is forgotten by ``book`` either way.
     """
-    new = await open_channel(source, book, link, address, ttl=ttl)
+    new = await open_channel(source, book, link, address, ttl=ttl, before_watch=before_watch)
     try:
         await source.stop_channel(old)
     except CalendarError:

@@ -14,11 +14,12 @@ webhook answers 202 at once (Graph drops slow endpoints) and acts outside the re
 * ``subscriptionRemoved`` → ``source.subscribe(...)`` again, then a sync.
 
 ``SubscriptionBook`` (one per process) knows the live subscriptions: ``add``, ``remove``,
+``learn`` (one another process made, read from the store by ``pbxcal.service.push``),
 ``check(body)`` → one ``Accepted(link, kind, subscription_id)`` or ``Refused(reason)``
 per item (unknown subscription, wrong ``clientState`` compared in constant time,
 malformed). ``refused`` counts reasons for a metric. Notifications are not 100 %
-reliable: the polling backstop runs anyway; subscriptions live in memory (after a
-restart, subscribe anew; the old ones expire).
+reliable: the polling backstop runs anyway. Graph notifications carry no sequence
+number, so there is no replay check beyond ``clientState``.
 
 Must not do: trust a notification beyond these checks, log a ``clientState``, or sync
 inside the webhook request. Start reading at ``SubscriptionBook.check``.
@@ -33,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from pbxcal.calendars.google.push import token_digest
 from pbxcal.calendars.graph.source import GraphSubscription
 
 L = TypeVar("L")
@@ -67,21 +69,58 @@ class Refused:
 
 
 class SubscriptionBook(Generic[L]):
-    """The live subscriptions of this process and the link each belongs to."""
+    """The subscriptions this process knows and the link each belongs to.
+
+    Own subscriptions (``add``: kept until ``remove``) and ones learned from the store
+    (``learn``: made by another process; ``fresh`` for ``max_age`` seconds). Each is
+    checked against a digest of its ``clientState`` (``token_digest``).
+    """
 
     def __init__(self) -> None:
         self._live: dict[str, tuple[GraphSubscription, L]] = {}
+        #: subscription id -> (clientState digest, link, learned at (monotonic) or None)
+        self._entries: dict[str, tuple[bytes, L, float | None]] = {}
         self.refused: Counter[str] = Counter()
 
-    def add(self, subscription: GraphSubscription, link: L) -> None:
+    def add(self, subscription: GraphSubscription, link: L, *, digest: bytes | None = None) -> None:
+        """An own subscription; ``digest`` when its client state is known only as one
+        (taken over from another process)."""
         self._live[subscription.id] = (subscription, link)
+        state = digest if digest is not None else token_digest(subscription.client_state)
+        self._entries[subscription.id] = (state, link, None)
+
+    def learn(self, subscription_id: str, digest: bytes, link: L, at: float) -> None:
+        """A subscription read from the store at ``at`` (monotonic); own ones stay own."""
+        known = self._entries.get(subscription_id)
+        if known is None or known[2] is not None:
+            self._entries[subscription_id] = (digest, link, at)
+
+    def fresh(self, subscription_id: str, now: float, max_age: float) -> bool:
+        known = self._entries.get(subscription_id)
+        return known is not None and (known[2] is None or now - known[2] < max_age)
 
     def remove(self, subscription_id: str) -> None:
         self._live.pop(subscription_id, None)
+        self._entries.pop(subscription_id, None)
 
     def get(self, subscription_id: str) -> GraphSubscription | None:
         entry = self._live.get(subscription_id)
         return entry[0] if entry else None
+
+    @staticmethod
+    def subscription_ids(body: bytes) -> set[str]:
+        """The subscription ids a notification POST names (for looking them up first);
+        empty for anything that is not Graph's shape."""
+        try:
+            items = json.loads(body)["value"]
+        except (ValueError, TypeError, KeyError):
+            return set()
+        if not isinstance(items, list):
+            return set()
+        return {
+            item["subscriptionId"] for item in items
+            if isinstance(item, dict) and isinstance(item.get("subscriptionId"), str)
+        }
 
     def check(self, body: bytes) -> list[Accepted[L] | Refused]:
         """Each item of a notification POST, checked. A body that is not Graph's
@@ -102,11 +141,11 @@ class SubscriptionBook(Generic[L]):
         state = item.get("clientState")
         if not isinstance(subscription_id, str) or not isinstance(state, str):
             return self._refuse("malformed")
-        entry = self._live.get(subscription_id)
+        entry = self._entries.get(subscription_id)
         if entry is None:
             return self._refuse("unknown subscription")
-        subscription, link = entry
-        if not hmac.compare_digest(state.encode(), subscription.client_state.encode()):
+        digest, link, _ = entry
+        if not hmac.compare_digest(token_digest(state), digest):
             return self._refuse("wrong clientState")
         event = item.get("lifecycleEvent")
         if event is not None:
