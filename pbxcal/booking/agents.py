@@ -2,7 +2,10 @@
 
 What it does: checks input (slug ids, the PBX and extension of the config, links that
 exist), stores agents and groups, and turns stored rows into ``Agent`` / ``Group``.
-Blocking (the store); call from a worker thread in the event loop.
+``load_agent`` gives the agent as it is booked: where its booking link is Microsoft 365
+(provider "graph") and the admin set no hours / zone, Outlook's working hours and zone
+that the sync stored (``with_mailbox_defaults``). Blocking (the store); call from a
+worker thread in the event loop.
 
 Start reading at ``add_agent``.
 """
@@ -10,18 +13,35 @@ Start reading at ``add_agent``.
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from pbxcal.booking.model import Agent, AgentNotFound, BookingRefused, Group, LinkUnsuitable
-from pbxcal.booking.settings import parse_settings, settings_json, stored_settings
+from pbxcal.booking.settings import (
+    parse_settings,
+    settings_json,
+    stored_json,
+    stored_settings,
+    with_mailbox_hours,
+)
 from pbxcal.config import Config
 from pbxcal.store import Store
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _EXTENSION = re.compile(r"[0-9]{1,15}")
 _EMAIL = re.compile(r"[!-?A-~]{1,64}@[!-?A-~]{1,190}\.[!-?A-~]{1,63}")
+#: Providers whose calendars take booked meetings (``writeback``).
+BOOKING_PROVIDERS = ("caldav", "google", "graph")
+#: Providers whose sync stores the mailbox's working hours and zone.
+MAILBOX_HOURS_PROVIDERS = frozenset({"graph"})
+#: A link's stored working hours are read again at the latest after this (seconds), and
+#: at once when its expansion changed (a sync that read the calendar).
+MAILBOX_TTL = 60.0
+_mailbox: dict[tuple[int, int], tuple[float, object, Mapping[str, Any] | None, str | None]] = {}
+_mailbox_lock = threading.Lock()
 
 
 def check_slug(value: str, what: str = "agent id") -> str:
@@ -52,6 +72,11 @@ def agent_from_row(row: Mapping[str, Any]) -> Agent:
 
 
 def load_agent(store: Store, agent_id: str) -> Agent:
+    """The agent as booked (Outlook's hours where the admin set none)."""
+    return with_mailbox_defaults(store, _stored_agent(store, agent_id))
+
+
+def _stored_agent(store: Store, agent_id: str) -> Agent:
     row = store.get_agent(agent_id) if SLUG.fullmatch(agent_id) else None
     if row is None:
         raise AgentNotFound(f"no agent {agent_id[:40]!r}")
@@ -59,7 +84,38 @@ def load_agent(store: Store, agent_id: str) -> Agent:
 
 
 def list_agents(store: Store) -> list[Agent]:
-    return [agent_from_row(row) for row in store.list_agents()]
+    return [with_mailbox_defaults(store, agent_from_row(row)) for row in store.list_agents()]
+
+
+def with_mailbox_defaults(store: Store, agent: Agent) -> Agent:
+    """``agent`` with its booking link's Outlook working hours and zone where the admin
+    set none (``settings.with_mailbox_hours``); unchanged for other providers."""
+    settings = agent.settings
+    if agent.booking_link_id is None or (settings.hours_set and settings.timezone_set):
+        return agent
+    link_id = agent.booking_link_id
+    stamp: object = store.expansion_stamps((link_id,)).get(link_id)
+    key = (id(store), link_id)
+    with _mailbox_lock:
+        cached = _mailbox.get(key)
+    if cached is None or cached[1] != stamp or cached[0] < time.monotonic() - MAILBOX_TTL:
+        read_at = time.monotonic()
+        link = store.get_link(link_id)
+        hours: Mapping[str, Any] | None = None
+        zone: str | None = None
+        if link is not None and link.provider in MAILBOX_HOURS_PROVIDERS:
+            state = store.load_events(link_id)[1]
+            if state is not None:
+                hours, zone = state.working_hours, state.calendar_tz
+        cached = (read_at, stamp, hours, zone)
+        with _mailbox_lock:
+            _mailbox[key] = cached
+            if len(_mailbox) > 512:
+                _mailbox.pop(next(iter(_mailbox)))
+    _, _, hours, zone = cached
+    if hours is None and zone is None:
+        return agent
+    return replace(agent, settings=with_mailbox_hours(settings, hours, zone))
 
 
 def load_group(store: Store, group_id: str) -> Group:
@@ -113,7 +169,7 @@ def set_agent(
     settings: Mapping[str, Any] | None = None,
 ) -> Agent:
     """Change an agent: only what is given (``booking_link_id`` "keep" keeps it)."""
-    agent = load_agent(store, agent_id)
+    agent = _stored_agent(store, agent_id)
     if name is not None:
         if not name.strip() or len(name) > 100:
             raise BookingRefused("name must be 1-100 characters")
@@ -132,7 +188,7 @@ def set_agent(
     del row["id"]
     if not store.update_agent(agent_id, row):
         raise AgentNotFound(f"no agent {agent_id!r}")
-    return agent
+    return with_mailbox_defaults(store, agent)
 
 
 def add_group(store: Store, group_id: str, name: str, members: Sequence[str]) -> Group:
@@ -152,7 +208,7 @@ def agent_row(agent: Agent) -> dict[str, Any]:
         "extension": agent.extension,
         "name": agent.name,
         "email": agent.email,
-        "settings": {**settings_json(agent.settings), "hours_set": agent.settings.hours_set},
+        "settings": stored_json(agent.settings),
         "booking_link_id": agent.booking_link_id,
         "conflict_link_ids": list(agent.conflict_link_ids),
     }
@@ -178,8 +234,8 @@ def _check_links(store: Store, booking: int | None, conflicts: Sequence[int]) ->
             raise AgentNotFound(f"no link {link_id}")
     if booking is not None:
         provider = store.get_link(booking)
-        if provider is not None and provider.provider not in ("caldav", "google"):
+        if provider is not None and provider.provider not in BOOKING_PROVIDERS:
             raise LinkUnsuitable(
                 f"link {booking} is {provider.provider}: bookings can be written to "
-                "CalDAV and Google calendars"
+                "CalDAV, Google and Microsoft 365 calendars"
             )

@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from pbxcal.booking.agents import SLUG, agent_from_row, load_group
+from pbxcal.booking.agents import SLUG, agent_from_row, load_group, with_mailbox_defaults
 from pbxcal.booking.model import Agent, AgentNotFound, BookingRefused
 from pbxcal.booking.settings import rules_for
 from pbxcal.calendars.snapshot import join_calendar
@@ -124,7 +124,8 @@ def window_slots(
         if inputs is None:
             raise AgentNotFound(f"no agent {agent_id[:40]!r}")
         row, stamps, bookings = inputs
-        cached = (read_at, agent_from_row(row), stamps, bookings, since)
+        agent = with_mailbox_defaults(store, agent_from_row(row))
+        cached = (read_at, agent, stamps, bookings, since)
         with _cache_lock:
             _inputs[key] = cached
             if len(_inputs) > _CACHE_SIZE:

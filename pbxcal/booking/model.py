@@ -28,6 +28,8 @@ class AgentSettings:
     """When and how an agent can be booked (defaults per issue #12)."""
 
     timezone: str = "Europe/Amsterdam"
+    #: True: ``timezone`` was set by the admin (Outlook's mailbox zone is not used)
+    timezone_set: bool = False
     #: Meeting lengths a guest may choose, minutes (15-360).
     durations: tuple[int, ...] = (30,)
     buffer_before: int = 0  # minutes: 0, 15 or 30

@@ -3,7 +3,9 @@
 What it does: ``parse_settings(raw, base)`` reads a JSON object (every key optional;
 missing keys keep ``base``'s value, ``AgentSettings()``'s defaults by default) and
 raises ``BookingRefused`` naming the key and the problem; ``settings_json`` is the
-inverse, ``rules_for`` the core's ``AvailabilityRules`` for one duration.
+inverse, ``rules_for`` the core's ``AvailabilityRules`` for one duration;
+``with_mailbox_hours`` puts Outlook's working hours and zone in where the admin set
+none (``hours_set``, ``timezone_set``).
 
 The JSON shape::
 
@@ -32,6 +34,7 @@ MIN_DURATION, MAX_DURATION = 15, 360
 BUFFERS = (0, 15, 30)
 MAX_HORIZON_DAYS = 366
 _PERIOD = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])")
+_SET_FLAGS = frozenset({"hours_set", "timezone_set"})
 _KEYS = frozenset(
     {
         "timezone", "durations", "buffer_before", "buffer_after", "hours", "breaks",
@@ -52,6 +55,7 @@ def parse_settings(raw: Mapping[str, Any], base: AgentSettings | None = None) ->
     changes: dict[str, Any] = {}
     if "timezone" in raw:
         changes["timezone"] = _zone(raw["timezone"])
+        changes["timezone_set"] = True
     if "durations" in raw:
         changes["durations"] = _durations(raw["durations"])
     for key in ("buffer_before", "buffer_after"):
@@ -107,9 +111,59 @@ def settings_json(settings: AgentSettings) -> dict[str, Any]:
 
 
 def stored_settings(raw: Mapping[str, Any]) -> AgentSettings:
-    """Settings as the store keeps them (``settings_json`` plus ``hours_set``)."""
-    settings = parse_settings({k: v for k, v in raw.items() if k != "hours_set"})
-    return replace(settings, hours_set=bool(raw.get("hours_set", settings.hours_set)))
+    """Settings as the store keeps them (``settings_json`` plus ``hours_set`` and
+    ``timezone_set``: whether the admin chose them; rows from before ``timezone_set``
+    count as not set)."""
+    settings = parse_settings({k: v for k, v in raw.items() if k not in _SET_FLAGS})
+    return replace(
+        settings,
+        hours_set=bool(raw.get("hours_set", settings.hours_set)),
+        timezone_set=bool(raw.get("timezone_set", False)),
+    )
+
+
+def stored_json(settings: AgentSettings) -> dict[str, Any]:
+    """What the store keeps: ``settings_json`` and the two flags ``stored_settings`` reads."""
+    return {**settings_json(settings), "hours_set": settings.hours_set,
+            "timezone_set": settings.timezone_set}  # fmt: skip
+
+
+def with_mailbox_hours(
+    settings: AgentSettings, working_hours: Mapping[str, Any] | None, calendar_tz: str | None
+) -> AgentSettings:
+    """``settings`` with Outlook's working hours (Microsoft Graph's mailboxSettings as the
+    sync stores them: ``{"time_zone": IANA, "days": ["monday", ...], "start": "08:30",
+    "end": "16:00"}``) as the hours, and their zone (else the calendar's) as the time
+    zone, where the admin set none. Anything unusable in them is ignored (the defaults
+    stay): this never raises."""
+    changes: dict[str, Any] = {}
+    if working_hours and not settings.hours_set:
+        hours = _mailbox_hours(working_hours)
+        if hours is not None:
+            changes["hours"] = hours
+    if not settings.timezone_set:
+        for zone in ((working_hours or {}).get("time_zone"), calendar_tz):
+            try:
+                changes["timezone"] = _zone(zone)
+                break
+            except BookingRefused:
+                continue
+    return replace(settings, **changes) if changes else settings
+
+
+_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _mailbox_hours(raw: Mapping[str, Any]) -> dict[int, tuple[Period, ...]] | None:
+    days, start, end = raw.get("days"), raw.get("start"), raw.get("end")
+    if not isinstance(days, list) or not isinstance(start, str) or not isinstance(end, str):
+        return None
+    try:
+        (period,) = _periods([f"{start[:5]}-{'24:00' if end[:5] == '00:00' else end[:5]}"], "")
+    except BookingRefused:
+        return None
+    picked = {_DAY_NAMES.index(d) for d in days if isinstance(d, str) and d in _DAY_NAMES}
+    return {day: (period,) for day in sorted(picked)} if picked else None
 
 
 def rules_for(settings: AgentSettings, duration_minutes: int) -> AvailabilityRules:
