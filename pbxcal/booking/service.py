@@ -279,8 +279,14 @@ def _check_slot(
     end = start + timedelta(seconds=1)
     zone = ctx.config.timezone
     ignore = (moving.start, moving.end) if moving is not None else None
+    skip = None  # the moved booking's own event, as its calendar gives it back
+    if moving is not None:
+        skip = moving.uid
+        link = store.get_link(agent.booking_link_id) if agent.booking_link_id else None
+        if link is not None and link.provider == "graph" and moving.provider_event_id:
+            skip = moving.provider_event_id  # Graph's events are stored by Graph's id
     free = slots_of(agent, store, parser, start, end, minutes, now, default_zone=zone,
-                    ignore=ignore, skip_uid=moving.uid if moving else None)  # fmt: skip
+                    ignore=ignore, skip_uid=skip)  # fmt: skip
     if any(s.start == start for s in free):
         return
     bare = slots_of(agent, store, parser, start, end, minutes, now, default_zone=zone,
@@ -303,6 +309,15 @@ async def _confirmed(ctx: WebContext, token: str) -> Booking:
 
 
 async def _calendar(ctx: WebContext, agent: Agent) -> BookingCalendar:
+    sync = ctx.sync
+    source = None  # the daemon's source of the link (a Graph link shares its tokens)
+    if sync is not None and agent.booking_link_id is not None:
+        source = dict(sync.built_sources()).get(agent.booking_link_id)
+
+    async def saved() -> None:
+        if sync is not None and agent.booking_link_id is not None:
+            await sync.save_updated_secret(agent.booking_link_id)
+
     def build() -> BookingCalendar:
         if agent.booking_link_id is None:
             raise ProviderFailed("the agent has no booking calendar")
@@ -315,7 +330,7 @@ async def _calendar(ctx: WebContext, agent: Agent) -> BookingCalendar:
 
             portal = ctx.config.portal
             guard = AddressGuard(portal.allow_networks if portal else ())
-        return calendar_for(ctx.store, link, guard)
+        return calendar_for(ctx.store, link, guard, source=source, saved=saved)
 
     return await asyncio.to_thread(build)
 

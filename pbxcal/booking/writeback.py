@@ -1,4 +1,4 @@
-"""Writing booked meetings into the agent's booking calendar (CalDAV, Google).
+"""Writing booked meetings into the agent's booking calendar (CalDAV, Google, Microsoft 365).
 
 What it does: ``calendar_for(store, link, guard)`` builds a ``BookingCalendar`` for the
 agent's booking link from the link's stored settings and encrypted credentials (the
@@ -12,6 +12,16 @@ libraries run in a worker thread.
 * Google: ``events.insert`` / ``update`` / ``delete`` with google-api-python-client,
   ``iCalUID`` = the booking's UID, ``sendUpdates=none`` (pbxcal sends the iTIP mail
   itself), a Google Meet link requested through ``conferenceData.createRequest``.
+* Microsoft 365 (Graph): ``POST /users/{mailbox}/events`` (app-only) or ``/me/events``
+  (delegated) with ``transactionId`` = the booking's UID (a repeated POST gives the same
+  event), ``PATCH`` on reschedule, ``DELETE`` on cancel, a Teams meeting
+  (``isOnlineMeeting``, ``teamsForBusiness``; Graph leaves it out where the mailbox has
+  no Teams). Through the link's own ``GraphCalendarSource`` (the daemon's, so its token
+  cache is shared; a rotated delegated token is stored afterwards). The guest is named
+  in the event's body but is not an attendee: for attendees Exchange sends its own
+  invitation (with its own UID) next to pbxcal's iTIP mail, and Graph has no
+  ``sendUpdates=none``. Needs Calendars.ReadWrite (the application permission for
+  app-only links, the delegated one in the user's grant).
 
 Errors become ``ProviderFailed`` with one line (never a credential).
 
@@ -22,15 +32,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC
+from html import escape
 from typing import Any, Protocol
 from urllib.parse import quote
 
 from pbxcal.booking.model import Booking, ProviderFailed
 from pbxcal.core.redact import redact_url
+from pbxcal.errors import CalendarError
 from pbxcal.store import Link, Store
 
 _TIMEOUT = 20.0
+_graph_calls: Any = None  # BlockingCalls of Graph sources made here (outside the daemon)
 
 
 class BookingCalendar(Protocol):
@@ -41,8 +55,17 @@ class BookingCalendar(Protocol):
     async def delete(self, event_id: str) -> None: ...
 
 
-def calendar_for(store: Store, link: Link, guard: Any = None) -> BookingCalendar:
-    """The booking calendar behind ``link`` (blocking: reads the link's secret)."""
+def calendar_for(
+    store: Store,
+    link: Link,
+    guard: Any = None,
+    *,
+    source: Any = None,
+    saved: Callable[[], Awaitable[None]] | None = None,
+) -> BookingCalendar:
+    """The booking calendar behind ``link`` (blocking: reads the link's secret).
+    ``source``: the daemon's ``GraphCalendarSource`` of a Graph link, if it has one, and
+    ``saved`` what stores its rotated token afterwards (``CalendarSync.save_updated_secret``)."""
     from pbxcal.calendars.providers import SECRET_CALDAV_PASSWORD, SECRET_GOOGLE
 
     if link.provider == "caldav":
@@ -62,6 +85,12 @@ def calendar_for(store: Store, link: Link, guard: Any = None) -> BookingCalendar
         if raw is None:
             raise ProviderFailed("the booking calendar has no stored Google credentials")
         return GoogleCalendar(link, json.loads(raw))
+    if link.provider == "graph":
+        from pbxcal.calendars.graph import GraphCalendarSource
+
+        if not isinstance(source, GraphCalendarSource):
+            source, saved = _graph_source(store, link), None
+        return GraphCalendar(source, store, link.id, saved)
     raise ProviderFailed(f"bookings cannot be written to a {link.provider} calendar yet")
 
 
@@ -244,6 +273,90 @@ class GoogleCalendar:
 
         remove.missing_ok = True  # type: ignore[attr-defined]
         await asyncio.to_thread(self._run, remove)
+
+
+def _graph_source(store: Store, link: Link) -> Any:
+    """A ``GraphCalendarSource`` for ``link`` outside the daemon (built like the sync's)."""
+    global _graph_calls
+    from pbxcal.calendars.blocking import BlockingCalls
+    from pbxcal.calendars.providers import SourceFactory
+
+    if _graph_calls is None:
+        _graph_calls = BlockingCalls(workers=2, name="pbxcal-booking")
+    factory = SourceFactory(None, 0, _graph_calls, store.load_secret, timeout=_TIMEOUT)  # type: ignore[arg-type]
+    try:
+        return factory(link)
+    except CalendarError as exc:
+        raise ProviderFailed(f"Microsoft 365: {_line(exc)}") from None
+
+
+class GraphCalendar:
+    """One Microsoft 365 calendar, written through its ``GraphCalendarSource``."""
+
+    def __init__(
+        self,
+        source: Any,
+        store: Store,
+        link_id: int,
+        saved: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._source = source
+        self._store = store
+        self._link_id = link_id
+        self._saved = saved
+
+    def _body(self, booking: Booking) -> dict[str, Any]:
+        guest = f"{booking.guest_name} <{booking.guest_email}>"
+        return {
+            "subject": booking.subject,
+            "start": _graph_time(booking.start),
+            "end": _graph_time(booking.end),
+            "showAs": "busy",
+            "body": {"contentType": "html",
+                     "content": f"<p>Booked by {escape(guest)} ({escape(booking.uid)})</p>"},
+            "isOnlineMeeting": True,
+            "onlineMeetingProvider": "teamsForBusiness",
+        }  # fmt: skip
+
+    async def _call(self, write: Awaitable[Any]) -> Any:
+        try:
+            return await write
+        except CalendarError as exc:
+            raise ProviderFailed(f"Microsoft 365: {_line(exc)}") from None
+        finally:
+            await self._after()
+
+    async def _after(self) -> None:
+        """Store a token MSAL rotated meanwhile (delegated links)."""
+        if self._saved is not None:
+            await self._saved()
+            return
+        try:
+            update = await asyncio.to_thread(self._source.updated_secret)
+            if update is not None:
+                await asyncio.to_thread(self._store.save_secret, self._link_id, *update)
+        except Exception as exc:  # noqa: BLE001 - the write is done; the sync stores it later
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "link %d: a rotated Microsoft token was not stored: %s", self._link_id, _line(exc)
+            )
+
+    async def create(self, booking: Booking, ics: bytes) -> str:
+        answer = await self._call(self._source.create_event(self._body(booking), booking.uid))
+        return str(answer["id"])
+
+    async def update(self, event_id: str, booking: Booking, ics: bytes) -> None:
+        changes = {key: value for key, value in self._body(booking).items()
+                   if key in ("subject", "start", "end", "body")}  # fmt: skip
+        await self._call(self._source.update_event(event_id, changes))
+
+    async def delete(self, event_id: str) -> None:
+        await self._call(self._source.delete_event(event_id))
+
+
+def _graph_time(moment: Any) -> dict[str, str]:
+    return {"dateTime": moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"}
 
 
 def _check(status: int, what: str) -> None:

@@ -358,6 +358,66 @@ class FakeGraph:
             box.deleted[event_id] = self._version
             self._notify(mailbox.lower(), "deleted", event_id)
 
+    # --- events written through the API (booking) -----------------------------------------
+
+    def _create_event(self, mailbox: str, body: Any) -> tuple[int, dict[str, Any]]:
+        """``POST .../events``: a repeated ``transactionId`` gives the event made first;
+        ``isOnlineMeeting`` gets a Teams ``onlineMeeting.joinUrl``."""
+        if not isinstance(body, dict) or "start" not in body or "end" not in body:
+            return _graph_error(400, "ErrorInvalidRequest")
+        with self._lock:
+            box = self._mailboxes.get(mailbox)
+            if box is None:
+                return _graph_error(404, "ErrorItemNotFound")
+            transaction = body.get("transactionId")
+            for event in box.events.values():
+                if transaction and event.get("transactionId") == transaction:
+                    return 201, dict(event)
+            event_id = f"AAMk-{next(self._ids)}"
+        event = {**body, "id": event_id, "iCalUId": f"040000008200E00074C5B7101A82E008{event_id}"}
+        if body.get("isOnlineMeeting") is True:
+            join = f"https://teams.microsoft.com/l/meetup-join/{event_id}"
+            event["onlineMeeting"] = {"joinUrl": join}
+        self.requests["events (create)"] += 1
+        self.put_event(mailbox, event)
+        return 201, self.written_event(mailbox, event_id) or {}
+
+    def _update_event(self, mailbox: str, event_id: str, body: Any) -> tuple[int, dict[str, Any]]:
+        if not isinstance(body, dict):
+            return _graph_error(400, "ErrorInvalidRequest")
+        with self._lock:
+            box = self._mailboxes.get(mailbox)
+            if box is None or event_id not in box.events:
+                return _graph_error(404, "ErrorItemNotFound")
+        self.requests["events (update)"] += 1
+        self.edit_event(mailbox, event_id, **{k: v for k, v in body.items() if k != "id"})
+        return 200, self.written_event(mailbox, event_id) or {}
+
+    def _remove_event(self, mailbox: str, event_id: str) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            box = self._mailboxes.get(mailbox)
+            if box is None or event_id not in box.events:
+                return _graph_error(404, "ErrorItemNotFound")
+        self.requests["events (delete)"] += 1
+        self.delete_event(mailbox, event_id)
+        return 204, {}
+
+    def written_event(self, mailbox: str, event_id: str) -> dict[str, Any] | None:
+        """The stored event ``event_id`` of ``mailbox`` (a copy), or None."""
+        with self._lock:
+            event = self._mailboxes[mailbox.lower()].events.get(event_id)
+            return None if event is None else dict(event)
+
+    def _events_route(self, parts: list[str], user: str | None) -> tuple[str, list[str]] | None:
+        """(mailbox, the path after it) of ``/v1.0/me/...`` or ``/v1.0/users/{m}/...``."""
+        if len(parts) > 2 and parts[1] == "me" and user is not None:
+            return user.lower(), parts[2:]
+        if len(parts) > 3 and parts[1] == "users":
+            mailbox = urllib.parse.unquote(parts[2]).lower()
+            if user is None or mailbox == user.lower():
+                return mailbox, parts[3:]
+        return None
+
     # --- subscriptions -----------------------------------------------------------------
 
     def subscription_ids(self) -> list[str]:
@@ -842,26 +902,42 @@ class _Handler(BaseHTTPRequestHandler):
             if not valid:
                 return self._json(*_graph_error(401, "InvalidAuthenticationToken"))
             return self._json(*self.owner._subscribe(user, _loads(body)))
+        if parts[:1] == ["v1.0"] and parts[-1:] == ["events"]:
+            valid, user = self.owner._user_of(self.headers.get("Authorization"))
+            if not valid:
+                return self._json(*_graph_error(401, "InvalidAuthenticationToken"))
+            route = self.owner._events_route(parts, user)
+            if route is None or route[1] != ["events"]:
+                return self._json(*_graph_error(403, "ErrorAccessDenied"))
+            return self._json(*self.owner._create_event(route[0], _loads(body)))
         return self._json(404, {"error": "not_found"})
 
     def do_PATCH(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode()
         parts = [p for p in urllib.parse.urlsplit(self.path).path.split("/") if p]
-        valid, _ = self.owner._user_of(self.headers.get("Authorization"))
+        valid, user = self.owner._user_of(self.headers.get("Authorization"))
         if not valid:
             return self._json(*_graph_error(401, "InvalidAuthenticationToken"))
         if len(parts) == 3 and parts[:2] == ["v1.0", "subscriptions"]:
             return self._json(*self.owner._renew(parts[2], _loads(body)))
+        route = self.owner._events_route(parts, user)
+        if route is not None and len(route[1]) == 2 and route[1][0] == "events":
+            event_id = urllib.parse.unquote(route[1][1])
+            return self._json(*self.owner._update_event(route[0], event_id, _loads(body)))
         return self._json(*_graph_error(404, "notFound"))
 
     def do_DELETE(self) -> None:
         parts = [p for p in urllib.parse.urlsplit(self.path).path.split("/") if p]
-        valid, _ = self.owner._user_of(self.headers.get("Authorization"))
+        valid, user = self.owner._user_of(self.headers.get("Authorization"))
         if not valid:
             return self._json(*_graph_error(401, "InvalidAuthenticationToken"))
         if len(parts) == 3 and parts[:2] == ["v1.0", "subscriptions"]:
             return self._json(*self.owner._unsubscribe(parts[2]))
+        route = self.owner._events_route(parts, user)
+        if route is not None and len(route[1]) == 2 and route[1][0] == "events":
+            event_id = urllib.parse.unquote(route[1][1])
+            return self._json(*self.owner._remove_event(route[0], event_id))
         return self._json(*_graph_error(404, "notFound"))
 
     def _page(self, page: bytes) -> None:

@@ -7,16 +7,22 @@ read and written through the real MSAL and pbxcal's Graph client) against a real
 The tests show: an agent whose booking link is that calendar and who has no hours or
 zone of their own is offered Outlook's working hours (Monday-Thursday 08:30-16:00) in
 Outlook's zone (Pacific Standard Time = America/Los_Angeles), the meeting in the
-mailbox busy; an agent with their own hours and zone on the same link keeps them.
+mailbox busy; an agent with their own hours and zone on the same link keeps them. A
+booking is created in the mailbox (``POST /users/{mailbox}/events``) with the booking's
+UID as ``transactionId`` (a repeated POST gives the same event) and a Teams meeting,
+then moved (``PATCH``, the same event) and cancelled (``DELETE``) through the guest's
+token outside the daemon (its own Graph client from the stored credentials).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,7 +30,7 @@ import httpx
 import pytest
 from daemon_helpers import DaemonRun, new_key_file, wait_for
 
-from pbxcal.store import Store
+from pbxcal.store import Store, load_key_ring
 from pbxcal.testing.asterisk import AsteriskSandbox
 from pbxcal.testing.graph_fake import TENANT, FakeGraph
 
@@ -51,6 +57,7 @@ class Service:
     token: str
     link_id: int
     monday: date  # a Monday 7-13 days ahead (in Los Angeles)
+    keys: Path
 
 
 def cli(
@@ -117,7 +124,7 @@ def service(
                 assert done.returncode == 0, done.stderr
             done = cli(daemon, "admin-token", "create", "--name", "ops")
             assert done.returncode == 0, done.stderr
-            yield Service(daemon, graph, done.stdout.strip(), link_id, monday)
+            yield Service(daemon, graph, done.stdout.strip(), link_id, monday, keys)
         finally:
             daemon.terminate()
 
@@ -162,3 +169,69 @@ def test_an_agents_own_hours_and_zone_win_over_outlooks(service: Service) -> Non
     assert answer.json()["timezone"] == "Europe/Amsterdam"
     assert starts_by_day(answer, AMS) == {friday: ["10:00", "10:30", "11:00", "11:30"]}
 
+
+def context(svc: Service) -> Any:
+    """A WebContext outside the daemon (no sync: the write-back makes its own client)."""
+    from pbxcal.config.loader import load_config
+    from pbxcal.service.clock import SystemClock
+    from pbxcal.service.metrics import Metrics
+    from pbxcal.web import WebContext
+    from pbxcal.web.i18n import Templates
+
+    store = Store.open(svc.daemon.store, keys=load_key_ring(str(svc.keys), None))
+    return WebContext(
+        config=load_config(svc.daemon.config), store=store, keys=None, sync=None,
+        clock=SystemClock(), metrics=Metrics(), templates=Templates(("en",)),
+    )  # fmt: skip
+
+
+def test_a_booking_is_created_moved_and_cancelled_in_microsoft_365(service: Service) -> None:
+    from pbxcal.booking import cancel, reschedule
+    from pbxcal.booking.writeback import _graph_source
+
+    graph = service.graph
+    tuesday = service.monday + timedelta(days=1)
+    start = local(tuesday, 9).astimezone(UTC)
+    answer = api(service, "POST", "/agents/carla/bookings",
+                 json={"start": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "subject": "Kitchen quote",
+                       "guest_name": "Gail", "guest_email": "gail@example.org"})  # fmt: skip
+    assert answer.status_code == 201, answer.text
+    uid, token = answer.json()["uid"], answer.json()["manage_url"].rsplit("/", 1)[-1]
+    with graph._lock:
+        made = [dict(e) for e in graph._mailboxes[MAILBOX].events.values()
+                if e.get("transactionId") == uid]  # fmt: skip
+    assert len(made) == 1 and graph.requests["events (create)"] == 1
+    event = made[0]
+    assert event["subject"] == "Kitchen quote" and event["start"] == graph_time(start)
+    assert event["end"] == graph_time(start + timedelta(minutes=30))
+    assert event["isOnlineMeeting"] is True and event["onlineMeetingProvider"] == "teamsForBusiness"
+    assert event["onlineMeeting"]["joinUrl"].startswith("https://teams.microsoft.com/")
+    assert "gail@example.org" in event["body"]["content"] and "attendees" not in event
+    # the event comes back with the next read (stored under Graph's id); with a 15 min
+    # buffer before, moving to 09:30 touches it: it must not count against its own move
+    queued = api(service, "POST", f"/links/{service.link_id}/sync")
+    assert queued.status_code == 202, queued.text
+    with Store.open(service.daemon.store) as store:
+        wait_for(lambda: [e.uid for e in store.load_events(service.link_id)[0]],
+                 lambda uids: event["id"] in uids, timeout=30,
+                 what="the event synced back")  # fmt: skip
+    buffered = api(service, "PUT", "/agents/carla", json={"settings": {"buffer_before": 15}})
+    assert buffered.status_code == 200, buffered.text
+    ctx = context(service)
+    try:
+        link = ctx.store.get_link(service.link_id)
+        source = _graph_source(ctx.store, link)
+        again = asyncio.run(source.create_event({"subject": "x", "start": event["start"],
+                                                 "end": event["end"]}, uid))  # fmt: skip
+        assert again["id"] == event["id"] and graph.requests["events (create)"] == 1
+        moved = asyncio.run(reschedule(ctx, token, local(tuesday, 9, 30).astimezone(UTC)))
+        assert moved.sequence == 1 and graph.requests["events (update)"] == 1
+        patched = graph.written_event(MAILBOX, event["id"])
+        assert patched is not None and patched["start"] == graph_time(local(tuesday, 9, 30))
+        assert patched["onlineMeeting"] == event["onlineMeeting"]  # the same meeting
+        cancelled = asyncio.run(cancel(ctx, token))
+        assert cancelled.status == "cancelled" and graph.requests["events (delete)"] == 1
+        assert graph.written_event(MAILBOX, event["id"]) is None
+    finally:
+        ctx.store.close()
+        api(service, "PUT", "/agents/carla", json={"settings": {"buffer_before": 0}})

@@ -15,6 +15,11 @@ stored. Items are translated by ``events.translate`` (one row per occurrence, se
 The cursor is JSON, opaque to pbxcal: ``{"v": 1, "start": ISO, "end": ISO, "delta":
 deltaLink}``. The delta link carries no credential (the token goes in a header).
 
+Writing (booked meetings, ``pbxcal.booking.writeback``): ``create_event`` /
+``update_event`` / ``delete_event`` (``POST``/``PATCH``/``DELETE .../events``); they
+need the permission Calendars.ReadWrite (application permission for app-only links, a
+delegated grant that includes it for delegated links).
+
 Calls: a small client on ``httpx`` (sync) plus MSAL, both blocking, run through
 ``BlockingCalls`` with a timeout per page; a new connection per request, so idle links
 hold no socket. Why not msgraph-sdk: 130 MB installed, seconds to import, for three GET
@@ -329,6 +334,29 @@ class GraphCalendarSource:
         async with self._lock:
             with contextlib.suppress(GraphNotFound):
                 await self._send("DELETE", url, None, "subscriptions (delete)")
+
+    # --- writing events (booked meetings; needs Calendars.ReadWrite) -------------------
+
+    async def create_event(self, event: dict[str, Any], transaction_id: str) -> dict[str, Any]:
+        """``POST .../events``: Graph's answer (``id``, ``onlineMeeting``...).
+        ``transaction_id`` makes a repeated POST give the same event, never a second."""
+        body = {**event, "transactionId": transaction_id}
+        answer = await self._send("POST", f"{self._root}/events", body, "events (create)")
+        if not isinstance(answer.get("id"), str) or not answer["id"]:
+            raise CalendarError(f"{self._where}: a created event without an id")
+        return answer
+
+    async def update_event(self, event_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """``PATCH .../events/{id}`` with ``changes``; ``GraphNotFound`` when it is gone."""
+        return await self._send("PATCH", self._event_url(event_id), changes, "events (update)")
+
+    async def delete_event(self, event_id: str) -> None:
+        """``DELETE .../events/{id}``; an event Graph no longer knows counts as deleted."""
+        with contextlib.suppress(GraphNotFound):
+            await self._send("DELETE", self._event_url(event_id), None, "events (delete)")
+
+    def _event_url(self, event_id: str) -> str:
+        return f"{self._root}/events/{urllib.parse.quote(event_id, safe='')}"
 
     async def _get(self, url: str, what: str) -> dict[str, Any]:
         return await self._send("GET", url, None, what)
