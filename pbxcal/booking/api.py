@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 
 from pbxcal.booking import agents as agent_ops
-from pbxcal.booking.availability import forget_agent, window_slots
+from pbxcal.booking.availability import cached_window_slots, forget_agent, window_slots
 from pbxcal.booking.model import (
     Agent,
     AgentNotFound,
@@ -156,7 +156,8 @@ async def _update_agent(call: _Call) -> web.Response:
 
 
 async def _availability(call: _Call) -> web.Response:
-    """Stored data only, one worker-thread hop (see ``availability.window_slots``)."""
+    """Stored data only: from memory on the event loop while the agent's inputs are
+    cached (``availability.cached_window_slots``), else one worker-thread hop."""
     agent_id = call.request.match_info["agent_id"]
     call.target = f"agent:{agent_id[:40]}"
     query = call.request.query
@@ -179,9 +180,12 @@ async def _availability(call: _Call) -> web.Response:
         return start, end, duration
 
     try:
-        agent, slots = await asyncio.to_thread(
-            window_slots, call.ctx.store, call.ctx, agent_id, window, call.pbxes
-        )
+        found = cached_window_slots(call.ctx.store, call.ctx, agent_id, window, call.pbxes)
+        if found is None:  # something to read from the store: in a worker thread
+            found = await asyncio.to_thread(
+                window_slots, call.ctx.store, call.ctx, agent_id, window, call.pbxes
+            )
+        agent, slots = found
     except BookingError as exc:
         raise _mapped(exc) from None
     start, end, duration = window(agent)

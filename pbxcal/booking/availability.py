@@ -130,6 +130,55 @@ def window_slots(
             _inputs[key] = cached
             if len(_inputs) > _CACHE_SIZE:
                 _inputs.pop(next(iter(_inputs)))
+    return _window_slots(store, ctx, agent_id, window, pbxes, cached)
+
+
+def cached_window_slots(
+    store: Store,
+    ctx: WebContext,
+    agent_id: str,
+    window: Callable[[Agent], tuple[datetime, datetime, int]],
+    pbxes: Collection[str] | None = None,
+) -> tuple[Agent, list[Slot]] | None:
+    """``window_slots`` from memory only, or None when it would read the store (then
+    call ``window_slots`` in a worker thread). The availability endpoint's fast path: no
+    thread hop while the agent's inputs (``INPUTS_TTL``) and its links' busy time are
+    cached, which is nearly always under load."""
+    if not SLUG.fullmatch(agent_id):
+        return None
+    with _cache_lock:
+        cached = _inputs.get((id(store), agent_id))
+    if cached is None or cached[0] < time.monotonic() - INPUTS_TTL:
+        return None
+    _, agent, stamps, _, since = cached
+    if pbxes is not None and agent.pbx not in pbxes:
+        return None
+    start, end, _ = window(agent)
+    if start - QUERY_MARGIN < since:
+        return None
+    since_busy, until_busy = start - QUERY_MARGIN, end + QUERY_MARGIN
+    with _cache_lock:
+        for link_id in agent.conflict_link_ids:
+            stamp = stamps.get(link_id)
+            if stamp is None:
+                continue
+            if (id(store), link_id, stamp, "saved") not in _cache:
+                return None
+            covered = _cache.get((id(store), link_id, stamp, "range"), [])
+            if not covered or not (covered[0][0] <= since_busy and until_busy <= covered[0][1]):
+                return None
+    return _window_slots(store, ctx, agent_id, window, pbxes, cached)
+
+
+def _window_slots(
+    store: Store,
+    ctx: WebContext,
+    agent_id: str,
+    window: Callable[[Agent], tuple[datetime, datetime, int]],
+    pbxes: Collection[str] | None,
+    cached: tuple[float, Agent, dict[int, datetime], list[Interval], datetime],
+) -> tuple[Agent, list[Slot]]:
+    now = ctx.clock.now()
     _, agent, stamps, bookings, since = cached
     if pbxes is not None and agent.pbx not in pbxes:
         raise AgentNotFound(f"no agent {agent_id[:40]!r}")
