@@ -6,7 +6,9 @@ Every call but ``GET /api/v1/openapi.json`` needs ``Authorization: Bearer <token
 (``pbxcal admin-token create``; ``admin.tokens.authenticate``). A token scoped to PBXes
 sees only their links and invitations: anything else is 404, exactly like a link that
 does not exist, so a reseller cannot probe other tenants' ids. Every call, refused or
-not, is one line in the audit log (actor = the token's name, the remote address). Errors
+not, is one line in the audit log (actor = the token's name, the remote address),
+queued and committed in batches every 50 ms (``pbxcal.web.audit``: a crash loses at
+most that window). Verified tokens are kept 5 s (``admin.tokens.TOKENS``). Errors
 are ``{"error": code, "detail": one line}``, also for unknown paths and methods under
 ``/api/v1`` and for bodies that are too large (``json_errors`` middleware).
 
@@ -38,10 +40,11 @@ from aiohttp import web
 from pbxcal.admin import operations
 from pbxcal.admin.invitations import create_invitation, invitation_record, mail_invitation
 from pbxcal.admin.operations import LinkNotFound, LinkOverview
-from pbxcal.admin.tokens import authenticate, in_scope
+from pbxcal.admin.tokens import TOKENS, in_scope
 from pbxcal.errors import InputError, StoreError
 from pbxcal.store.portal import AdminToken
 from pbxcal.web import WebContext
+from pbxcal.web.audit import AuditWriter
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +126,11 @@ def add_routes(app: web.Application, ctx: WebContext) -> None:
     """Register the admin API on ``app`` (the internal listener)."""
     app.middlewares.append(json_errors)
     app.router.add_get(f"{PREFIX}/openapi.json", _serve_document, allow_head=False)
+    audit = AuditWriter(ctx.store, ctx.metrics.registry)
+    app.on_startup.append(audit.start)
+    app.on_cleanup.append(audit.close)  # the queued lines are committed on shutdown
     for method, path, action, handler in routes():
-        app.router.add_route(method, path, _authenticated(ctx, action, handler))
+        app.router.add_route(method, path, _authenticated(ctx, action, handler, audit))
 
 
 async def _serve_document(_: web.Request) -> web.Response:
@@ -161,7 +167,7 @@ def _error(
 
 
 def _authenticated(
-    ctx: WebContext, action: str, handler: Handler
+    ctx: WebContext, action: str, handler: Handler, audit: AuditWriter
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         remote = request.remote
@@ -170,11 +176,11 @@ def _authenticated(
         token = None
         try:
             if scheme.lower() == "bearer" and presented.strip():
-                token = await asyncio.to_thread(
-                    authenticate, ctx.store, presented.strip(), ctx.clock.now()
+                token = TOKENS.cached(ctx.store, presented.strip()) or await asyncio.to_thread(
+                    TOKENS.authenticate, ctx.store, presented.strip(), ctx.clock.now()
                 )
             if token is None:
-                await _audit(ctx, "-", "auth.refused", request.path, {"action": action}, remote)
+                _audit(audit, "-", "auth.refused", request.path, {"action": action}, remote)
                 return _error(
                     401,
                     "unauthorized",
@@ -191,7 +197,7 @@ def _authenticated(
             except InputError as exc:
                 response = _error(400, "bad-request", operations.shown_message(str(exc)))
             detail = {**call.detail, "status": response.status}
-            await _audit(ctx, token.name, action, call.target, detail, remote)
+            _audit(audit, token.name, action, call.target, detail, remote)
             return response
         except StoreError as exc:
             log.warning("admin API %s: %s", action, exc)
@@ -200,8 +206,8 @@ def _authenticated(
     return handle
 
 
-async def _audit(
-    ctx: WebContext,
+def _audit(
+    audit: AuditWriter,
     actor: str,
     action: str,
     target: str,
@@ -210,8 +216,7 @@ async def _audit(
 ) -> None:
     from pbxcal.core.redact import printable
 
-    await asyncio.to_thread(
-        ctx.store.record_audit,
+    audit.record(
         printable(actor)[:100],
         action,
         printable(target)[:200],
