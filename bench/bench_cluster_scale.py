@@ -213,6 +213,10 @@ def run_group(
         print(f"  [{processes} process(es)] first read of {n} links: {round_seconds:.1f} s; "
               f"CPU pbxcal {pbxcal_cpu:.1f} s, PostgreSQL {postgres_cpu:.1f} s", flush=True)
         lags = boundary_lags(ast, e, first_window)
+        if lags:
+            print(f"  [{processes} process(es)] boundary lag p50 "
+                  f"{1000 * statistics.median(lags):.0f} ms, p99 "
+                  f"{1000 * percentile(lags, 0.99):.0f} ms ({len(lags)}/{e})", flush=True)
         return Figures(processes, round_seconds, pbxcal_cpu, postgres_cpu, lags)
     finally:
         for proc in procs:
