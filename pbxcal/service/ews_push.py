@@ -58,6 +58,8 @@ FIRST_BACK_OFF = 1.0
 MAX_BACK_OFF = 600.0
 #: Seconds to the next look while an autodiscover link's EWS URL is not known yet.
 PENDING_RECHECK = 1.0
+#: Seconds ``close`` waits for the stream threads to unsubscribe and end.
+CLOSE_WAIT = 4.0
 #: A stream that ends sooner than this counts as a failure (no tight reconnect loop).
 SHORT_STREAM = 1.0
 
@@ -132,6 +134,15 @@ class EwsPush(_Keeper):
     async def _stop(self, link_id: int) -> None:
         self._watches.pop(link_id).stop()
 
+    async def close(self) -> None:
+        """Stop every stream and wait (bounded) until their threads have unsubscribed, so
+        nothing of them runs on after the service stopped."""
+        watches = list(self._watches.values())
+        await super().close()
+        deadline = time.monotonic() + CLOSE_WAIT
+        for watch in watches:
+            await asyncio.to_thread(watch.join, max(0.0, deadline - time.monotonic()))
+
 
 class _Watch:
     """One link's subscription in its own thread (see the module docstring)."""
@@ -161,6 +172,9 @@ class _Watch:
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
     def stop(self) -> None:
         """Stop (no waiting): the stream is cut now, the thread unsubscribes and ends."""

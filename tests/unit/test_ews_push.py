@@ -194,7 +194,12 @@ def test_a_server_without_streaming_gets_a_pull_subscription(fake: FakeEws) -> N
 
 
 class StubSync:
-    """What EwsPush uses of CalendarSync: built sources, sync_soon."""
+    """What EwsPush uses of CalendarSync: built sources, sync_soon (and, for the keeper
+    base, no store, no cluster member: one process)."""
+
+    store = None
+    member_id = None
+    is_mine = None
 
     def __init__(self) -> None:
         self.sources: list[tuple[int, object]] = []
