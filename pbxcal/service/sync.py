@@ -183,6 +183,8 @@ class CalendarSync:
         self.on_link_saved: Callable[[int], Awaitable[None]] | None = None
         #: called with links this process starts following (their events may be stored)
         self.on_links_added: Callable[[list[int]], None] | None = None
+        #: this process's cluster member id (None: one process; push channels' owner)
+        self.member_id: str | None = None
         self._parked: dict[int, int] = {}  # link id -> generation: due, but read elsewhere
         self._pushed: set[int] = set()  # read here once even if read elsewhere (webhooks)
 

@@ -283,6 +283,24 @@ pbx_epochs = Table(
     Column("written_at", UtcDateTime, nullable=False),
 )
 
+# -- push channels any process's webhook checks (store.push_channels; migration 0008) --------
+
+push_channels = Table(
+    "push_channels",
+    metadata,
+    Column("provider", Text, primary_key=True),  # "google" or "graph"
+    Column("channel_id", Text, primary_key=True),  # channel or subscription id
+    Column("link_id", Integer, ForeignKey("links.id", ondelete="CASCADE"), nullable=False),
+    # SHA-256 of the channel token / clientState (push_token_digest); never the secret
+    Column("token_digest", LargeBinary, nullable=False),
+    Column("resource_id", Text, nullable=False),  # "" until the provider answered
+    Column("expires_at", UtcDateTime),  # None until the provider answered
+    Column("owner", Text, nullable=False),  # member id of the process that tends it
+    Column("last_message", BigInteger),  # Google's highest message number seen
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index(None, "link_id"),
+)
+
 # -- agents and bookings (pbxcal.booking; migration 0006) ------------------------------------
 
 agents = Table(

@@ -4,7 +4,8 @@ What it does: opens the database (``engine.Database``), migrates it to this pbxc
 schema (refusing a newer one), and offers every call of the tables' mixins on one
 object: links (``links``), events with their sync state (``events``), applied state
 (``applied``), sync history (``synclog``), saved expansions (``expansions``) and
-encrypted link secrets (``secrets``), and the portal's and admin API's invitations,
+encrypted link secrets (``secrets``), the push channels every process's webhook
+checks (``push_channels``), and the portal's and admin API's invitations,
 OAuth flows, admin tokens and audit log (``portal``). Every call runs in its own connection and
 transaction, so a ``Store`` can be shared by threads (the daemon calls it from worker
 threads, never from the event loop). Consumers should type against the small protocols
@@ -26,6 +27,7 @@ from pbxcal.store.events import EventTable
 from pbxcal.store.expansions import ExpansionTable
 from pbxcal.store.links import LinkTable
 from pbxcal.store.portal import PortalTable
+from pbxcal.store.push_channels import PushChannelTable
 from pbxcal.store.secrets import KeyRing, SecretTable
 from pbxcal.store.synclog import SyncLogTable
 
@@ -39,6 +41,7 @@ class Store(
     SecretTable,
     PortalTable,
     BookingTable,
+    PushChannelTable,
 ):
     """The state store. Create with ``Store.open(url)``; every method is one transaction."""
 
