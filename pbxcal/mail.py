@@ -80,10 +80,12 @@ def invitation_message(sender: str, to: str, url: str, language: str) -> EmailMe
 async def send_invitation(smtp: SmtpConfig, to: str, url: str, language: str = "en") -> None:
     """Send the invitation ``url`` to ``to``; ``MailError`` when the server refuses."""
     message = invitation_message(smtp.sender, to, url, language)
-    await asyncio.to_thread(_send, smtp, message)
+    await asyncio.to_thread(send_message, smtp, message)
 
 
-def _send(smtp: SmtpConfig, message: EmailMessage) -> None:
+def send_message(smtp: SmtpConfig, message: EmailMessage) -> None:
+    """Send ``message`` through ``[smtp]`` (blocking: call it from a worker thread);
+    ``MailError`` in one line when the server refuses or cannot be reached."""
     where = f"mail server {smtp.host}:{smtp.port}"
     password = _password(smtp) if smtp.username else None
     try:

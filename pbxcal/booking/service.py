@@ -358,14 +358,13 @@ async def _mail_both(
 
 async def send_mail(ctx: WebContext, message: EmailMessage) -> bool:
     """Send through ``[smtp]``; False (logged, never raised) when it fails."""
-    from pbxcal.mail import MailError
-    from pbxcal.mail import _send as send_blocking  # the one SMTP client of pbxcal
+    from pbxcal.mail import MailError, send_message  # the one SMTP client of pbxcal
 
     smtp = ctx.config.smtp
     if smtp is None:
         return False
     try:
-        await asyncio.to_thread(send_blocking, smtp, message)
+        await asyncio.to_thread(send_message, smtp, message)
     except MailError as exc:
         log.warning("booking e-mail to %s not sent: %s", message["To"], exc)
         return False

@@ -44,7 +44,7 @@ from pbxcal.calendars.ews.push import EwsNotifications, EwsSubscription, Subscri
 from pbxcal.errors import CalendarError, CalendarRateLimited
 from pbxcal.service.clock import Clock
 from pbxcal.service.metrics import Metrics
-from pbxcal.service.push import _Keeper
+from pbxcal.service.push import PushKeeper
 from pbxcal.service.sync import CalendarSync
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ CLOSE_WAIT = 4.0
 SHORT_STREAM = 1.0
 
 
-class EwsPush(_Keeper):
+class EwsPush(PushKeeper):
     """Streaming subscriptions for Exchange links. See the module docstring."""
 
     def __init__(

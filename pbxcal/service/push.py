@@ -89,7 +89,7 @@ GRAPH_WEBHOOK = "/webhooks/graph"
 GRAPH_LIFETIME = timedelta(days=2)
 
 
-class _Keeper:
+class PushKeeper:
     """What both kinds of push share: a loop that opens, renews and stops the channels
     of the links this process reads on schedule every ``CHANNEL_CHECK_INTERVAL`` and
     whenever the built sources or the owners changed (``links_changed``), the store rows,
@@ -165,7 +165,7 @@ class _Keeper:
         raise NotImplementedError
 
 
-class GooglePush(_Keeper):
+class GooglePush(PushKeeper):
     """Channels for Google links and their webhook. See the module docstring."""
 
     provider = "google"
@@ -337,7 +337,7 @@ class GooglePush(_Keeper):
         await self._forget_stored(channel.id)
 
 
-class GraphPush(_Keeper):
+class GraphPush(PushKeeper):
     """Subscriptions for Microsoft 365 links and their webhook. See the module docstring."""
 
     provider = "graph"
