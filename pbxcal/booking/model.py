@@ -134,5 +134,15 @@ class LinkUnsuitable(BookingError):
     """The link cannot play the role asked (bookings into an ICS or Exchange link) (409)."""
 
 
+@dataclass(frozen=True)
+class CreatedEvent:
+    """What a booking calendar answers when it created the meeting's event."""
+
+    #: the provider's id of the event (CalDAV: its URL), for update and delete
+    event_id: str
+    #: the online meeting's join link the provider added (Google Meet, Teams), if any
+    join_url: str | None = None
+
+
 class ProviderFailed(BookingError):
     """The booking calendar did not take the event; nothing was booked (502)."""

@@ -158,12 +158,13 @@ async def _book_agent(
     )  # fmt: skip
     try:
         calendar = await _calendar(ctx, agent)
-        event_id = await calendar.create(booking, _ics(ctx, booking, agent))
+        created = await calendar.create(booking, _ics(ctx, booking, agent))
     except ProviderFailed as exc:
         await asyncio.to_thread(ctx.store.delete_booking, booking_id)
         forget_agent(ctx.store, agent.id)
         log.warning("agent %s: booking not written to the calendar: %s", agent.id, exc)
         raise
+    event_id = created.event_id
     await asyncio.to_thread(ctx.store.update_booking, booking_id, {"provider_event_id": event_id})
     booking = booking_from_row(
         {**row, "id": booking_id, "provider_event_id": event_id, "created_at": booking.created_at,

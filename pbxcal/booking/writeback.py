@@ -3,7 +3,8 @@
 What it does: ``calendar_for(store, link, guard)`` builds a ``BookingCalendar`` for the
 agent's booking link from the link's stored settings and encrypted credentials (the
 same ones the sync reads with, ``pbxcal.calendars.providers``), with three calls:
-``create`` (returns the provider's id of the event), ``update``, ``delete``. Blocking
+``create`` (returns a ``CreatedEvent``: the provider's id of the event and the
+online meeting's join link, if the provider added one), ``update``, ``delete``. Blocking
 libraries run in a worker thread.
 
 * CalDAV: ``PUT {calendar}/{uid}.ics`` of a VCALENDAR through the ``caldav`` library's
@@ -38,7 +39,7 @@ from html import escape
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from pbxcal.booking.model import Booking, ProviderFailed
+from pbxcal.booking.model import Booking, CreatedEvent, ProviderFailed
 from pbxcal.core.redact import redact_url
 from pbxcal.errors import CalendarError
 from pbxcal.store import Link, Store
@@ -48,7 +49,7 @@ _graph_calls: Any = None  # BlockingCalls of Graph sources made here (outside th
 
 
 class BookingCalendar(Protocol):
-    async def create(self, booking: Booking, ics: bytes) -> str: ...
+    async def create(self, booking: Booking, ics: bytes) -> CreatedEvent: ...
 
     async def update(self, event_id: str, booking: Booking, ics: bytes) -> None: ...
 
@@ -160,8 +161,8 @@ class CaldavCalendar:
         finally:
             client.close()
 
-    async def create(self, booking: Booking, ics: bytes) -> str:
-        return await asyncio.to_thread(self._put, None, booking.uid, ics, True)
+    async def create(self, booking: Booking, ics: bytes) -> CreatedEvent:
+        return CreatedEvent(await asyncio.to_thread(self._put, None, booking.uid, ics, True))
 
     async def update(self, event_id: str, booking: Booking, ics: bytes) -> None:
         await asyncio.to_thread(self._put, event_id, booking.uid, ics, False)
@@ -244,7 +245,7 @@ class GoogleCalendar:
             },
         }
 
-    async def create(self, booking: Booking, ics: bytes) -> str:
+    async def create(self, booking: Booking, ics: bytes) -> CreatedEvent:
         calendar_id, body = self._link.source, self._body(booking)
 
         def insert(events: Any) -> Any:
@@ -253,7 +254,8 @@ class GoogleCalendar:
             )
 
         answer = await asyncio.to_thread(self._run, insert)
-        return str(answer.get("id", ""))
+        join = answer.get("hangoutLink")
+        return CreatedEvent(str(answer.get("id", "")), join if isinstance(join, str) else None)
 
     async def update(self, event_id: str, booking: Booking, ics: bytes) -> None:
         calendar_id, body = self._link.source, self._body(booking)
@@ -342,9 +344,11 @@ class GraphCalendar:
                 "link %d: a rotated Microsoft token was not stored: %s", self._link_id, _line(exc)
             )
 
-    async def create(self, booking: Booking, ics: bytes) -> str:
+    async def create(self, booking: Booking, ics: bytes) -> CreatedEvent:
         answer = await self._call(self._source.create_event(self._body(booking), booking.uid))
-        return str(answer["id"])
+        meeting = answer.get("onlineMeeting")
+        join = meeting.get("joinUrl") if isinstance(meeting, dict) else None
+        return CreatedEvent(str(answer["id"]), join if isinstance(join, str) else None)
 
     async def update(self, event_id: str, booking: Booking, ics: bytes) -> None:
         changes = {key: value for key, value in self._body(booking).items()
