@@ -4,7 +4,9 @@
 * ``session`` — one TCP connection: login, ``FullyBooted``, ``Ping`` keepalive, single
   and list actions, pipelined batches inside a window; never re-sends anything;
 * ``adapter`` — ``AmiPbx``: the port (``read_applied``, ``apply``, ``read_extensions``),
-  per-extension refusal, reconnects with backoff, and the one ``map_error``.
+  per-extension refusal, reconnects with backoff, and the one ``map_error``; beside it
+  ``actions`` (pure: the steps a batch sends, the list answers read back) and ``config``
+  (``AmiConfig``).
 
 Why no panoramisk: pbxcal used to subclass panoramisk 1.4's manager and protocol, then
 replace its parser, switch off its ping, reconnect and re-send (which re-sends stale

@@ -30,6 +30,9 @@ system,call`` (DBPut/DBDel/DBGetTree and PJSIPShowEndpoints need ``system``; Set
 ExtensionStateList need ``call``) and ``read = system`` (only for the ``FullyBooted`` /
 ``Shutdown`` events; without it login still works, a little slower).
 
+Beside it: ``actions`` builds the steps sent and reads the list answers (pure),
+``config`` holds ``AmiConfig`` (re-exported here).
+
 Start reading at ``AmiPbx.apply``, then ``AmiPbx._pipeline``, then ``AmiPbx._supervise``
 (the connection lifecycle).
 """
@@ -41,10 +44,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
-from pbxcal.config import PbxConfig, read_secret
-from pbxcal.core.wire import is_wire_extension
 from pbxcal.errors import (
     PbxActionFailed,
     PbxAuthFailed,
@@ -54,7 +54,22 @@ from pbxcal.errors import (
     UnsafeValue,
 )
 from pbxcal.pbx import ApplyResult, ForwardingState
+from pbxcal.pbx.ami.actions import (
+    APPLIED_TREE,
+    DND_TREE,
+    ENDPOINTS,
+    HINTS,
+    STATE_ENDPOINTS,
+    STATE_HINTS,
+    CheckedForwarding,
+    extension_states,
+    extensions_listed,
+    forwardings_from_tree,
+    lamp_steps,
+    routing_steps,
+)
 from pbxcal.pbx.ami.codec import Message, ProtocolError
+from pbxcal.pbx.ami.config import AmiConfig
 from pbxcal.pbx.ami.session import (
     ActionObserver,
     AmiSession,
@@ -63,17 +78,7 @@ from pbxcal.pbx.ami.session import (
     Step,
     refusal,
 )
-from pbxcal.pbx.values import (
-    FAMILY,
-    STATE_ACTIVE,
-    STATE_INACTIVE,
-    device_name,
-    ext_from_key,
-    fwd_key,
-    join_targets,
-    split_value,
-    validate_forwarding,
-)
+from pbxcal.pbx.values import validate_forwarding
 
 __all__ = ["ActionObserver", "AmiConfig", "AmiPbx", "ConnectionCallback", "map_error"]
 
@@ -82,61 +87,9 @@ log = logging.getLogger(__name__)
 #: An async callable run after every (re)login or after a lost connection.
 ConnectionCallback = Callable[[], Awaitable[None]]
 
-#: How DBDel says the key was not there. Asterisk 22 answers "Database entry could not
-#: be deleted" (ast_db_del2 fails for an absent key and for a database error alike);
-#: older releases said "not found". Both count as cleared: a real failure shows up in
-#: the next ``read_applied``, and the reconciler re-applies.
-_ABSENT_KEY = ("not found", "could not be deleted")
 #: A session that ends sooner than this after login counts as a failed attempt (backoff),
 #: so an Asterisk that accepts and drops again and again is not hammered.
 _STABLE_SESSION = 5.0
-
-
-@dataclass(frozen=True)
-class AmiConfig:
-    """How to reach one Asterisk over AMI. Times in seconds."""
-
-    name: str
-    host: str
-    port: int
-    username: str
-    secret: str = field(repr=False)
-    action_timeout: float = 5.0
-    ping_interval: float = 10.0
-    ping_timeout: float = 5.0
-    #: First step of the exponential backoff after a slow failure (timeout, reset).
-    backoff_initial: float = 0.5
-    #: Cap of that backoff, and the interval between login attempts with a wrong secret.
-    backoff_max: float = 30.0
-    #: Retry interval after a refused TCP connection or a "not now" login answer (cheap).
-    fast_retry: float = 0.25
-    #: Most actions in flight at once on the connection.
-    window: int = 256
-    #: How long to wait after login for ``FullyBooted`` before going ahead anyway.
-    boot_timeout: float = 5.0
-    #: Keep ``Custom:pbxcal<ext>`` in step for BLF keys (one more action per change).
-    device_state: bool = True
-
-    @property
-    def where(self) -> str:
-        return f"{self.name} ({self.host}:{self.port})"
-
-    @classmethod
-    def from_config(cls, pbx: PbxConfig) -> AmiConfig:
-        """The settings of a ``[pbx.NAME]`` table, with its secret read from its file or
-        systemd credential (``ConfigError`` when it cannot be read)."""
-        return cls(
-            name=pbx.name,
-            host=pbx.host,
-            port=pbx.port,
-            username=pbx.username,
-            secret=read_secret(pbx),
-            action_timeout=pbx.action_timeout,
-            ping_interval=pbx.ping_interval,
-            ping_timeout=pbx.ping_timeout,
-            backoff_max=pbx.backoff_max,
-            device_state=pbx.device_state,
-        )
 
 
 def map_error(exc: BaseException, config: AmiConfig, what: str) -> PbxError:
@@ -170,14 +123,6 @@ def _cheap(exc: BaseException) -> bool:
 
 def _result(exc: BaseException) -> str:
     return "timeout" if isinstance(exc, TimeoutError) else "disconnected"
-
-
-#: ``ExtensionStatus`` ``Status`` (a hint's state bits) and an endpoint's
-#: ``DeviceState`` as ``read_extension_states`` answers them.
-_HINT_STATES = {"0": "idle", "1": "in-use", "2": "in-use", "4": "unavailable", "8": "ringing",
-                "9": "in-use", "16": "in-use", "17": "in-use"}  # fmt: skip
-_DEVICE_STATES = {"not in use": "idle", "in use": "in-use", "busy": "in-use",
-                  "ringing": "ringing", "ring+inuse": "in-use", "on hold": "in-use"}  # fmt: skip
 
 
 class AmiPbx:
@@ -261,26 +206,8 @@ class AmiPbx:
     async def read_applied(self) -> ForwardingState:
         """Read ``pbxcal/fwd/*`` back: extension -> sorted targets. Malformed values are
         logged and left out (the reconciler then overwrites them)."""
-        step = Step("DBGetTree", (("Family", FAMILY),), tolerate=("not found",))
-        _, events = await self._request(step)
-        state: ForwardingState = {}
-        for message in events:
-            if message.event != "DBGetTreeResponse":
-                continue
-            key, value = message.get("Key"), message.get("Val")
-            ext = ext_from_key(key)
-            if ext is None:
-                if key.startswith(f"/{FAMILY}/fwd/"):
-                    log.warning("%s: ignoring AstDB key %r: not an extension", self.name, key)
-                continue
-            try:
-                targets = split_value(value)
-            except UnsafeValue as exc:
-                log.warning("%s: ignoring AstDB %s: %s", self.name, key, exc)
-                continue
-            if targets:
-                state[ext] = targets
-        return state
+        _, events = await self._request(APPLIED_TREE)
+        return forwardings_from_tree(events, self.name)
 
     async def read_extensions(self) -> frozenset[str]:
         """The extensions that exist on this Asterisk: PJSIP endpoints and hints whose
@@ -290,15 +217,9 @@ class AmiPbx:
         (class ``call``) finds hinted extensions on sites without PJSIP endpoints per
         extension. Names like ``pstn`` or ``pbxcal100`` are not extensions.
         """
-        endpoints = Step("PJSIPShowEndpoints",
-                         tolerate=("no endpoints", "invalid/unknown command"))
-        hints = Step("ExtensionStateList", tolerate=("no extension",))
-        found: set[str] = set()
-        for step, event, name in ((endpoints, "EndpointList", "ObjectName"),
-                                  (hints, "ExtensionStatus", "Exten")):
-            _, events = await self._request(step)
-            found.update(m.get(name) for m in events if m.event == event)
-        return frozenset(ext for ext in found if is_wire_extension(ext))
+        _, endpoints = await self._request(ENDPOINTS)
+        _, hints = await self._request(HINTS)
+        return extensions_listed(endpoints, hints)
 
     async def read_extension_states(self) -> dict[str, str]:
         """What each extension's phone is doing: "in-use", "ringing", "dnd", "idle" or
@@ -306,26 +227,10 @@ class AmiPbx:
         (``ExtensionStateList``) where there is no endpoint of that name, and
         do-not-disturb as FreePBX keeps it (AstDB ``DND/<ext>`` = ``YES``) over an idle
         phone. Extensions with none of these are absent."""
-        found: dict[str, str] = {}
-        tolerate = ("no extension", "no endpoints", "not found", "invalid/unknown command")
-        _, hints = await self._request(Step("ExtensionStateList", tolerate=tolerate))
-        for m in hints:
-            ext = m.get("Exten") or ""
-            if m.event == "ExtensionStatus" and is_wire_extension(ext):
-                found[ext] = _HINT_STATES.get(m.get("Status") or "", "unavailable")
-        _, endpoints = await self._request(Step("PJSIPShowEndpoints", tolerate=tolerate))
-        for m in endpoints:
-            ext = m.get("ObjectName") or ""
-            if m.event == "EndpointList" and is_wire_extension(ext):
-                state = (m.get("DeviceState") or "").lower()
-                found[ext] = _DEVICE_STATES.get(state, "unavailable")
-        _, dnd = await self._request(Step("DBGetTree", (("Family", "DND"),), tolerate=tolerate))
-        for m in dnd:
-            ext = (m.get("Key") or "").rpartition("/")[2]
-            on = m.event == "DBGetTreeResponse" and (m.get("Val") or "").upper() == "YES"
-            if on and found.get(ext) in (None, "idle"):
-                found[ext] = "dnd"
-        return found
+        _, hints = await self._request(STATE_HINTS)
+        _, endpoints = await self._request(STATE_ENDPOINTS)
+        _, dnd = await self._request(DND_TREE)
+        return extension_states(hints, endpoints, dnd)
 
     async def apply(self, changes: Mapping[str, Sequence[str]]) -> ApplyResult:
         """Set each extension's targets; an empty sequence clears. Idempotent.
@@ -335,29 +240,17 @@ class AmiPbx:
         extensions whose routing was applied.
         """
         refused: dict[str, str] = {}
-        checked: list[tuple[str, tuple[str, ...]]] = []
+        checked: list[CheckedForwarding] = []
         for ext, targets in changes.items():
             try:
                 checked.append(validate_forwarding(ext, targets))
             except UnsafeValue as exc:
                 refused[ext] = str(exc)
-        routing = [
-            Step("DBPut", (("Family", FAMILY), ("Key", fwd_key(ext)),
-                           ("Val", join_targets(targets))), tag=ext)
-            if targets else
-            Step("DBDel", (("Family", FAMILY), ("Key", fwd_key(ext))), _ABSENT_KEY, tag=ext)
-            for ext, targets in checked
-        ]  # fmt: skip
+        routing = routing_steps(checked)
         if routing:
             refused.update(await self._pipeline(routing))
         if routing and self.config.device_state:
-            lamps = [
-                Step("Setvar", (("Variable", f"DEVICE_STATE({device_name(ext)})"),
-                                ("Value", STATE_ACTIVE if targets else STATE_INACTIVE)),
-                     tag=ext)
-                for ext, targets in checked if ext not in refused
-            ]  # fmt: skip
-            refused.update(await self._pipeline(lamps))
+            refused.update(await self._pipeline(lamp_steps(checked, refused)))
         if refused:
             first = next(iter(refused.items()))
             log.warning("%s: %d of %d forwarding(s) refused, first %s: %s", self.config.where,
