@@ -39,7 +39,8 @@ loopback port with a certificate made at start; ``ca_file`` is the file to trust
   ``PATCH``/``DELETE /v1.0/subscriptions/{id}``; every edit of a mailbox POSTs a
   notification (``clientState``, ``changeType``, ``resource``) to each of its
   subscriptions, in order, from one thread; ``send_lifecycle(id, event)``;
-  ``deliveries`` / ``wait_for_deliveries(n)``.
+  ``deliveries`` / ``wait_for_deliveries(n)``; ``subscriptions()`` and
+  ``subscription_log`` (every create, renew and delete) show what was asked.
 * ``requests`` counts requests per endpoint (``"token"``, ``"delta"``, ``"discovery"``,
   ``"mailboxSettings"``); ``prefer`` keeps the last ``Prefer`` header seen.
 
@@ -158,6 +159,9 @@ class FakeGraph:
         self._outbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._delivered = threading.Condition()
         self.deliveries: list[Delivery] = []
+        #: every subscription call that succeeded, in order: (``"create"``, ``"renew"`` or
+        #: ``"delete"``, subscription id, mailbox)
+        self.subscription_log: list[tuple[str, str, str]] = []
         self._postman: threading.Thread | None = None
         self._ids = itertools.count(1)
         self.requests: Counter[str] = Counter()
@@ -424,6 +428,11 @@ class FakeGraph:
         with self._lock:
             return list(self._subscriptions)
 
+    def subscriptions(self) -> dict[str, str]:
+        """The live subscriptions: id -> mailbox."""
+        with self._lock:
+            return {sub.id: sub.mailbox for sub in self._subscriptions.values()}
+
     def send_lifecycle(self, subscription_id: str, event: str) -> None:
         """POST a lifecycle notification (``reauthorizationRequired``, ``missed``,
         ``subscriptionRemoved``; the last also forgets the subscription)."""
@@ -495,6 +504,7 @@ class FakeGraph:
             if mailbox not in self._mailboxes:
                 return _graph_error(404, "ErrorItemNotFound")
             self._subscriptions[sub.id] = sub
+            self.subscription_log.append(("create", sub.id, mailbox))
         return 201, {"id": sub.id, "resource": resource, "changeType": body.get("changeType"),
                      "notificationUrl": sub.notification_url, "expirationDateTime": sub.expires,
                      "clientState": state}
@@ -507,13 +517,16 @@ class FakeGraph:
                 return _graph_error(404, "ResourceNotFound")
             if isinstance(body, dict) and "expirationDateTime" in body:
                 sub.expires = str(body["expirationDateTime"])
+            self.subscription_log.append(("renew", sub.id, sub.mailbox))
             return 200, {"id": sub.id, "expirationDateTime": sub.expires}
 
     def _unsubscribe(self, subscription_id: str) -> tuple[int, dict[str, Any]]:
         self.requests["subscriptions"] += 1
         with self._lock:
-            if self._subscriptions.pop(subscription_id, None) is None:
+            gone = self._subscriptions.pop(subscription_id, None)
+            if gone is None:
                 return _graph_error(404, "ResourceNotFound")
+            self.subscription_log.append(("delete", gone.id, gone.mailbox))
         return 204, {}
 
     def expire_delta_tokens(self) -> None:
