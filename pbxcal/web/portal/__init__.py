@@ -7,7 +7,9 @@ Routes (``add_routes``)::
     GET  /link            pages.choose_provider     Google / Microsoft 365 / CalDAV / Exchange
     GET  /link/caldav     forms.link_form(CALDAV)   the CalDAV form; POST links
     GET  /link/exchange   forms.link_form(EXCHANGE) the Exchange (EWS) form; POST links
-    GET  /status          pages.status              what pbxcal understood of the calendar
+    GET  /status          pages.status              what pbxcal understood of the calendar,
+                                                    and the agent's booking settings
+    POST /status/booking  pages.save_booking_settings  the booking settings form
     POST /unlink          pages.unlink              "Linked the wrong account?"
     GET  /static/...      the one CSS file
 
@@ -27,6 +29,7 @@ from pbxcal.web.portal.pages import (
     INVITATION_RATE,
     choose_provider,
     invitation_handler,
+    save_booking_settings,
     status,
     unlink,
 )
@@ -49,5 +52,6 @@ def add_routes(app: web.Application, ctx: WebContext) -> None:
     for form in FORMS.values():
         app.router.add_routes(link_form(form))
     app.router.add_get("/status", status)
+    app.router.add_post("/status/booking", save_booking_settings)
     app.router.add_post("/unlink", unlink)
     app.router.add_static("/static", STATIC_DIR)

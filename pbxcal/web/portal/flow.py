@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from pbxcal.admin.operations import remove_link
+from pbxcal.core.redact import redact_url
 from pbxcal.store import Link
 from pbxcal.web import context
 from pbxcal.web.cookies import (
@@ -94,6 +95,12 @@ async def finish_link(
     response = see_other("/status")
     set_session(request, response, replace(session, link_id=link.id))
     return response
+
+
+def calendar_name(link: Link) -> str:
+    """The calendar as the customer knows it (no user info or query of a URL)."""
+    name = link.settings.get("calendar_name")
+    return str(name) if name else redact_url(link.source)
 
 
 def see_other(location: str) -> web.Response:

@@ -14,11 +14,15 @@ What it does:
 * ``GET /status`` shows ``link_overview``: account, calendar, last sync, status in
   words, this week's forwardings and the ignored appointments with their reasons
   (``reasons.explain``).
+* When the extension is a booking agent, ``/status`` also shows the share link of its
+  booking page and its settings form (``agent_settings``); ``POST /status/booking``
+  (``save_booking_settings``) stores the form: CSRF first, only the session's own
+  extension's agent, the admin API's checks and one-line refusals.
 * ``POST /unlink`` reopens the invitation, removes the link (``remove_link`` revokes
   the grant at the provider) and returns to ``/link``: one click to start again.
 
 What it must not do: show a secret, act on a POST before ``check_csrf``, or let a
-session touch a link other than the one it made.
+session touch a link other than the one it made, or an agent of another extension.
 
 Start at ``open_invitation_page``.
 """
@@ -27,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
@@ -37,14 +43,16 @@ from aiohttp import web
 from pbxcal.admin.invitations import InvitationRefused, open_invitation
 from pbxcal.admin.operations import LinkNotFound, link_overview, remove_link
 from pbxcal.admin.tokens import hash_token
+from pbxcal.booking.model import BookingError
 from pbxcal.calendars.health import LINK_STATUSES
-from pbxcal.core.redact import redact_url
-from pbxcal.store import Link
 from pbxcal.web import context
 from pbxcal.web.cookies import PortalSession, check_csrf, portal_session, set_session
-from pbxcal.web.portal.flow import page, require_session, see_other
+from pbxcal.web.portal.agent_settings import NotYourAgent, load_section, save_settings
+from pbxcal.web.portal.flow import calendar_name, page, require_session, see_other
 from pbxcal.web.portal.reasons import explain
 from pbxcal.web.security import RateLimit
+
+log = logging.getLogger(__name__)
 
 
 def _(message: str) -> str:
@@ -122,6 +130,20 @@ async def choose_provider(request: web.Request) -> web.StreamResponse:
 async def status(request: web.Request) -> web.StreamResponse:
     """``GET /status``: what pbxcal understood of the linked calendar."""
     session = await require_session(request)
+    saved = request.query.get("saved")
+    return await status_page(request, session, saved=saved[:40] if saved else None)
+
+
+async def status_page(
+    request: web.Request,
+    session: PortalSession,
+    *,
+    status_code: int = 200,
+    saved: str | None = None,
+    refused: tuple[str, str, Sequence[tuple[str, str]]] | None = None,
+) -> web.StreamResponse:
+    """The status page; with the booking section's ``saved`` notice or ``refused``
+    form (``agent_settings.load_section``)."""
     if session.link_id is None:
         raise web.HTTPSeeOther("/link")
     ctx = context(request)
@@ -145,24 +167,27 @@ async def status(request: web.Request) -> web.StreamResponse:
         }
         for item in overview.ignored
     ]
+    public_url = ctx.config.portal.public_url if ctx.config.portal is not None else ""
+    booking = await asyncio.to_thread(
+        partial(
+            load_section, ctx.store, public_url, session.pbx, session.extension,
+            saved=saved, refused=refused,
+        )
+    )  # fmt: skip
     return page(
         request,
         "status.html",
         session,
+        status=status_code,
         overview=overview,
         status_key=status_key,
         status_words=STATUS_WORDS[status_key],
-        calendar=_calendar(overview.link),
+        calendar=calendar_name(overview.link),
         ignored=ignored,
         when=_when(ctx.config.zone, language),
         now=now,
+        booking=booking,
     )
-
-
-def _calendar(link: Link) -> str:
-    """The calendar as the customer knows it (no user info or query of a URL)."""
-    name = link.settings.get("calendar_name")
-    return str(name) if name else redact_url(link.source)
 
 
 def _when(zone: Any, language: str) -> Any:
@@ -183,6 +208,36 @@ def _when(zone: Any, language: str) -> Any:
         return f"{text} – {format_datetime(until, pattern, locale=language)}"
 
     return when
+
+
+async def save_booking_settings(request: web.Request) -> web.StreamResponse:
+    """``POST /status/booking``: the booking settings form of the status page (CSRF
+    first; ``agent_settings.save_settings`` refuses another extension's agent)."""
+    session = await require_session(request)
+    await check_csrf(request, session)
+    if session.link_id is None:
+        raise web.HTTPSeeOther("/link")
+    ctx = context(request)
+    pairs = [(k, v) for k, v in (await request.post()).items() if isinstance(v, str)]
+    try:
+        agent = await asyncio.to_thread(
+            save_settings, ctx.store, session.pbx, session.extension, pairs
+        )
+    except NotYourAgent as refused:
+        log.warning(
+            "portal: extension %s on %s tried to change agent %r (not theirs)",
+            session.extension, session.pbx, str(refused),
+        )  # fmt: skip
+        return page(request, "refused.html", None, status=403, why="agent")
+    except BookingError as exc:
+        wanted = next((v for k, v in pairs if k == "agent"), "")
+        return await status_page(request, session, status_code=400,
+                                 refused=(wanted, str(exc), pairs))  # fmt: skip
+    log.info(
+        "portal: agent %s's booking settings changed by extension %s on %s",
+        agent.id, session.extension, session.pbx,
+    )  # fmt: skip
+    return see_other(f"/status?saved={agent.id}#booking-{agent.id}")
 
 
 async def unlink(request: web.Request) -> web.StreamResponse:
