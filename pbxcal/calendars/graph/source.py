@@ -23,7 +23,8 @@ delegated grant that includes it for delegated links).
 Calls: a small client on ``httpx`` (sync) plus MSAL, both blocking, run through
 ``BlockingCalls`` with a timeout per page; a new connection per request, so idle links
 hold no socket. Why not msgraph-sdk: 130 MB installed, seconds to import, for three GET
-requests. Errors are mapped here and in ``tokens``:
+requests. Errors are mapped in ``errors`` (HTTP answers), here (network errors) and in
+``tokens``:
 
 * 429, 503 with ``Retry-After`` → ``CalendarRateLimited(retry_after)``;
 * other 5xx, network errors, timeouts → ``CalendarUnavailable``;
@@ -31,6 +32,10 @@ requests. Errors are mapped here and in ``tokens``:
   refused; the app may not read that mailbox);
 * 404 (no such mailbox) and other answers → ``CalendarError``.
 No message carries a token, a secret or Graph's answer body.
+
+Beside it, and importable from here too: ``delta`` (the cursor and a round's change
+set, pure), ``errors`` (Graph's HTTP answers mapped to pbxcal errors, the one place),
+``mailbox`` (time zone and working hours as plain data).
 
 Must not do: block the event loop, run two syncs of one source at once (a lock keeps
 them in turn), or retry by itself (the scheduler backs off).
@@ -41,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import ssl
@@ -54,15 +58,34 @@ from typing import Any
 import httpx
 
 from pbxcal.calendars.blocking import BlockingCalls
-from pbxcal.calendars.changes import ChangeSet, EventRow
-from pbxcal.calendars.graph.events import translate
-from pbxcal.calendars.graph.tokens import GraphTokens
-from pbxcal.errors import (
-    CalendarAuthFailed,
-    CalendarError,
-    CalendarRateLimited,
-    CalendarUnavailable,
+from pbxcal.calendars.changes import ChangeSet
+from pbxcal.calendars.graph.delta import DeltaCursor, change_set, iso, parse_cursor
+from pbxcal.calendars.graph.errors import DeltaGone, GraphNotFound, graph_error
+from pbxcal.calendars.graph.mailbox import (
+    MailboxSettings,
+    WorkingHours,
+    iana_zone,
+    parse_mailbox_settings,
+    working_profile,
 )
+from pbxcal.calendars.graph.tokens import GraphTokens
+from pbxcal.errors import CalendarError, CalendarRateLimited, CalendarUnavailable
+
+__all__ = [
+    "DEFAULT_AHEAD",
+    "DEFAULT_GRAPH_URL",
+    "DEFAULT_MAX_PAGES",
+    "DEFAULT_PAGE_SIZE",
+    "DEFAULT_PAST",
+    "DEFAULT_RENEW_BEFORE",
+    "DEFAULT_TIMEOUT",
+    "GraphCalendarSource",
+    "GraphNotFound",
+    "GraphSubscription",
+    "MailboxSettings",
+    "WorkingHours",
+    "iana_zone",
+]
 
 #: Microsoft Graph v1.0 in the public cloud.
 DEFAULT_GRAPH_URL = "https://graph.microsoft.com/v1.0"
@@ -75,7 +98,6 @@ DEFAULT_AHEAD = timedelta(days=60)
 #: A new round starts when the window ends sooner than this.
 DEFAULT_RENEW_BEFORE = timedelta(days=30)
 
-_RESYNC_CODES = frozenset({"syncStateNotFound", "resyncRequired", "syncStateInvalid"})
 _log = logging.getLogger(__name__)
 
 
@@ -90,25 +112,6 @@ class GraphSubscription:
 
     def needs_renewal(self, now: datetime, before: timedelta = timedelta(hours=12)) -> bool:
         return now >= self.expires_at - before
-
-
-@dataclass(frozen=True)
-class WorkingHours:
-    """The mailbox's working hours: ``days`` (``"monday"``...), ``start``/``end``
-    (``"08:00:00"``) in ``time_zone`` (as Outlook names it, may be a Windows name)."""
-
-    days: tuple[str, ...]
-    start: str | None
-    end: str | None
-    time_zone: str | None
-
-
-@dataclass(frozen=True)
-class MailboxSettings:
-    """``mailboxSettings`` as plain data for the availability feature."""
-
-    time_zone: str | None
-    working_hours: WorkingHours | None
 
 
 class GraphCalendarSource:
@@ -165,7 +168,7 @@ class GraphCalendarSource:
     async def changes(self, cursor: str | None) -> ChangeSet | None:
         """What changed since ``cursor``; see the module docstring."""
         async with self._lock:
-            state = _parse_cursor(cursor) if cursor is not None else None
+            state = parse_cursor(cursor) if cursor is not None else None
             now = self._clock()
             if (
                 state is not None
@@ -176,14 +179,14 @@ class GraphCalendarSource:
             ):
                 try:
                     return await self._round(state.start, state.end, state.delta)
-                except _DeltaGone:
+                except DeltaGone:
                     _log.info("%s: delta link no longer accepted, full resync", self._where)
             start = (now - self._past).replace(microsecond=0)
             try:
                 return await self._round(
                     start, (now + self._ahead).replace(microsecond=0), None
                 )
-            except _DeltaGone:
+            except DeltaGone:
                 raise CalendarUnavailable(
                     f"{self._where}: Graph lost the new delta round while paging"
                 ) from None
@@ -213,14 +216,14 @@ class GraphCalendarSource:
         """The mailbox's time zone and working hours (``GET .../mailboxSettings``)."""
         async with self._lock:
             answer = await self._get(f"{self._root}/mailboxSettings", "mailboxSettings")
-        return _settings(answer)
+        return parse_mailbox_settings(answer)
 
     async def _round(
         self, start: datetime, end: datetime, delta: str | None
     ) -> ChangeSet | None:
         if delta is None:
             query = urllib.parse.urlencode({
-                "startDateTime": _iso(start), "endDateTime": _iso(end),
+                "startDateTime": iso(start), "endDateTime": iso(end),
             })
             url = f"{self._root}/calendarView/delta?{query}"
         else:
@@ -242,13 +245,11 @@ class GraphCalendarSource:
             break
         else:
             raise CalendarError(f"{self._where}: more than {self._max_pages} pages")
-        cursor = json.dumps({
-            "v": 1, "start": _iso(start), "end": _iso(end), "delta": self._own(delta_link),
-        })
+        cursor = DeltaCursor(start, end, self._own(delta_link)).text()
         full = delta is None
         if not full and not items:
             return None
-        change = _change_set(items, cursor, full=full, where=self._where)
+        change = change_set(items, cursor, full=full, where=self._where)
         if full:  # a full read also refreshes the owner's zone and working hours
             change = replace(change, **await self._profile())
         return change
@@ -257,26 +258,13 @@ class GraphCalendarSource:
         """``calendar_tz`` and ``working_hours`` of a ChangeSet from mailboxSettings;
         empty when Graph does not give them (they are a nicety: never fail the sync)."""
         try:
-            settings = _settings(await self._get(f"{self._root}/mailboxSettings",
-                                                 "mailboxSettings"))  # fmt: skip
+            answer = await self._get(f"{self._root}/mailboxSettings", "mailboxSettings")
         except CalendarRateLimited:
             raise
         except CalendarError as exc:
             _log.info("%s: no mailbox settings (%s)", self._where, exc)
             return {}
-        profile: dict[str, Any] = {}
-        zone = iana_zone(settings.time_zone)
-        if zone is not None:
-            profile["calendar_tz"] = zone
-        hours = settings.working_hours
-        if hours is not None and hours.start and hours.end:
-            profile["working_hours"] = {
-                "time_zone": iana_zone(hours.time_zone) or zone,
-                "days": [d.lower() for d in hours.days],
-                "start": hours.start[:5],
-                "end": hours.end[:5],
-            }
-        return profile
+        return working_profile(parse_mailbox_settings(answer))
 
     def _own(self, link: str) -> str:
         """A link Graph gave us must point at Graph, never at another host."""
@@ -301,7 +289,7 @@ class GraphCalendarSource:
             "notificationUrl": notification_url,
             "lifecycleNotificationUrl": lifecycle_url,
             "resource": resource,
-            "expirationDateTime": _iso(expires_at),
+            "expirationDateTime": iso(expires_at),
             "clientState": client_state,
         }
         async with self._lock:
@@ -319,7 +307,7 @@ class GraphCalendarSource:
     ) -> GraphSubscription:
         """Move the subscription's expiry (``PATCH``); also the answer to
         ``reauthorizationRequired``. ``GraphNotFound``: it is gone, subscribe again."""
-        body = {"expirationDateTime": _iso(expires_at)}
+        body = {"expirationDateTime": iso(expires_at)}
         url = f"{self._base}/subscriptions/{urllib.parse.quote(subscription.id, safe='')}"
         async with self._lock:
             answer = await self._send("PATCH", url, body, "subscriptions (renew)")
@@ -381,7 +369,7 @@ class GraphCalendarSource:
         if response.status_code == 204:
             return {}
         if response.status_code not in (200, 201):
-            raise _http_error(response, self._where)
+            raise graph_error(response, self._where)
         try:
             body = response.json()
         except ValueError:
@@ -416,128 +404,6 @@ class GraphCalendarSource:
         return self._ssl
 
 
-class GraphNotFound(CalendarError):
-    """Graph answered 404: no such mailbox, or no such subscription."""
-
-
-class _DeltaGone(Exception):
-    """Graph no longer accepts the delta link: start a new round."""
-
-
-@dataclass(frozen=True)
-class _Cursor:
-    start: datetime
-    end: datetime
-    delta: str
-
-
-def _parse_cursor(cursor: str) -> _Cursor | None:
-    """The stored cursor, or ``None`` (then a new round) when it is not one of ours."""
-    try:
-        data = json.loads(cursor)
-        start = datetime.fromisoformat(data["start"])
-        end = datetime.fromisoformat(data["end"])
-        delta = data["delta"]
-    except (ValueError, TypeError, KeyError):
-        return None
-    if data.get("v") != 1 or not isinstance(delta, str) or start.tzinfo is None:
-        return None
-    return _Cursor(start, end, delta)
-
-
-def _http_error(response: httpx.Response, where: str) -> Exception:
-    status = response.status_code
-    code = _code(response)
-    if status == 410 or code in _RESYNC_CODES:
-        return _DeltaGone()
-    retry_after = _retry_after(response.headers.get("retry-after"))
-    if status == 429 or (status == 503 and retry_after is not None):
-        return CalendarRateLimited(
-            f"{where}: throttled ({status} {code or 'too many requests'})", retry_after
-        )
-    if status >= 500:
-        return CalendarUnavailable(f"{where}: Graph answered {status}")
-    if status in (401, 403):
-        return CalendarAuthFailed(f"{where}: access refused ({status} {code or 'denied'})")
-    if status == 404:
-        return GraphNotFound(f"{where}: not found (404 {code})".rstrip())
-    return CalendarError(f"{where}: Graph answered {status} {code}".rstrip())
-
-
-def _code(response: httpx.Response) -> str:
-    try:
-        code = response.json()["error"]["code"]
-    except (ValueError, TypeError, KeyError):
-        return ""
-    text = str(code)
-    return text if text.isidentifier() and len(text) <= 60 else ""
-
-
-def _retry_after(value: Any) -> float | None:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return seconds if 0 <= seconds <= 86_400 else None
-
-
-def iana_zone(name: str | None) -> str | None:
-    """An IANA zone for what Outlook names a zone (a Windows name such as "W. Europe
-    Standard Time", or already IANA); ``None`` when unknown."""
-    if not name:
-        return None
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
-
-    if name in WINDOWS_TO_OLSON:
-        return str(WINDOWS_TO_OLSON[name])
-    try:
-        ZoneInfo(name)
-    except (ValueError, OSError, ZoneInfoNotFoundError):  # not a zone key, or no such zone
-        return None
-    return name
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _change_set(items: list[Any], cursor: str, *, full: bool, where: str) -> ChangeSet:
-    rows: dict[str, EventRow] = {}
-    removed: dict[str, None] = {}
-    for item in items:
-        translation = translate(item)
-        if translation.row is not None:
-            rows[translation.row.uid] = translation.row
-            removed.pop(translation.row.uid, None)
-        elif translation.removed is not None:
-            removed[translation.removed] = None
-            rows.pop(translation.removed, None)
-        elif translation.problem is not None:
-            _log.warning("%s: event left out: %s", where, translation.problem)
-    return ChangeSet(
-        cursor=cursor, full=full, upserted=tuple(rows.values()),
-        removed=() if full else tuple(removed),
-    )
-
-
-def _settings(answer: dict[str, Any]) -> MailboxSettings:
-    zone = answer.get("timeZone")
-    hours = answer.get("workingHours")
-    working: WorkingHours | None = None
-    if isinstance(hours, dict):
-        days = hours.get("daysOfWeek")
-        hours_zone = hours.get("timeZone")
-        working = WorkingHours(
-            days=tuple(d for d in days if isinstance(d, str)) if isinstance(days, list) else (),
-            start=_text(hours.get("startTime")),
-            end=_text(hours.get("endTime")),
-            time_zone=_text(hours_zone.get("name")) if isinstance(hours_zone, dict) else None,
-        )
-    return MailboxSettings(time_zone=_text(zone), working_hours=working)
-
-
 def _expiry(answer: dict[str, Any], asked: datetime) -> datetime:
     try:
         moment = datetime.fromisoformat(
@@ -546,7 +412,3 @@ def _expiry(answer: dict[str, Any], asked: datetime) -> datetime:
     except (KeyError, ValueError):
         return asked
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
