@@ -37,8 +37,10 @@ before ``sub.needs_renewal(now)`` and on ``reauthorizationRequired``;
 link outside the request; unlink → ``source.unsubscribe(sub)`` + ``book.remove(sub.id)``.
 Graph allows at most about 7 days (⚠ docs say 4,230 or 10,080 minutes) per expiry.
 
-Modules: ``events`` (event JSON → rows, pure), ``source`` (delta rounds, paging, error
-mapping, mailbox settings, subscriptions), ``tokens`` (MSAL), ``push`` (handshake,
+Modules: ``events`` (event JSON → rows, pure), ``source`` (delta rounds, paging,
+subscriptions, writing events), ``delta`` (the cursor and a round's change set, pure),
+``errors`` (Graph's HTTP answers → pbxcal errors), ``mailbox`` (time zone and working
+hours, pure), ``tokens`` (MSAL), ``push`` (handshake,
 checking notifications), ``authorize`` (authorization code with PKCE → the token cache
 ``DelegatedTokens`` reads; ``run_installed_app_flow`` and the grant file of ``links
 authorize microsoft``). Links are built in ``pbxcal.calendars.providers``. The fake for
