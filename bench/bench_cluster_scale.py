@@ -25,6 +25,9 @@ run`` processes at once, all with the same ``[[link]]`` list (put in the store f
   milliseconds for thousands of keys: that is the resolution.
 
 Each figure is printed for every P beside the first P (the baseline) of the same run.
+``--profile DIR`` runs each ``pbxcal run`` under cProfile and writes
+``DIR/p<P>-<k>.prof`` when it stops (read with ``python -m pstats``); the figures are
+then those of profiled processes.
 """
 
 from __future__ import annotations
@@ -169,7 +172,7 @@ def clear_forwardings(ast: AsteriskSandbox) -> None:
 
 def run_group(
     work: Path, ast: AsteriskSandbox, url: str, processes: int, paths: list[Path], e: int,
-    first_window: datetime,
+    first_window: datetime, profile: Path | None = None,
 ) -> Figures:
     secret = work / "ami.secret"
     secret.write_text(ast.ami_secret)
@@ -195,10 +198,11 @@ def run_group(
             conf = work / f"p{k}" / "pbxcal.toml"
             conf.write_text(config(listen, ast, secret, links))
             log = (work / f"p{k}" / "pbxcal.log").open("wb")
-            procs.append(subprocess.Popen(
-                [str(PBXCAL), "run", "--config", str(conf), "--store", url],
-                stdout=log, stderr=subprocess.STDOUT,
-            ))  # fmt: skip
+            command = [str(PBXCAL), "run", "--config", str(conf), "--store", url]
+            if profile is not None:
+                out = profile / f"p{processes}-{k}.prof"
+                command = [sys.executable, "-m", "cProfile", "-o", str(out), *command]
+            procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
         n = len(paths)
         while sum(metric_sum(listen, "pbxcal_calendar_syncs_total") for listen in listens) < n:
             for proc in procs:
@@ -269,7 +273,10 @@ def main() -> int:
     parser.add_argument("--links", type=int, default=30000)
     parser.add_argument("--extensions", type=int, default=3000)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--profile", type=Path, help="cProfile each pbxcal run into DIR")
     args = parser.parse_args()
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     n, e = args.links, args.extensions
     results: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="pbxcal-bench-scale-") as tmp:
@@ -287,7 +294,9 @@ def main() -> int:
                 work = base / f"run-{processes}"
                 work.mkdir()
                 print(f"{n} links, {e} extensions, {processes} process(es):", flush=True)
-                results.append(run_group(work, ast, url, processes, paths, e, first_window))
+                results.append(
+                    run_group(work, ast, url, processes, paths, e, first_window, args.profile)
+                )
     baseline = results[0]
     print(f"\n{n} links, {e} extensions, one PBX; baseline = {baseline.processes} process(es)")
     print(f"{'figure':44} " + " ".join(f"{f.processes:>9} proc" for f in results))

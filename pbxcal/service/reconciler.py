@@ -28,7 +28,13 @@ PBX's extensions (from the config and, with ``discover_extensions``, read from t
 on every (re)connect). A link whose events are not known yet (first start without
 store, calendar unreachable) leaves its extension on the PBX as it is, so an outage of
 the calendar never clears a live forwarding. A change the PBX refuses for one
-extension is retried for that extension only; all others are applied.
+extension is retried for that extension only; all others are applied. The per-PBX part
+(read back, diff, send, record, held and refused extensions) is ``pbx_apply.PbxApplier``.
+
+Cost: a calendar change costs in proportion to that link's extension (its links are
+found through an index key -> link ids, ``_by_key``), never to the number of links; only
+the periodic full replan (every half horizon, or after a policy or extension change)
+and a PBX's read-back walk everything of theirs.
 
 Start reading at ``run`` then ``_step``.
 """
@@ -39,18 +45,21 @@ import asyncio
 import contextlib
 import heapq
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pbxcal.core.ical import EventInstance
 from pbxcal.core.policy import NumberPolicy
 from pbxcal.core.targets import TitleParser
 from pbxcal.core.windows import Plan, plan_windows
-from pbxcal.errors import LeaseLost, PbxError, PbxUnavailable
+from pbxcal.errors import PbxError
 from pbxcal.pbx import ForwardingState, Pbx
 from pbxcal.service.clock import Clock
 from pbxcal.service.metrics import Metrics
+from pbxcal.service.pbx_apply import PbxApplier, PbxSettings
+
+__all__ = ["PAST", "Key", "LinkInstances", "PbxSettings", "Reconciler"]
 
 log = logging.getLogger(__name__)
 
@@ -78,25 +87,6 @@ class LinkInstances:
     until: datetime
 
 
-@dataclass(frozen=True)
-class PbxSettings:
-    """How the reconciler treats one PBX."""
-
-    extensions: frozenset[str] = frozenset()
-    discover_extensions: bool = True
-    readback_interval: timedelta = timedelta(seconds=60)
-
-
-@dataclass
-class _PbxState:
-    settings: PbxSettings
-    parser: TitleParser
-    discovered: frozenset[str] | None = None
-    extensions_read_at: datetime | None = None
-    next_readback: datetime | None = None
-    refused: dict[str, str] = field(default_factory=dict)
-
-
 class Reconciler:
     """Desired vs applied forwarding state for every PBX. See the module docstring."""
 
@@ -120,17 +110,19 @@ class Reconciler:
         self.horizon = horizon
         self.on_tick = on_tick
         self.tick_interval = tick_interval
-        self.on_applied = on_applied
         settings = settings or {}
-        self._pbx: dict[str, _PbxState] = {}
-        for name in self.pbxes:
+        self._pbx: dict[str, PbxApplier] = {}
+        for name, pbx in self.pbxes.items():
             pbx_settings = settings.get(name, PbxSettings())
-            self._pbx[name] = _PbxState(pbx_settings, self._parser(pbx_settings, None))
+            self._pbx[name] = PbxApplier(
+                name, pbx, pbx_settings, self._parser(pbx_settings, None), metrics, on_applied
+            )
         self._links: dict[int, LinkInstances] = {}
+        #: key -> ids of its links with known events (insertion-ordered)
+        self._by_key: dict[Key, dict[int, None]] = {}
         self._unknown: dict[int, Key] = {}  # links whose events are not known yet
         self._plans: dict[Key, Plan] = {}
-        self._desired: dict[Key, tuple[str, ...]] = {}
-        self._applied: dict[str, ForwardingState] = {}  # absent: not read back yet
+        self._desired: dict[str, dict[str, tuple[str, ...]]] = {n: {} for n in self.pbxes}
         self._boundaries: list[tuple[datetime, str, str]] = []
         self._boundary_set: set[tuple[datetime, str, str]] = set()
         self._replan_keys: set[Key] = set()
@@ -139,8 +131,6 @@ class Reconciler:
         self._refresh_extensions: set[str] = set(self.pbxes)
         self._plan_until: datetime | None = None
         self._retry_at: datetime | None = None
-        self._unavailable: set[str] = set()
-        self._held_logged: set[Key] = set()
         self._wake = asyncio.Event()
         #: Set after the first complete pass (every PBX tried once).
         self.first_pass = asyncio.Event()
@@ -150,11 +140,14 @@ class Reconciler:
     def set_link_instances(self, link_id: int, link: LinkInstances) -> None:
         """A link's events are known (fresh from its calendar, or restored)."""
         old = self._links.get(link_id)
-        old_key = old.key if old is not None else self._unknown.get(link_id)
-        if old_key is not None and old_key != link.key:
-            self._replan_keys.add(old_key)
-        self._unknown.pop(link_id, None)
+        if old is not None and old.key != link.key:
+            self._unindex(link_id, old.key)
+            self._replan_keys.add(old.key)
+        unknown = self._forget_unknown(link_id)
+        if unknown is not None and unknown != link.key:
+            self._replan_keys.add(unknown)
         self._links[link_id] = link
+        self._by_key.setdefault(link.key, {})[link_id] = None
         self._replan_keys.add(link.key)
         self._wake.set()
 
@@ -162,17 +155,38 @@ class Reconciler:
         """A link is active but its events are not known yet: leave its extension alone."""
         if link_id in self._links:
             return  # the last known events keep driving it
+        old = self._forget_unknown(link_id)
+        if old is not None and old != key:
+            self._replan_keys.add(old)
         self._unknown[link_id] = key
+        applier = self._pbx.get(key[0])
+        if applier is not None:
+            applier.hold(key[1])
         self._replan_keys.add(key)
         self._wake.set()
 
     def remove_link(self, link_id: int) -> None:
         old = self._links.pop(link_id, None)
-        unknown = self._unknown.pop(link_id, None)
+        if old is not None:
+            self._unindex(link_id, old.key)
+        unknown = self._forget_unknown(link_id)
         for key in (old.key if old is not None else None, unknown):
             if key is not None:
                 self._replan_keys.add(key)
                 self._wake.set()
+
+    def _unindex(self, link_id: int, key: Key) -> None:
+        ids = self._by_key.get(key)
+        if ids is not None:
+            ids.pop(link_id, None)
+            if not ids:
+                del self._by_key[key]
+
+    def _forget_unknown(self, link_id: int) -> Key | None:
+        key = self._unknown.pop(link_id, None)
+        if key is not None and key[0] in self._pbx:
+            self._pbx[key[0]].release(key[1])
+        return key
 
     def link_ids(self) -> set[int]:
         return set(self._links) | set(self._unknown)
@@ -201,10 +215,10 @@ class Reconciler:
     # -- what the daemon reports ---------------------------------------------------------
 
     def desired_state(self, pbx: str) -> ForwardingState:
-        return {ext: t for (name, ext), t in self._desired.items() if name == pbx}
+        return dict(self._desired.get(pbx, {}))
 
     def applied_state(self, pbx: str) -> ForwardingState | None:
-        state = self._applied.get(pbx)
+        state = self._pbx[pbx].applied if pbx in self._pbx else None
         return None if state is None else dict(state)
 
     def refused(self, pbx: str) -> dict[str, str]:
@@ -213,7 +227,7 @@ class Reconciler:
 
     @property
     def active_forwardings(self) -> int:
-        return sum(len(state) for state in self._applied.values())
+        return sum(len(s.applied) for s in self._pbx.values() if s.applied is not None)
 
     @property
     def unknown_links(self) -> int:
@@ -241,10 +255,11 @@ class Reconciler:
         now = self.clock.now()
         self._schedule_readbacks(now)
         await self._refresh_directories(now)
-        if self._plan_until is None or now >= self._plan_until - self.horizon / 2:
+        complete = self._plan_until is None or now >= self._plan_until - self.horizon / 2
+        if complete:
             self._replan_keys.update(self._all_keys())
         if self._replan_keys:
-            await self._replan(now)
+            await self._replan(now, complete)
             now = self.clock.now()
         served: set[tuple[datetime, str, str]] = set()  # adjacent windows share a moment
         while self._boundaries and self._boundaries[0][0] <= now:
@@ -304,7 +319,7 @@ class Reconciler:
             if not state.settings.discover_extensions:
                 continue
             try:
-                discovered = await self.pbxes[name].read_extensions()
+                discovered = await state.pbx.read_extensions()
             except PbxError as exc:
                 log.debug("PBX %s: extensions not read (%s); keeping what is known", name, exc)
                 self._refresh_extensions.add(name)  # try again with the next read-back
@@ -320,26 +335,19 @@ class Reconciler:
         return TitleParser(self.policy, settings.extensions | (discovered or frozenset()))
 
     def _all_keys(self) -> set[Key]:
-        return (
-            {link.key for link in self._links.values()}
-            | set(self._unknown.values())
-            | set(self._plans)
-        )
+        return set(self._by_key) | set(self._unknown.values()) | set(self._plans)
 
-    async def _replan(self, now: datetime) -> None:
+    async def _replan(self, now: datetime, complete: bool) -> None:
         """Plan the marked keys over ``[now - PAST, now + horizon)`` in a worker thread.
 
         Planning is pure CPU; the loop only hands over references and takes the plans
         back, chunk by chunk, so AMI pings, HTTP probes and the watchdog are served.
+        ``complete``: every key was marked, so the plans now reach ``now + horizon``.
         """
         start, end = now - PAST, now + self.horizon
         keys, self._replan_keys = self._replan_keys, set()
-        complete = len(keys) >= len(self._all_keys())
-        inputs: dict[Key, list[tuple[EventInstance, ...]]] = {key: [] for key in keys}
-        for link in self._links.values():
-            if link.key in inputs:
-                inputs[link.key].append(link.instances)
-        items = list(inputs.items())
+        links = self._links
+        items = [(key, [links[i].instances for i in self._by_key.get(key, ())]) for key in keys]
         for offset in range(0, len(items), _REPLAN_CHUNK):
             chunk = items[offset : offset + _REPLAN_CHUNK]
             parsers = {name: self.parser_for(name) for name in {key[0] for key, _ in chunk}}
@@ -374,25 +382,11 @@ class Reconciler:
     def _update_desired(self, key: Key, now: datetime) -> None:
         plan = self._plans.get(key)
         targets = plan.targets_at(now) if plan is not None else ()
+        desired = self._desired.setdefault(key[0], {})
         if targets:
-            self._desired[key] = targets
+            desired[key[1]] = targets
         else:
-            self._desired.pop(key, None)
-
-    def _held(self, name: str) -> set[str]:
-        """Extensions of ``name`` left as they are: a link of theirs has no events yet."""
-        held = {ext for pbx, ext in self._unknown.values() if pbx == name}
-        for ext in held:
-            if (name, ext) not in self._held_logged:
-                self._held_logged.add((name, ext))
-                log.warning(
-                    "PBX %s extension %s: a linked calendar has not been read yet; "
-                    "leaving its forwarding on the PBX as it is until the first read",
-                    name,
-                    ext,
-                )
-        self._held_logged = {k for k in self._held_logged if k[0] != name or k[1] in held}
-        return held
+            desired.pop(key[1], None)
 
     async def _apply(self, due: set[Key]) -> bool:
         """Apply the difference for the due keys and every PBX to be read back.
@@ -400,96 +394,20 @@ class Reconciler:
         Returns True when a PBX refused a change (it is retried shortly).
         """
         readback, self._readback = self._readback, set()
-        results = await asyncio.gather(
-            *(self._apply_pbx(name, due, name in readback) for name in self.pbxes)
-        )
-        return any(results)
-
-    async def _apply_pbx(self, name: str, due: set[Key], readback: bool) -> bool:
-        pbx, state = self.pbxes[name], self._pbx[name]
-        try:
-            if readback or name not in self._applied:
-                self._applied[name] = await pbx.read_applied()
-                readback = True
-            applied = self._applied[name]
-            held = self._held(name)
-            if readback:
-                wanted = self.desired_state(name)
-                exts: Iterable[str] = set(wanted) | set(applied)
-            else:
-                wanted = {ext: self._desired.get((name, ext), ()) for p, ext in due if p == name}
-                exts = set(wanted)
-            changes = {
-                ext: wanted.get(ext, ())
-                for ext in exts
-                if ext not in held and wanted.get(ext, ()) != applied.get(ext, ())
-            }
-            if name in self._unavailable:
-                self._unavailable.discard(name)
-                log.info("PBX %s reachable again; applying the difference", name)
-            if readback and changes and not _due_only(changes, due, name):
-                log.info("PBX %s: repairing %d forwardings after read-back", name, len(changes))
-            for ext in set(exts) - set(changes):  # nothing to do there any more
-                state.refused.pop(ext, None)
-            if not changes:
-                return False
-            result = await pbx.apply(changes)
-        except LeaseLost as exc:  # another process writes this PBX (pbxcal.cluster)
-            log.debug("PBX %s: not written here: %s", name, exc)
-            self._readback.add(name)  # read back first once the lease is ours
-            return False
-        except PbxUnavailable as exc:
-            if name not in self._unavailable:  # once per outage, not every tick
-                log.warning("PBX %s unavailable, will apply when it returns: %s", name, exc)
-                self._unavailable.add(name)
-            self._readback.add(name)  # full difference once it is back
-            return False
-        except PbxError as exc:  # a whole-batch refusal: read back and retry it all
-            log.error("PBX %s refused the changes, retrying shortly: %s", name, exc)
-            self._readback.add(name)
-            return True
-        self._record(name, applied, changes, result.refused)
-        if self.on_applied is not None:
-            done = {e: t for e, t in changes.items() if e not in result.refused}
-            await self.on_applied(name, done)
-        return bool(result.refused)
-
-    def _record(
-        self,
-        name: str,
-        applied: ForwardingState,
-        changes: Mapping[str, tuple[str, ...]],
-        refused: Mapping[str, str],
-    ) -> None:
-        state = self._pbx[name]
-        for ext, targets in changes.items():
-            if ext in refused:
-                if state.refused.get(ext) != refused[ext]:
-                    log.error("PBX %s extension %s: change refused: %s", name, ext, refused[ext])
-                self.metrics.forwarding_changes.labels("refused").inc()
-                continue
-            state.refused.pop(ext, None)
-            if targets:
-                applied[ext] = tuple(targets)
-                self.metrics.forwarding_changes.labels("set").inc()
-            else:
-                applied.pop(ext, None)
-                self.metrics.forwarding_changes.labels("clear").inc()
-        state.refused.update(refused)
-        done = {e: t for e, t in changes.items() if e not in refused}
-        if done:
-            log.info(
-                "PBX %s: %d forwardings changed (%s)",
-                name,
-                len(done),
-                ", ".join(f"{e}={'&'.join(t) or '-'}" for e, t in sorted(done.items())[:5])
-                + (" ..." if len(done) > 5 else ""),
+        by_pbx: dict[str, set[str]] = {}
+        for name, ext in due:
+            by_pbx.setdefault(name, set()).add(ext)
+        names = [n for n in self.pbxes if n in readback or n in by_pbx]
+        outcomes = await asyncio.gather(
+            *(
+                self._pbx[n].apply(by_pbx.get(n, set()), self._desired[n], n in readback)
+                for n in names
             )
-
-
-def _due_only(changes: Collection[str], due: set[Key], name: str) -> bool:
-    """True when every change was due anyway (no drift was found by the read-back)."""
-    return all((name, ext) in due for ext in changes)
+        )
+        for name, outcome in zip(names, outcomes, strict=True):
+            if outcome.read_back:
+                self._readback.add(name)
+        return any(outcome.retry for outcome in outcomes)
 
 
 def _plan_keys(

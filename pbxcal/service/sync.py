@@ -32,8 +32,15 @@ sync by ``save_updated_secret``: ``source_secrets.SourceSecrets``).
 Several processes on one PostgreSQL store (``pbxcal.service.cluster_links``): ``is_mine``
 says which links this process reads on schedule (the others are parked until
 ``owners_changed``), a push still reads its link here (``sync_soon``), a committed change
-is announced through ``on_link_saved``, and ``adopt_stored`` takes the expansions
-another process stored.
+is announced through ``on_link_saved`` (``stored_stamp`` says which expansion it was,
+so the process does not re-read its own change), and ``adopt_stored`` takes the
+expansions another process stored.
+
+Cost per change: a sync costs in proportion to its own calendar; nothing per sync walks
+every link (the push keepers are woken only when a source they tend is built or goes:
+``PUSHED_PROVIDERS``; ``built_sources(provider)`` lists only that provider's). Walking
+all links is left to start-up (``restore``), ``set_links`` (the link list changed) and
+the periodic health count.
 
 Start reading at ``sync_link``.
 """
@@ -95,6 +102,9 @@ EXPAND_WORKERS = 2
 
 
 AnySource = CalendarSource | IncrementalSource
+#: Providers whose built sources the push keepers tend (``pbxcal.service.push``,
+#: ``ews_push``): only building or dropping one of these wakes them.
+PUSHED_PROVIDERS = frozenset({"google", "graph", "ews"})
 
 
 @dataclass
@@ -111,6 +121,7 @@ class _LinkState:
     again: bool = False  # a push arrived while it was being read: read once more
     stored: bool = False  # the last sync committed a change (other processes are told)
     set_at: float = 0.0  # monotonic: when this process last gave the reconciler its events
+    stored_at: datetime | None = None  # ``computed_at`` of the expansion it last stored
 
 
 @dataclass(frozen=True)
@@ -186,6 +197,8 @@ class CalendarSync:
         #: this process's cluster member id (None: one process; push channels' owner)
         self.member_id: str | None = None
         self._parked: dict[int, int] = {}  # link id -> generation: due, but read elsewhere
+        #: provider -> link id -> built source (``built_sources``)
+        self._built: dict[str, dict[int, AnySource]] = {}
         self._pushed: set[int] = set()  # read here once even if read elsewhere (webhooks)
 
     @property
@@ -198,8 +211,7 @@ class CalendarSync:
     def health(self) -> Counter[tuple[str, str]]:
         """Active links by (provider, status)."""
         return Counter(
-            (state.link.provider, link_status(state.last_result))
-            for state in self._links.values()
+            (state.link.provider, link_status(state.last_result)) for state in self._links.values()
         )
 
     # -- following the links ------------------------------------------------------------
@@ -238,10 +250,10 @@ class CalendarSync:
         wanted = {link.id: link for link in links if link.active}
         added: list[int] = []
         for link_id in set(self._links) - set(wanted):
-            del self._links[link_id]
+            gone = self._links.pop(link_id)
             self.secrets.forget(link_id)
             self.reconciler.remove_link(link_id)
-            if self.on_sources_changed is not None:
+            if self._unbuild(gone) and self.on_sources_changed is not None:
                 self.on_sources_changed()
         for link_id, link in wanted.items():
             current = self._links.get(link_id)
@@ -261,6 +273,9 @@ class CalendarSync:
         The source itself is built on the link's first sync (``_source``), so a restart
         with thousands of links does not build thousands of sources before READY.
         """
+        previous = self._links.get(link.id)
+        if previous is not None and self._unbuild(previous) and self.on_sources_changed:
+            self.on_sources_changed()
         state = _LinkState(link, None, next(self._generations))
         self._links[link.id] = state
         self.secrets.forget(link.id)  # a new grant may have replaced the old secret
@@ -275,8 +290,10 @@ class CalendarSync:
             try:
                 if problem is not None:  # stored before sources were checked on the way in
                     raise ValueError(problem)
-                state.source = await asyncio.to_thread(self.source_factory, link)
-                if self.on_sources_changed is not None:
+                source = state.source = await asyncio.to_thread(self.source_factory, link)
+                if self._links.get(link.id) is state:
+                    self._built.setdefault(source.provider, {})[link.id] = source
+                if source.provider in PUSHED_PROVIDERS and self.on_sources_changed is not None:
                     self.on_sources_changed()
             except (CalendarError, StoreError) as exc:  # tried again at the next sync
                 return _BrokenSource(str(exc), exc)
@@ -284,6 +301,15 @@ class CalendarSync:
                 where = redact_url(link.source)
                 return _BrokenSource(f"unusable calendar source {where!r}: {_one_line(exc)}")
         return state.source
+
+    def _unbuild(self, state: _LinkState) -> bool:
+        """Forget ``state``'s built source; True when a push keeper may have tended it."""
+        if state.source is None:
+            return False
+        built = self._built.get(state.source.provider, {})
+        if built.get(state.link.id) is state.source:
+            del built[state.link.id]
+        return state.source.provider in PUSHED_PROVIDERS
 
     def _source_for(self, link: Link) -> AnySource:
         return source_for(link.source, self.client, self.config.max_calendar_bytes)
@@ -390,9 +416,26 @@ class CalendarSync:
         self._count_unknown()
         return settled
 
-    def built_sources(self) -> list[tuple[int, AnySource]]:
-        """(link id, source) of every link whose source exists (has been read once)."""
+    def built_sources(self, provider: str | None = None) -> list[tuple[int, AnySource]]:
+        """(link id, source) of every link whose source exists (has been read once), or
+        of those of one ``provider`` only (costs only that provider's links)."""
+        if provider is not None:
+            return list(self._built.get(provider, {}).items())
         return [(i, s.source) for i, s in self._links.items() if s.source is not None]
+
+    def follows(self, link_id: int) -> bool:
+        """Whether the link is one of the active links this process follows."""
+        return link_id in self._links
+
+    def built_source(self, link_id: int) -> AnySource | None:
+        """The link's source if it has been built (read once)."""
+        state = self._links.get(link_id)
+        return None if state is None else state.source
+
+    def stored_stamp(self, link_id: int) -> datetime | None:
+        """``computed_at`` of the expansion this process last stored for the link."""
+        state = self._links.get(link_id)
+        return None if state is None else state.stored_at
 
     async def _sync_and_reschedule(self, state: _LinkState) -> None:
         try:
@@ -543,7 +586,7 @@ class CalendarSync:
             message = f"calendar followed, but not saved: {work.store_error}"
         else:
             self.store_health.succeeded()
-            state.stored = True
+            state.stored, state.stored_at = True, now
             if isinstance(fetched, Fetched):
                 state.validators, state.digest = fetched.validators, digest
         return SyncOutcome("changed", work.accepted, work.rejected, message)
@@ -577,7 +620,7 @@ class CalendarSync:
             message = f"calendar followed, but not saved: {work.store_error}"
         else:
             self.store_health.succeeded()
-            state.stored = True
+            state.stored, state.stored_at = True, now
             if change is not None:
                 state.cursor = change.cursor
         return SyncOutcome("changed", work.accepted, work.rejected, message)
@@ -598,6 +641,7 @@ class CalendarSync:
         if self._stopping.is_set():
             raise Stopped
         return await loop.run_in_executor(self._executor, lambda: function(*args))
+
 
 def _digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()

@@ -3,9 +3,11 @@
 What it does: keeps one row per link (``save_expansion`` overwrites it) holding the
 range the calendar was expanded over, when, and the instances in a compact JSON text
 (``encode`` / ``decode``), and loads every link's record in one query
-(``load_expansions``; 10,000 links x 20 instances decode in well under a second, see
-``bench/bench_store.py``). Removing a link removes its row (``links._delete_links`` and
-the foreign key).
+(``load_expansions()``; 10,000 links x 20 instances decode in well under a second, see
+``bench/bench_store.py``) or only the links named (``load_expansions(ids)``, what another
+process's change costs). ``expansion_computed_at`` reads only when each record was
+computed (no instances), so a periodic comparison loads only the records that changed.
+Removing a link removes its row (``links._delete_links`` and the foreign key).
 
 The encoding (version 1)::
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import json
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -56,10 +59,22 @@ class ExpansionTable:
             require_link(conn, link_id)
             upsert(conn, db.expansions, [row], keys=["link_id"])
 
-    def load_expansions(self) -> dict[int, ExpansionRecord]:
-        """Every link's saved expansion (links without one are absent). One query."""
+    def load_expansions(
+        self, link_ids: Collection[int] | None = None
+    ) -> dict[int, ExpansionRecord]:
+        """Every link's saved expansion, or only those of ``link_ids`` (links without
+        one are absent). One query (per ``ID_CHUNK`` ids)."""
         with self._db.transaction() as conn:
-            rows = conn.execute(select(db.expansions)).all()
+            if link_ids is None:
+                rows = conn.execute(select(db.expansions)).all()
+            else:
+                rows = [
+                    row
+                    for chunk in id_chunks(link_ids)
+                    for row in conn.execute(
+                        select(db.expansions).where(db.expansions.c.link_id.in_(chunk))
+                    )
+                ]
         result: dict[int, ExpansionRecord] = {}
         times: dict[Any, datetime] = {}
         # Hundreds of thousands of new objects, all kept, none in a cycle: without this
@@ -78,6 +93,31 @@ class ExpansionTable:
             if collecting:
                 gc.enable()
         return result
+
+    def expansion_computed_at(self, link_ids: Collection[int] | None = None) -> dict[int, datetime]:
+        """When each link's saved expansion was computed, of every link or only of
+        ``link_ids`` (no instances read; absent: none saved). One query (per chunk)."""
+        c = db.expansions.c
+        query = select(c.link_id, c.computed_at)
+        with self._db.transaction() as conn:
+            if link_ids is None:
+                return {r.link_id: r.computed_at for r in conn.execute(query)}
+            return {
+                r.link_id: r.computed_at
+                for chunk in id_chunks(link_ids)
+                for r in conn.execute(query.where(c.link_id.in_(chunk)))
+            }
+
+
+#: Ids per ``IN (...)`` list (SQLite allows 32,766 bound values, psycopg 65,535).
+ID_CHUNK = 5000
+
+
+def id_chunks(ids: Collection[int]) -> Iterator[list[int]]:
+    """``ids`` in sorted lists of at most ``ID_CHUNK`` (for ``IN`` lists)."""
+    ordered = sorted(ids)
+    for offset in range(0, len(ordered), ID_CHUNK):
+        yield ordered[offset : offset + ID_CHUNK]
 
 
 def expansion_row(link_id: int, record: ExpansionRecord) -> dict[str, Any]:
