@@ -14,7 +14,7 @@ Start reading at ``EventTable.replace_events``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +24,7 @@ from pbxcal.calendars.changes import ChangeSet
 from pbxcal.errors import StoreError
 from pbxcal.store import schema as db
 from pbxcal.store.engine import Database, upsert
-from pbxcal.store.expansions import expansion_row
+from pbxcal.store.expansions import expansion_row, id_chunks
 from pbxcal.store.links import require_link
 from pbxcal.store.records import ExpansionRecord, StoredEvent, SyncState
 from pbxcal.store.times import require_utc
@@ -160,11 +160,19 @@ class EventTable:
                     entry[0].append(_event(row))
         return result
 
-    def load_sync_states(self) -> dict[int, SyncState]:
-        """Every link's sync state (links never fetched are absent). One query, no events."""
+    def load_sync_states(self, link_ids: Collection[int] | None = None) -> dict[int, SyncState]:
+        """Every link's sync state, or only those of ``link_ids`` (links never fetched
+        are absent). One query (per ``ID_CHUNK`` ids), no events."""
+        table = db.sync_state
         with self._db.transaction() as conn:
-            rows = conn.execute(select(db.sync_state).order_by(db.sync_state.c.link_id))
-            return {row.link_id: _state(row) for row in rows}
+            if link_ids is None:
+                rows = conn.execute(select(table).order_by(table.c.link_id))
+                return {row.link_id: _state(row) for row in rows}
+            return {
+                row.link_id: _state(row)
+                for chunk in id_chunks(link_ids)
+                for row in conn.execute(select(table).where(table.c.link_id.in_(chunk)))
+            }
 
 
 def state_values(link_id: int, state: SyncState) -> dict[str, Any]:
