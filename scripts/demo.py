@@ -1,4 +1,5 @@
-"""pbxcal demo: a live forwarding switching on and off against a sandboxed Asterisk.
+"""pbxcal demo: a live forwarding switching on and off against a sandboxed Asterisk, the
+customer portal, and a guest booking a meeting.
 
 Run it with ``scripts/demo`` (which prepares the virtual environment first). It:
 1. builds or reuses the Debian sid root with Asterisk and starts a sandbox on loopback;
@@ -7,14 +8,24 @@ Run it with ``scripts/demo`` (which prepares the virtual environment first). It:
    "Lunch" and a premium-rate number that pbxcal refuses;
 3. starts a CalDAV server (Radicale, on loopback) with a calendar for extension 101 and
    links it with ``pbxcal links add --provider caldav`` (the password goes in on standard
-   input and is stored encrypted with a key from ``pbxcal keys generate``);
+   input and is stored encrypted with a key from ``pbxcal keys generate``), and an SMTP
+   server (aiosmtpd, on loopback) that ``[smtp]`` sends invitations to;
 4. runs ``pbxcal run`` with SQLite and both calendars, adds an appointment "202" to the
    CalDAV calendar while it runs, and prints what Asterisk holds (AstDB
    ``pbxcal/fwd/<ext>`` and the BLF device state) every time it changes;
 5. plays a customer of the portal: the admin makes an invitation for extension 102
    (``pbxcal invitations create``), the customer opens it, fills in the CalDAV form
    (the same Radicale, over https with a throwaway CA) and reads the status page; an
-   admin-API token then lists every link (``GET /api/v1/links``).
+   admin-API token then lists every link (``GET /api/v1/links``);
+6. books a meeting: the admin makes extension 101 an agent (``pbxcal agents add`` with
+   the CalDAV link as conflict and booking calendar), a guest opens ``/book/<agent>``
+   as a browser would (the guest cookie and the form's CSRF token from the page), picks
+   the first free time and books it; the demo prints the confirmation page, the event
+   read back from Radicale, and the iTIP invitation (``METHOD:REQUEST``) the SMTP server
+   received.
+
+``tests/integration/test_demo.py`` runs this script with the shortest ``--lead`` and
+checks its output for every step. Start reading at ``main``; step 6 is ``demo_booking.py``.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from html import unescape
 from pathlib import Path
 
 import httpx
+from demo_booking import Inbox, booking_step, page_text, smtp_server
 
 from pbxcal.testing.asterisk import DEFAULT_ENDPOINTS, AsteriskSandbox, SandboxError, ensure_root
 from pbxcal.testing.radicale import RadicaleServer
@@ -44,6 +56,10 @@ from pbxcal.testing.tls import make_tls
 
 REPO = Path(__file__).resolve().parents[1]
 PBXCAL = Path(sys.executable).parent / "pbxcal"
+#: The shortest --lead: pbxcal should be running and the portal step done before the
+#: first appointment starts (about 6 s on an idle machine, 15 s and more on a busy one;
+#: when it takes longer the watch starts late and shows the state it finds then).
+MIN_LEAD = 15
 
 
 def ics_time(moment: datetime) -> str:
@@ -125,26 +141,27 @@ def portal_customer(base: str, invitation: str, calendar_url: str, password: str
             why = found.group(1) if found else done.status_code
             raise RuntimeError(f"the portal refused: {why}")
         page = done.text
-    main = page[page.find("<main"):page.find("</main>")]
-    text = re.sub(r"<(?:dt|h2|li)[^>]*>", "\n", main)
-    text = unescape(re.sub(r"<[^>]+>", " ", text))
-    lines = [" ".join(line.split()) for line in text.splitlines()]
-    return "\n".join(f"    {line}" for line in lines if line and "Unlink" not in line)
+    return page_text(page, skip="Unlink")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lead", type=int, default=25,
-                        help="seconds until the first appointment starts (default 25)")
+                        help="seconds until the first appointment starts (default 25, "
+                             f"at least {MIN_LEAD})")  # fmt: skip
     args = parser.parse_args()
+    if not MIN_LEAD <= args.lead <= 600:
+        parser.error(f"--lead must be {MIN_LEAD} to 600 seconds")
     try:
         root = ensure_root()
     except SandboxError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
+    inbox = Inbox()
     with tempfile.TemporaryDirectory(prefix="pbxcal-demo-") as tmp, \
             AsteriskSandbox(root, "pbxcal-demo",
-                            endpoints=(*DEFAULT_ENDPOINTS, "101", "102", "203")) as ast:
+                            endpoints=(*DEFAULT_ENDPOINTS, "101", "102", "203")) as ast, \
+            smtp_server(inbox, free_port()) as smtp:
         work = Path(tmp)
         logging.getLogger("radicale").setLevel(logging.WARNING)  # its start-up chatter
         password = os.urandom(12).hex()
@@ -172,6 +189,7 @@ def main() -> int:
             f'[pbxcal]\nregion = "NL"\n\n[http]\nlisten = "{listen}"\n\n'
             f'[sync]\ninterval = 2\n\n[secrets]\nkey_file = "{keys}"\n\n'
             f'[portal]\npublic_url = "http://{listen}"\nallow_networks = ["127.0.0.0/8"]\n\n'
+            f'[smtp]\nhost = "127.0.0.1"\nport = {smtp.port}\nfrom = "pbxcal@demo.example"\n\n'
             f'[pbx.main]\nhost = "{ast.ami_host}"\nport = {ast.ami_port}\n'
             f'username = "{ast.ami_username}"\nsecret_file = "{secret}"\n\n'
             f'[[link]]\nextension = "100"\nsource = "{work / "anna.ics"}"\n'
@@ -191,6 +209,10 @@ def main() -> int:
         )  # fmt: skip
         if added.returncode != 0:
             print(f"demo: linking the CalDAV calendar failed: {added.stderr}", file=sys.stderr)
+            return 1
+        bob_link = re.search(r"link (\d+) added", added.stdout)
+        if bob_link is None:
+            print(f"demo: links add answered {added.stdout!r}", file=sys.stderr)
             return 1
         print(f"CalDAV calendar {bob_calendar} (Radicale), extension 101: "
               f"{added.stdout.strip()}")  # fmt: skip
@@ -242,6 +264,10 @@ def main() -> int:
             daemon.wait(timeout=20)
             return 1
         print("\nWatching Asterisk (what a call to 100, 101 or 102 would ring):\n")
+        late = (datetime.now(UTC) - start).total_seconds()
+        if late > 0:
+            print(f"  (this began {late:.1f} s after the first appointment: the machine was "
+                  f"slower than --lead {args.lead}; earlier changes are not shown)")  # fmt: skip
         last: dict[str, str] = {}
         end = start + timedelta(seconds=66)
         put = False
@@ -264,6 +290,13 @@ def main() -> int:
                               + f" (t{offset:+6.1f}s)  {now_state}")
                         last[ext] = now_state
                 time.sleep(0.2)
+            try:
+                booking_step(PBXCAL, config_args, f"http://{listen}", bob_link.group(1), inbox,
+                             smtp.port, (bob_calendar, "bob", password, ca_file))  # fmt: skip
+            except (subprocess.CalledProcessError, RuntimeError, httpx.HTTPError) as exc:
+                detail = getattr(exc, "stderr", "") or exc
+                print(f"demo: the booking step failed: {detail}", file=sys.stderr)
+                return 1
             with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as reply:
                 lines = reply.read().decode().splitlines()
             print("\nA few metrics:")
