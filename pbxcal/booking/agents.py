@@ -34,7 +34,7 @@ SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _EXTENSION = re.compile(r"[0-9]{1,15}")
 _EMAIL = re.compile(r"[!-?A-~]{1,64}@[!-?A-~]{1,190}\.[!-?A-~]{1,63}")
 #: Providers whose calendars take booked meetings (``writeback``).
-BOOKING_PROVIDERS = ("caldav", "google", "graph")
+BOOKING_PROVIDERS = ("caldav", "google", "graph", "ews")
 #: Providers whose sync stores the mailbox's working hours and zone.
 MAILBOX_HOURS_PROVIDERS = frozenset({"graph"})
 #: A link's stored working hours are read again at the latest after this (seconds), and
@@ -237,5 +237,5 @@ def _check_links(store: Store, booking: int | None, conflicts: Sequence[int]) ->
         if provider is not None and provider.provider not in BOOKING_PROVIDERS:
             raise LinkUnsuitable(
                 f"link {booking} is {provider.provider}: bookings can be written to "
-                "CalDAV, Google and Microsoft 365 calendars"
+                "CalDAV, Google, Microsoft 365 and Exchange (EWS) calendars"
             )

@@ -1,4 +1,5 @@
-"""Writing booked meetings into the agent's booking calendar (CalDAV, Google, Microsoft 365).
+"""Writing booked meetings into the agent's booking calendar (CalDAV, Google, Microsoft 365,
+on-premises Exchange).
 
 What it does: ``calendar_for(store, link, guard)`` builds a ``BookingCalendar`` for the
 agent's booking link from the link's stored settings and encrypted credentials (the
@@ -22,7 +23,12 @@ libraries run in a worker thread.
   in the event's body but is not an attendee: for attendees Exchange sends its own
   invitation (with its own UID) next to pbxcal's iTIP mail, and Graph has no
   ``sendUpdates=none``. Needs Calendars.ReadWrite (the application permission for
-  app-only links, the delegated one in the user's grant).
+  app-only links, the delegated one in the user's grant: grants made since bookings are
+  written ask for it; an older, read-only grant — seen in its stored token cache, or
+  from Graph's 403 ``ErrorAccessDenied`` — is refused with ``READ_ONLY_GRANT``, before
+  anything is booked).
+* Exchange on-premises (EWS): ``ews_writeback.EwsCalendar`` (exchangelib ``CreateItem`` /
+  ``UpdateItem`` / ``DeleteItem`` with ``SendToNone``: Exchange mails nobody).
 
 Errors become ``ProviderFailed`` with one line (never a credential).
 
@@ -39,12 +45,22 @@ from html import escape
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from pbxcal.booking.ews_writeback import EwsCalendar, ews_calendar
 from pbxcal.booking.model import Booking, CreatedEvent, ProviderFailed
 from pbxcal.core.redact import redact_url
-from pbxcal.errors import CalendarError
+from pbxcal.errors import CalendarAuthFailed, CalendarError
 from pbxcal.store import Link, Store
 
+__all__ = [
+    "READ_ONLY_GRANT", "BookingCalendar", "CaldavCalendar", "EwsCalendar", "GoogleCalendar",
+    "GraphCalendar", "calendar_for",
+]  # fmt: skip
+
 _TIMEOUT = 20.0
+#: Booking into a delegated Microsoft 365 grant without Calendars.ReadWrite.
+READ_ONLY_GRANT = (
+    "the Microsoft 365 grant allows reading only: link the calendar again to book into it"
+)
 _graph_calls: Any = None  # BlockingCalls of Graph sources made here (outside the daemon)
 
 
@@ -89,9 +105,14 @@ def calendar_for(
     if link.provider == "graph":
         from pbxcal.calendars.graph import GraphCalendarSource
 
+        delegated = link.settings.get("auth") == "delegated"
+        if delegated:
+            _check_write_grant(store, link)
         if not isinstance(source, GraphCalendarSource):
             source, saved = _graph_source(store, link), None
-        return GraphCalendar(source, store, link.id, saved)
+        return GraphCalendar(source, store, link.id, saved, delegated=delegated)
+    if link.provider == "ews":
+        return ews_calendar(store, link, guard, source)
     raise ProviderFailed(f"bookings cannot be written to a {link.provider} calendar yet")
 
 
@@ -277,6 +298,17 @@ class GoogleCalendar:
         await asyncio.to_thread(self._run, remove)
 
 
+def _check_write_grant(store: Store, link: Link) -> None:
+    """A delegated grant whose stored token cache shows no Calendars.ReadWrite (made
+    before bookings were written) cannot book: ``READ_ONLY_GRANT``, nothing sent."""
+    from pbxcal.calendars.graph.tokens import grant_can_write
+    from pbxcal.calendars.providers import SECRET_GRAPH_TOKEN_CACHE
+
+    raw = store.load_secret(link.id, SECRET_GRAPH_TOKEN_CACHE)
+    if raw is not None and grant_can_write(raw.decode("utf-8", "replace")) is False:
+        raise ProviderFailed(READ_ONLY_GRANT)
+
+
 def _graph_source(store: Store, link: Link) -> Any:
     """A ``GraphCalendarSource`` for ``link`` outside the daemon (built like the sync's)."""
     global _graph_calls
@@ -301,11 +333,14 @@ class GraphCalendar:
         store: Store,
         link_id: int,
         saved: Callable[[], Awaitable[None]] | None = None,
+        *,
+        delegated: bool = False,
     ) -> None:
         self._source = source
         self._store = store
         self._link_id = link_id
         self._saved = saved
+        self._delegated = delegated
 
     def _body(self, booking: Booking) -> dict[str, Any]:
         guest = f"{booking.guest_name} <{booking.guest_email}>"
@@ -323,6 +358,11 @@ class GraphCalendar:
     async def _call(self, write: Awaitable[Any]) -> Any:
         try:
             return await write
+        except CalendarAuthFailed as exc:
+            # Graph's 403 ErrorAccessDenied to a delegated grant: it lacks Calendars.ReadWrite
+            if self._delegated and "403 ErrorAccessDenied" in str(exc):
+                raise ProviderFailed(READ_ONLY_GRANT) from None
+            raise ProviderFailed(f"Microsoft 365: {_line(exc)}") from None
         except CalendarError as exc:
             raise ProviderFailed(f"Microsoft 365: {_line(exc)}") from None
         finally:

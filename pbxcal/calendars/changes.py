@@ -27,7 +27,7 @@ Start reading at ``IncrementalSource``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -72,6 +72,40 @@ class ChangeSet:
     timezones: str = ""
     calendar_tz: str | None = None
     working_hours: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Translation:
+    """What one provider item means for the stored calendar: ``row`` to upsert, or
+    ``removed`` (a UID), or neither (``problem`` says why when it could not be read; an
+    item with nothing to store, such as a Graph series master, has none)."""
+
+    row: EventRow | None = None
+    removed: str | None = None
+    problem: str | None = None
+
+
+def translate_item(item: Any, translate: Callable[[dict[str, Any]], Translation]) -> Translation:
+    """``translate(item)`` for a JSON object with a non-empty string ``id``; anything else,
+    or an item ``translate`` cannot read, is a ``problem`` (one bad event never fails a
+    sync). The Google and Graph adapters' ``events.translate``."""
+    if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+        return Translation(problem="event without an id")
+    try:
+        return translate(item)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        short = " ".join(str(exc).split())[:120]
+        return Translation(problem=f"event {item['id']!r} cannot be read: {short}")
+
+
+def retry_after_seconds(value: Any) -> float | None:
+    """A ``Retry-After`` header in seconds (0 to a day) for ``CalendarRateLimited``;
+    ``None`` when absent or not a number of seconds."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if 0 <= seconds <= 86_400 else None
 
 
 class IncrementalSource(Protocol):

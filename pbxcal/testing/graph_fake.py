@@ -41,6 +41,8 @@ loopback port with a certificate made at start; ``ca_file`` is the file to trust
   subscriptions, in order, from one thread; ``send_lifecycle(id, event)``;
   ``deliveries`` / ``wait_for_deliveries(n)``; ``subscriptions()`` and
   ``subscription_log`` (every create, renew and delete) show what was asked.
+* writing events (``POST``/``PATCH``/``DELETE .../events``) with a delegated token whose
+  scope lacks Calendars.ReadWrite → 403 ``ErrorAccessDenied``.
 * ``requests`` counts requests per endpoint (``"token"``, ``"delta"``, ``"discovery"``,
   ``"mailboxSettings"``); ``prefer`` keeps the last ``Prefer`` header seen.
 
@@ -146,6 +148,7 @@ class FakeGraph:
         self._refresh: dict[str, tuple[str, str]] = {}  # refresh token -> (client, user)
         self._refresh_dead = ""  # "", "revoked", "expired"
         self._tokens: dict[str, str | None] = {}  # access token -> user (None: app)
+        self._scopes: dict[str, str] = {}  # a delegated access token -> its scope
         self._token_epoch = 0
         self._token_epochs: dict[str, int] = {}
         self._pages: dict[str, tuple[_Round, int]] = {}  # skip token -> (round, offset)
@@ -586,7 +589,7 @@ class FakeGraph:
                 del self._refresh[form["refresh_token"]]
                 new = "rt-" + secrets.token_urlsafe(24)  # rotated, like Entra ID
                 self._refresh[new] = (client, user)
-                answer = self._issue(user)
+                answer = self._issue(user, form.get("scope", ""))
                 answer.update(refresh_token=new, scope=form.get("scope", ""),
                               id_token=_id_token(user, client, self.base_url),
                               client_info=_client_info(user))
@@ -604,7 +607,7 @@ class FakeGraph:
                 user = request["user"]
                 refresh = "rt-" + secrets.token_urlsafe(24)
                 self._refresh[refresh] = (client, user)
-                answer = self._issue(user)
+                answer = self._issue(user, request.get("scope", ""))
                 answer.update(refresh_token=refresh, scope=request.get("scope", ""),
                               id_token=_id_token(user, client, self.base_url,
                                                  request.get("nonce")),
@@ -612,9 +615,11 @@ class FakeGraph:
                 return 200, answer
             return 400, _oauth_error("unsupported_grant_type", "AADSTS70003")
 
-    def _issue(self, user: str | None) -> dict[str, Any]:
+    def _issue(self, user: str | None, scope: str = "") -> dict[str, Any]:
         token = "at-" + secrets.token_urlsafe(24)
         self._tokens[token] = user
+        if user is not None:
+            self._scopes[token] = scope
         self._token_epochs[token] = self._token_epoch
         return {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
                 "access_token": token}
@@ -625,6 +630,14 @@ class FakeGraph:
             if token not in self._tokens or self._token_epochs[token] != self._token_epoch:
                 return False, None
             return True, self._tokens[token]
+
+    def _may_write(self, authorization: str | None) -> bool:
+        """Writing events: a delegated token needs Calendars.ReadWrite (else Graph's 403
+        ``ErrorAccessDenied``); the fake's app tokens may write (as with the permission)."""
+        token = (authorization or "").removeprefix("Bearer ")
+        with self._lock:
+            scope = self._scopes.get(token)
+        return scope is None or "calendars.readwrite" in scope.lower()
 
     def _fault(self) -> _Fault | None:
         with self._lock:
@@ -922,6 +935,8 @@ class _Handler(BaseHTTPRequestHandler):
             route = self.owner._events_route(parts, user)
             if route is None or route[1] != ["events"]:
                 return self._json(*_graph_error(403, "ErrorAccessDenied"))
+            if not self.owner._may_write(self.headers.get("Authorization")):
+                return self._json(*_graph_error(403, "ErrorAccessDenied"))
             return self._json(*self.owner._create_event(route[0], _loads(body)))
         return self._json(404, {"error": "not_found"})
 
@@ -935,6 +950,8 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) == 3 and parts[:2] == ["v1.0", "subscriptions"]:
             return self._json(*self.owner._renew(parts[2], _loads(body)))
         route = self.owner._events_route(parts, user)
+        if route is not None and not self.owner._may_write(self.headers.get("Authorization")):
+            return self._json(*_graph_error(403, "ErrorAccessDenied"))
         if route is not None and len(route[1]) == 2 and route[1][0] == "events":
             event_id = urllib.parse.unquote(route[1][1])
             return self._json(*self.owner._update_event(route[0], event_id, _loads(body)))
@@ -948,6 +965,8 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) == 3 and parts[:2] == ["v1.0", "subscriptions"]:
             return self._json(*self.owner._unsubscribe(parts[2]))
         route = self.owner._events_route(parts, user)
+        if route is not None and not self.owner._may_write(self.headers.get("Authorization")):
+            return self._json(*_graph_error(403, "ErrorAccessDenied"))
         if route is not None and len(route[1]) == 2 and route[1][0] == "events":
             event_id = urllib.parse.unquote(route[1][1])
             return self._json(*self.owner._remove_event(route[0], event_id))

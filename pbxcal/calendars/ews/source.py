@@ -23,7 +23,8 @@ then a full read at the new URL).
 An ErrorServerBusy the mailbox's notification stream got (``held_for``) makes ``changes``
 raise ``CalendarRateLimited`` without asking the server; an OAuth token refused or found
 expired is replaced once per call (``once_more_on_expiry``). ``notifications()`` gives the
-mailbox's ``EwsNotifications`` (``push``) for the daemon's ``EwsPush``.
+mailbox's ``EwsNotifications`` (``push``) for the daemon's ``EwsPush``; ``items()`` its
+``EwsItems`` (``items``) for writing booked meetings.
 
 Construction does no I/O; each ``changes``/``check`` runs in ``BlockingCalls`` within
 ``deadline`` seconds, each HTTP request within ``timeout``. Usage::
@@ -65,6 +66,7 @@ from pbxcal.calendars.ews.connection import (
     once_more_on_expiry,
 )
 from pbxcal.calendars.ews.discovery import discover_ews_url
+from pbxcal.calendars.ews.items import EwsItems
 from pbxcal.calendars.ews.push import EwsNotifications
 from pbxcal.errors import (
     CalendarAuthFailed,
@@ -199,6 +201,12 @@ class EwsCalendarSource:
         if self._endpoint is None:
             return None
         return EwsNotifications(self.settings, self._password, timeout=timeout)
+
+    def items(self, timeout: float = DEFAULT_TIMEOUT) -> EwsItems:
+        """This mailbox's calendar items to write (booked meetings; ``items``), on
+        connections of their own, with the credentials and settings this source reads
+        with (no I/O; with autodiscover and no URL known yet, the writer finds it)."""
+        return EwsItems(self.settings, self._password, timeout=timeout)
 
     def _alone(self, function: Callable[..., T], *args: Any) -> T:
         if not self._busy.acquire(blocking=False):

@@ -17,7 +17,7 @@ fetched by the first sync, in a worker thread. Start reading at ``user_credentia
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import google.auth.credentials
@@ -35,8 +35,11 @@ _USER_FIELDS = ("client_id", "client_secret", "refresh_token")
 _SERVICE_FIELDS = ("client_email", "private_key", "token_uri")
 
 
-def user_credentials(info: Mapping[str, Any]) -> google.auth.credentials.Credentials:
-    """Per-user credentials from authorized-user info (see the module docstring)."""
+def user_credentials(
+    info: Mapping[str, Any], scopes: Sequence[str] = (CALENDAR_SCOPE,)
+) -> google.auth.credentials.Credentials:
+    """Per-user credentials from authorized-user info (see the module docstring), for
+    ``scopes`` (a link's sync: reading events only)."""
     _require(info, _USER_FIELDS, "authorized-user info")
     return oauth2_credentials.Credentials(  # type: ignore[no-untyped-call]
         token=None,
@@ -44,7 +47,7 @@ def user_credentials(info: Mapping[str, Any]) -> google.auth.credentials.Credent
         client_id=str(info["client_id"]),
         client_secret=str(info["client_secret"]),
         token_uri=str(info.get("token_uri") or GOOGLE_TOKEN_URI),
-        scopes=[CALENDAR_SCOPE],
+        scopes=list(scopes),
     )
 
 

@@ -32,13 +32,12 @@ Must not do: I/O, or trust the JSON's shape (a field of the wrong type makes the
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 import icalendar
 
-from pbxcal.calendars.changes import EventRow
+from pbxcal.calendars.changes import EventRow, Translation, translate_item
 from pbxcal.core.vevent import safe_zone
 
 #: ``eventType`` values that are not appointments (Google's own kinds of entries).
@@ -48,24 +47,9 @@ _RECURRENCE_LINE = re.compile(r"(RRULE|EXRULE|RDATE|EXDATE)[;:][^\r\n]*", re.IGN
 _CRLF = "\r\n"
 
 
-@dataclass(frozen=True)
-class Translation:
-    """What one Google event means: ``row`` to upsert, or ``removed`` (a UID), or neither
-    with ``problem`` saying why the event was left out."""
-
-    row: EventRow | None = None
-    removed: str | None = None
-    problem: str | None = None
-
-
 def translate(event: Any) -> Translation:
     """One ``events.list`` item → a row, a removal, or a problem. See the module docstring."""
-    if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not event["id"]:
-        return Translation(problem="event without an id")
-    try:
-        return _translate(event)
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-        return Translation(problem=f"event {event['id']!r} cannot be read: {_short(exc)}")
+    return translate_item(event, _translate)
 
 
 def _translate(event: dict[str, Any]) -> Translation:
@@ -203,7 +187,3 @@ def _is_plain(text: str) -> bool:
 
 def _crlf(text: str) -> str:
     return _CRLF.join(text.splitlines()) + _CRLF
-
-
-def _short(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:120]

@@ -49,7 +49,7 @@ from googleapiclient import discovery  # type: ignore[import-untyped]
 from googleapiclient.errors import HttpError  # type: ignore[import-untyped]
 
 from pbxcal.calendars.blocking import BlockingCalls
-from pbxcal.calendars.changes import ChangeSet, EventRow
+from pbxcal.calendars.changes import ChangeSet, EventRow, retry_after_seconds
 from pbxcal.calendars.google.events import translate
 from pbxcal.calendars.google.push import GoogleChannel
 from pbxcal.core.vevent import safe_zone
@@ -301,7 +301,7 @@ def _http_error(exc: HttpError, where: str) -> Exception:
     if status == 429 or (status == 403 and reason in _RATE_LIMIT_REASONS):
         return CalendarRateLimited(
             f"{where}: rate limited ({status} {reason or 'too many requests'})",
-            _retry_after(exc.resp.get("retry-after")),
+            retry_after_seconds(exc.resp.get("retry-after")),
         )
     if status >= 500:
         return CalendarUnavailable(f"{where}: Google answered {status}")
@@ -335,14 +335,6 @@ def _reason(exc: HttpError) -> str:
         return ""
     text = str(reason or "")
     return text if text.isidentifier() and len(text) <= 60 else ""
-
-
-def _retry_after(value: Any) -> float | None:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return seconds if 0 <= seconds <= 86_400 else None
 
 
 def _change_set(

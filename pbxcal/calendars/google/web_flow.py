@@ -224,17 +224,7 @@ async def revoke(
 def web_credentials(info: Mapping[str, Any]) -> google.auth.credentials.Credentials:
     """Credentials for ``info`` that may read the calendar list too (``WEB_SCOPES``; a
     link's sync uses ``credentials.user_credentials``, events only)."""
-    from google.oauth2 import credentials as oauth2_credentials
-
-    user_credentials(info)  # the same checks (fields present), the same one-line errors
-    return oauth2_credentials.Credentials(  # type: ignore[no-untyped-call]
-        token=None,
-        refresh_token=str(info["refresh_token"]),
-        client_id=str(info["client_id"]),
-        client_secret=str(info["client_secret"]),
-        token_uri=str(info.get("token_uri") or GOOGLE_TOKEN_URI),
-        scopes=list(WEB_SCOPES),
-    )
+    return user_credentials(info, WEB_SCOPES)
 
 
 def endpoint_allowed(url: str) -> bool:

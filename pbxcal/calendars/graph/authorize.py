@@ -9,7 +9,8 @@ Usage (``pbxcal links authorize microsoft``, later the portal)::
     # ?code=...&state=... (or ?error=access_denied)
     cache_text = authorizer.finish(start, redirect_query)   # store encrypted, per link
 
-``begin`` asks for ``tokens.DELEGATED_SCOPES`` (MSAL adds ``offline_access``, so a
+``begin`` asks for ``tokens.DELEGATED_SCOPES`` (Calendars.ReadWrite, so meetings can
+be booked into the calendar, and MailboxSettings.Read; MSAL adds ``offline_access``, so a
 refresh token comes back), PKCE S256 and a random ``state`` (MSAL's
 ``initiate_auth_code_flow``); ``start.flow`` holds the PKCE verifier and the state: keep
 it only until ``finish`` (in memory, or encrypted when the portal must survive a

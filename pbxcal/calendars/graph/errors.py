@@ -19,10 +19,9 @@ Start reading at ``graph_error``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 
+from pbxcal.calendars.changes import retry_after_seconds
 from pbxcal.errors import (
     CalendarAuthFailed,
     CalendarError,
@@ -49,7 +48,7 @@ def graph_error(response: httpx.Response, where: str) -> Exception:
     code = _code(response)
     if status == 410 or code in _RESYNC_CODES:
         return DeltaGone()
-    retry_after = _retry_after(response.headers.get("retry-after"))
+    retry_after = retry_after_seconds(response.headers.get("retry-after"))
     if status == 429 or (status == 503 and retry_after is not None):
         return CalendarRateLimited(
             f"{where}: throttled ({status} {code or 'too many requests'})", retry_after
@@ -70,11 +69,3 @@ def _code(response: httpx.Response) -> str:
         return ""
     text = str(code)
     return text if text.isidentifier() and len(text) <= 60 else ""
-
-
-def _retry_after(value: Any) -> float | None:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return seconds if 0 <= seconds <= 86_400 else None

@@ -29,13 +29,12 @@ Must not do: I/O, or trust the JSON's shape (a field of the wrong type makes the
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
 from typing import Any
 
 import icalendar
 
-from pbxcal.calendars.changes import EventRow
+from pbxcal.calendars.changes import EventRow, Translation, translate_item
 from pbxcal.core.vevent import safe_zone
 
 #: Written as the declining attendee: Graph's instance does not name the owner.
@@ -45,24 +44,9 @@ _FRACTION = re.compile(r"\.\d+")
 _CRLF = "\r\n"
 
 
-@dataclass(frozen=True)
-class Translation:
-    """What one Graph item means: ``row`` to upsert, or ``removed`` (a UID), or neither
-    (``problem`` says why when it could not be read; a series master has none)."""
-
-    row: EventRow | None = None
-    removed: str | None = None
-    problem: str | None = None
-
-
 def translate(event: Any) -> Translation:
     """One ``calendarView/delta`` item → a row, a removal, or nothing."""
-    if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not event["id"]:
-        return Translation(problem="event without an id")
-    try:
-        return _translate(event)
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-        return Translation(problem=f"event {event['id']!r} cannot be read: {_short(exc)}")
+    return translate_item(event, _translate)
 
 
 def _translate(event: dict[str, Any]) -> Translation:
@@ -115,7 +99,3 @@ def _zone(name: Any, what: str) -> tzinfo:
 
 def _crlf(text: str) -> str:
     return _CRLF.join(text.splitlines()) + _CRLF
-
-
-def _short(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:120]

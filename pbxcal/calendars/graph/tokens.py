@@ -8,6 +8,11 @@
   refresh token) per link, ``acquire_token_silent_with_error``. MSAL may rotate the
   refresh token: when ``changed()`` is true after a sync, store ``serialize()`` again
   (encrypted, like every secret) so the newest refresh token survives a restart.
+  New grants ask for ``DELEGATED_SCOPES`` (Calendars.ReadWrite: bookings are written
+  into the calendar); a grant made before holds ``READ_ONLY_SCOPES`` only, and its
+  tokens are asked for with those (asking for more would need the user's consent
+  again): ``can_write`` / ``grant_can_write`` tell which from the cache's scopes, and a
+  booking into a read-only grant asks for the calendar to be linked again.
 
 ``authority_host`` is ``https://login.microsoftonline.com`` in production; tests point it
 at ``FakeGraph`` (MSAL insists on https, so the fake speaks TLS and ``ca_file`` trusts
@@ -45,11 +50,20 @@ DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 #: App-only: whatever application permissions the admin granted (Calendars.Read,
 #: MailboxSettings.Read).
 APP_SCOPES = ("https://graph.microsoft.com/.default",)
-#: Delegated: what pbxcal reads of the user's mailbox (MSAL adds offline_access).
+#: Delegated: what a new grant asks for (``links authorize microsoft`` and the portal's
+#: Microsoft sign-in): the user's calendar to read and to book meetings into, the mailbox
+#: settings (working hours) to read. MSAL adds offline_access.
 DELEGATED_SCOPES = (
+    "https://graph.microsoft.com/Calendars.ReadWrite",
+    "https://graph.microsoft.com/MailboxSettings.Read",
+)
+#: Delegated, reading only: what grants made before bookings were written hold.
+READ_ONLY_SCOPES = (
     "https://graph.microsoft.com/Calendars.Read",
     "https://graph.microsoft.com/MailboxSettings.Read",
 )
+#: The permission a delegated grant needs to book meetings into the calendar.
+WRITE_PERMISSION = "Calendars.ReadWrite"
 
 _RELINK = frozenset({"invalid_grant", "interaction_required", "consent_required",
                      "login_required"})
@@ -124,7 +138,7 @@ class DelegatedTokens:
         self, client_id: str, token_cache: str, *, tenant: str = "organizations",
         client_secret: str | None = None, authority_host: str = DEFAULT_AUTHORITY_HOST,
         ca_file: str | None = None, timeout: float = 30.0,
-        scopes: tuple[str, ...] = DELEGATED_SCOPES,
+        scopes: tuple[str, ...] | None = None,
     ) -> None:
         self._client_id = client_id
         self._secret = client_secret
@@ -132,7 +146,6 @@ class DelegatedTokens:
         self._authority = f"{authority_host.rstrip('/')}/{tenant}"
         self._ca_file = ca_file
         self._timeout = timeout
-        self._scopes = list(scopes)
         self._cache = msal.SerializableTokenCache()
         try:
             self._cache.deserialize(token_cache)
@@ -140,6 +153,11 @@ class DelegatedTokens:
             raise CalendarNeedsRelink(
                 "Microsoft grant: the stored token cache is unreadable"
             ) from None
+        #: Whether the grant allows writing to the calendar (None: the cache does not say).
+        self.can_write = _can_write(self._cache)
+        if scopes is None:  # ask for what the grant holds: more would need new consent
+            scopes = READ_ONLY_SCOPES if self.can_write is False else DELEGATED_SCOPES
+        self._scopes = list(scopes)
         self._app: Any = None
         self._lock = threading.Lock()
         accounts = list(self._cache.search(msal.TokenCache.CredentialType.ACCOUNT))
@@ -197,6 +215,29 @@ class DelegatedTokens:
     @property
     def _where(self) -> str:
         return f"Microsoft token endpoint (tenant {self._tenant!r})"
+
+
+def grant_can_write(token_cache: str) -> bool | None:
+    """Whether a delegated grant's serialized MSAL cache holds ``Calendars.ReadWrite``
+    (read from the scopes of its access tokens, no I/O); None when it cannot tell."""
+    cache = msal.SerializableTokenCache()
+    try:
+        cache.deserialize(token_cache)
+    except ValueError:
+        return None
+    return _can_write(cache)
+
+
+def _can_write(cache: Any) -> bool | None:
+    granted: set[str] = set()
+    for entry in cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN):
+        target = entry.get("target") if isinstance(entry, dict) else None
+        if isinstance(target, str):
+            # "https://graph.microsoft.com/Calendars.ReadWrite" or "Calendars.ReadWrite"
+            granted.update(s.rsplit("/", 1)[-1].lower() for s in target.split())
+    if not granted:
+        return None
+    return WRITE_PERMISSION.lower() in granted
 
 
 def _session(ca_file: str | None, timeout: float) -> requests.Session:

@@ -24,6 +24,8 @@ class Item:
     deleted: int | None = None
     cancelled: bool = False
     free_busy: str = "Busy"
+    #: Set for an item written through EWS (``writes``): its fields, exported again on edit.
+    fields: dict[str, object] | None = None
 
 
 @dataclass

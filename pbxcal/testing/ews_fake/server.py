@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from xml.etree import ElementTree as ET
 
-from pbxcal.testing.ews_fake import autodiscover, operations
+from pbxcal.testing.ews_fake import autodiscover, operations, writes
 from pbxcal.testing.ews_fake.auth import TokenIssuer, certificate
 from pbxcal.testing.ews_fake.handler import EWS_PATH, Handler
 from pbxcal.testing.ews_fake.mailbox import Mailboxes
@@ -84,6 +84,9 @@ class FakeEws:
         #: Seconds one ``ConnectionTimeout`` minute lasts (tests shorten it).
         self.minute = minute
         self.requests: list[LoggedRequest] = []
+        #: Meeting mail Exchange would have sent for writes (``writes``): (operation, to).
+        self.sent: list[tuple[str, str]] = []
+        self._read_only: set[str] = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -217,6 +220,21 @@ class FakeEws:
             kind, item = self._boxes.delete(mailbox, uid)
             self._subs.publish(mailbox.lower(), kind, item)
             self._changed.notify_all()
+
+    def deny_writes(self, mailbox: str, deny: bool = True) -> None:
+        """CreateItem/UpdateItem/DeleteItem in ``mailbox`` get ``ErrorAccessDenied`` (the
+        account may read the calendar only); ``deny=False`` allows them again."""
+        with self._lock:
+            if deny:
+                self._read_only.add(mailbox.lower())
+            else:
+                self._read_only.discard(mailbox.lower())
+
+    def items(self, mailbox: str) -> dict[str, str]:
+        """The live items of ``mailbox``: UID -> MimeContent (VCALENDAR)."""
+        with self._lock:
+            box = self._boxes[mailbox]
+            return {uid: i.ical for uid, i in box.items.items() if i.deleted is None}
 
     def expire_sync_states(self) -> None:
         with self._lock:
@@ -359,6 +377,14 @@ class FakeEws:
                     return 200, operations.sync_folder_items(self._boxes, request, mailbox)
                 if operation == "GetItem":
                     return 200, operations.get_item(self._boxes, request, mailbox)
+                if operation in writes.OPERATIONS:
+                    written = writes.answer(
+                        operation, self._boxes, request, mailbox,
+                        lambda kind, item: self._subs.publish(mailbox, kind, item),
+                        self.sent, mailbox in self._read_only,
+                    )  # fmt: skip
+                    self._changed.notify_all()
+                    return 200, written
                 if operation == "Subscribe":
                     return 200, self._subs.subscribe(request, mailbox)
                 if operation == "GetEvents":
