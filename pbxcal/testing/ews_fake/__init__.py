@@ -13,6 +13,11 @@ like Exchange 2016's (``m:``/``t:`` namespaces, ``ResponseClass``/``ResponseCode
   ``IncludesLastItemInRange``, ``expire_sync_states()`` → ``ErrorInvalidSyncStateData``;
   ``GetItem`` with ``item:MimeContent`` (the stored VCALENDAR, base64, as Exchange exports
   a calendar item: a recurring master with its RRULE, EXDATEs and modified occurrences);
+* writing (``writes``): ``CreateItem``, ``UpdateItem``, ``DeleteItem`` of calendar items
+  (booked meetings), kept and exported as MimeContent like any item; meeting mail
+  Exchange would have sent (anything but ``SendToNone`` with attendees) is logged in
+  ``sent``; ``deny_writes(mailbox)`` answers writes with ``ErrorAccessDenied``;
+  ``items(mailbox)`` gives the live items' VCALENDARs by UID;
 * notifications (``subscriptions``): ``Subscribe`` (streaming and pull, on the calendar),
   ``GetStreamingEvents`` (a chunked response that stays open: one Envelope per
   notification, ``ConnectionStatus`` ``Closed`` after ``ConnectionTimeout`` minutes of
