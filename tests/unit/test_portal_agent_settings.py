@@ -277,7 +277,7 @@ async def test_the_status_page_shows_the_share_link_and_the_form(portal: PortalC
     made, client = portal
     page = await (await client.get("/status", headers=made.cookie())).text()
     assert '<a href="https://portal.example.com/book/anna">' in page
-    assert 'action="/status/booking"' in page and 'name="agent" value="anna"' in page
+    assert 'action="/status/booking#booking-anna"' in page and 'name="agent" value="anna"' in page
     assert "Privé (Google)" in page and "cal.example/anna/ (CalDAV)" in page
     # nothing of extension 101 or of the other PBX
     for other in ("bob", "olga", "Bob&#39;s", "Olga&#39;s", f'value="{made.bob_link}"'):
