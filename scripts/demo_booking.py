@@ -144,7 +144,8 @@ def invitation(message: Message) -> tuple[str, Any, Any]:
     if part is None:
         raise RuntimeError(f"the e-mail {message['Subject']!r} has no text/calendar part")
     body = part.get_payload(decode=True)
-    assert isinstance(body, bytes)
+    if not isinstance(body, bytes):
+        raise RuntimeError("the invitation's text/calendar part is empty")
     calendar = icalendar.Calendar.from_ical(body)
     event = next(iter(calendar.walk("VEVENT")), None)
     if event is None:
