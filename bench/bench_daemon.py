@@ -51,6 +51,7 @@ from pbxcal.service.clock import SystemClock
 from pbxcal.service.metrics import Metrics
 from pbxcal.service.reconciler import LinkInstances, Reconciler
 from pbxcal.testing.asterisk import AsteriskSandbox, ensure_root
+from pbxcal.testing.ports import free_port
 
 PBXCAL = Path(sys.executable).parent / "pbxcal"
 TARGET = "+31612345678"
@@ -190,12 +191,6 @@ async def lag_benchmarks(sandbox: AsteriskSandbox, n: int, single_runs: int) -> 
 
 
 # -- idle cost ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:

@@ -62,6 +62,7 @@ from pbxcal.testing.asterisk_root import (
     require_root,
     root_is_healthy,
 )
+from pbxcal.testing.ports import free_port
 
 __all__ = [
     "CONTRIB_DIR",
@@ -85,13 +86,6 @@ _DIE_WITH_PARENT: tuple[str, ...] = (
 
 
 # --------------------------------------------------------------------------- sandbox
-
-
-def _free_port(kind: socket.SocketKind) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -347,8 +341,8 @@ class AsteriskSandbox:
         base = self.instance_dir
         for sub in ("etc/manager.d", "run", "spool", "lib", "log", "cache"):
             (base / sub).mkdir(parents=True, exist_ok=True)
-        self.ami_port = _free_port(socket.SOCK_STREAM)
-        self.sip_port = _free_port(socket.SOCK_DGRAM)
+        self.ami_port = free_port()
+        self.sip_port = free_port(socket.SOCK_DGRAM)
         # Even start, 200 ports; Asterisk retries inside the range if one is taken.
         self.rtp_start = 30000 + 2 * secrets.randbelow(4900)
         extensions = self.contrib_dir / "extensions_pbxcal.conf"

@@ -19,12 +19,13 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from pbxcal.testing.ports import free_port
 
 INSTALL_HINT = "install the PostgreSQL server with: apt-get install postgresql"
 SUPERUSER = "pbxcal"
@@ -48,13 +49,6 @@ def find_binaries() -> Path:
     raise PostgresUnavailable(
         f"PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin; {INSTALL_HINT}"
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from pyVoIP.VoIP import CallState, PhoneStatus, VoIPCall, VoIPPhone  # before py
 from pyVoIP.SIP import SIPMessage, SIPMessageType  # isort: skip
 
 from pbxcal.testing.asterisk import AsteriskSandbox
+from pbxcal.testing.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -39,13 +40,6 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 10.0) ->
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class TestPhone(VoIPPhone):  # type: ignore[misc]
@@ -106,7 +100,7 @@ def phones(asterisk: AsteriskSandbox) -> Iterator[dict[str, TestPhone]]:
                 name,
                 asterisk.sip_secret,
                 myIP="127.0.0.1",
-                sipPort=free_udp_port(),
+                sipPort=free_port(socket.SOCK_DGRAM),
                 rtpPortLow=low,
                 rtpPortHigh=low + 199,
             )

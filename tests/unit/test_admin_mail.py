@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import queue
-import socket
 from collections.abc import Iterator
 from email.policy import default as default_policy
 from pathlib import Path
@@ -17,14 +16,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from pbxcal.config import SmtpConfig
 from pbxcal.mail import MailError, invitation_message, send_invitation
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
+from pbxcal.testing.ports import free_port
 
 PASSWORD = "s3cret-smtp-pw"
 

@@ -22,14 +22,9 @@ import pytest
 from pbxcal.cli.main import main
 from pbxcal.config import load_config
 from pbxcal.service.daemon import Daemon
+from pbxcal.testing.ports import free_port
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_config(tmp_path: Path, *, ami_port: int, listen: str | None = None, **extra: str) -> Path:

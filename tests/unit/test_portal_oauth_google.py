@@ -32,6 +32,7 @@ from pbxcal.store import KeyRing, Store
 from pbxcal.store.secrets import new_key
 from pbxcal.testing.fakes import FakeClock
 from pbxcal.testing.google_fake import FakeGoogle
+from pbxcal.testing.ports import free_port
 from pbxcal.web.server import WebServer
 
 CLIENT_SECRET = "web-client-secret-never-shown"
@@ -75,7 +76,7 @@ class Portal:
 async def portal(tmp_path: Path, google: FakeGoogle) -> AsyncIterator[Portal]:
     client_file = tmp_path / "google-web-client.json"
     client_file.write_text(json.dumps(google.add_web_client("web-1", CLIENT_SECRET)))
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     config = parse_config({
         "pbxcal": {"region": "NL", "timezone": "UTC"},
@@ -99,15 +100,6 @@ async def portal(tmp_path: Path, google: FakeGoogle) -> AsyncIterator[Portal]:
 
 def _ok() -> tuple[bool, dict[str, object]]:
     return True, {}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _event(title: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from pbxcal.store import KeyRing, Store
 from pbxcal.store.secrets import new_key
 from pbxcal.testing.fakes import FakeClock
 from pbxcal.testing.graph_fake import TENANT, FakeGraph
+from pbxcal.testing.ports import free_port
 from pbxcal.web.server import WebServer
 
 CLIENT = "portal-app"
@@ -64,7 +65,7 @@ class Portal:
 async def portal(tmp_path: Path, graph: FakeGraph) -> AsyncIterator[Portal]:
     secret_file = tmp_path / "entra-secret"
     secret_file.write_text(SECRET + "\n")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     config = parse_config({
         "pbxcal": {"region": "NL", "timezone": "UTC"},
@@ -90,15 +91,6 @@ async def portal(tmp_path: Path, graph: FakeGraph) -> AsyncIterator[Portal]:
 
 def _ok() -> tuple[bool, dict[str, object]]:
     return True, {}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _csrf(page: str) -> str:

@@ -22,13 +22,8 @@ from pbxcal.errors import ConfigError
 from pbxcal.service.metrics import Metrics
 from pbxcal.store import KeyRing, Store
 from pbxcal.store.secrets import new_key
+from pbxcal.testing.ports import free_port
 from pbxcal.web.server import WebServer, listeners
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def config(tmp_path: Path, extra: str) -> Config:
