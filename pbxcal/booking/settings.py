@@ -33,6 +33,13 @@ from pbxcal.core.slots import AvailabilityRules
 MIN_DURATION, MAX_DURATION = 15, 360
 BUFFERS = (0, 15, 30)
 MAX_HORIZON_DAYS = 366
+#: (lowest, highest) of each whole-number setting (the customer's form shows them too).
+NUMBER_RANGES = {
+    "horizon_days": (1, MAX_HORIZON_DAYS),
+    "min_notice_minutes": (0, 60 * 24 * 60),
+    "step_minutes": (5, 360),
+    "reminder_minutes": (1, 60 * 24 * 7),
+}
 _PERIOD = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])")
 _SET_FLAGS = frozenset({"hours_set", "timezone_set"})
 _KEYS = frozenset(
@@ -69,24 +76,17 @@ def parse_settings(raw: Mapping[str, Any], base: AgentSettings | None = None) ->
         changes["hours_set"] = True
     if "breaks" in raw:
         changes["breaks"] = _periods(raw["breaks"], "breaks")
-    if "horizon_days" in raw:
-        changes["horizon_days"] = _bounded(raw["horizon_days"], "horizon_days", 1, MAX_HORIZON_DAYS)
-    if "min_notice_minutes" in raw:
-        changes["min_notice_minutes"] = _bounded(
-            raw["min_notice_minutes"], "min_notice_minutes", 0, 60 * 24 * 60
-        )
-    if "step_minutes" in raw:
-        step = raw["step_minutes"]
-        changes["step_minutes"] = None if step is None else _bounded(step, "step_minutes", 5, 360)
+    for key in ("horizon_days", "min_notice_minutes"):
+        if key in raw:
+            changes[key] = _bounded(raw[key], key, *NUMBER_RANGES[key])
+    for key in ("step_minutes", "reminder_minutes"):  # null: the meeting's length / none
+        if key in raw:
+            value = raw[key]
+            changes[key] = None if value is None else _bounded(value, key, *NUMBER_RANGES[key])
     if "buffers_in_event" in raw:
         if not isinstance(raw["buffers_in_event"], bool):
             raise BookingRefused("buffers_in_event must be true or false")
         changes["buffers_in_event"] = raw["buffers_in_event"]
-    if "reminder_minutes" in raw:
-        value = raw["reminder_minutes"]
-        changes["reminder_minutes"] = (
-            None if value is None else _bounded(value, "reminder_minutes", 1, 60 * 24 * 7)
-        )
     return replace(settings, **changes)
 
 

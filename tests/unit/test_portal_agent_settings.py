@@ -411,3 +411,45 @@ async def test_a_missing_or_wrong_csrf_token_is_refused_and_nothing_saved(
             await (await client.get("/status", headers=cookie)).text())),
     )  # fmt: skip
     assert cross.status == 403 and made.settings("anna") == before
+
+
+async def test_a_removed_conflict_calendar_does_not_block_saving(portal: PortalClient) -> None:
+    made, client = portal
+    gone = made.store.add_link("101", "main", "ics", "https://cal.example/gone.ics", {}).id
+    with sqlite3.connect(made.path) as db:  # as an admin's agents set --conflict-link does
+        db.execute(
+            "UPDATE agents SET conflict_link_ids = ? WHERE id = 'anna'",
+            (f"[{made.anna_link}, {gone}]",),
+        )
+    made.store.remove_link(gone)  # the agent's list still names it
+    cookie = made.cookie()
+    page = await (await client.get("/status", headers=cookie)).text()
+    assert "Calendars your phone provider added count too." not in page
+    reply = await client.post(
+        "/status/booking", data=filled(csrf_token=csrf_of(page), duration=["60"]),
+        headers=cookie, allow_redirects=False,
+    )  # fmt: skip
+    assert reply.status == 303
+    stored = load_agent(made.store, "anna")
+    assert stored.settings.durations == (60,) and stored.conflict_link_ids == (made.anna_link,)
+
+
+async def test_each_agent_of_the_extension_has_its_own_form(portal: PortalClient) -> None:
+    made, client = portal
+    add_agent(made.store, made.config, "anna-sales", pbx="main", extension="100",
+              name="Anna (sales)", booking_link_id=made.own_link)  # fmt: skip
+    cookie = made.cookie()
+    page = await (await client.get("/status", headers=cookie)).text()
+    assert page.count('action="/status/booking#booking-') == 2
+    assert "<h3>Anna</h3>" in page and "<h3>Anna (sales)</h3>" in page
+    assert 'id="anna-sales-timezone"' in page and 'id="anna-timezone"' in page
+    before = made.settings("anna")
+    form = filled(csrf_token=csrf_of(page), agent="anna-sales", duration=["90"],
+                  conflict_link=[], booking_link=str(made.own_link))  # fmt: skip
+    reply = await client.post("/status/booking", data=form, headers=cookie,
+                              allow_redirects=False)  # fmt: skip
+    assert reply.headers["Location"] == "/status?saved=anna-sales#booking-anna-sales"
+    assert load_agent(made.store, "anna-sales").settings.durations == (90,)
+    assert made.settings("anna") == before
+    back = await client.get("/status/booking", headers=cookie, allow_redirects=False)
+    assert back.status == 303 and back.headers["Location"] == "/status"

@@ -9,7 +9,8 @@ Routes (``add_routes``)::
     GET  /link/exchange   forms.link_form(EXCHANGE) the Exchange (EWS) form; POST links
     GET  /status          pages.status              what pbxcal understood of the calendar,
                                                     and the agent's booking settings
-    POST /status/booking  pages.save_booking_settings  the booking settings form
+    POST /status/booking  pages.save_booking_settings  the booking settings form (GET:
+                                                    back to /status)
     POST /unlink          pages.unlink              "Linked the wrong account?"
     GET  /static/...      the one CSS file
 
@@ -27,6 +28,7 @@ from pbxcal.web.portal.flow import error_pages, page
 from pbxcal.web.portal.forms import FORMS, link_form
 from pbxcal.web.portal.pages import (
     INVITATION_RATE,
+    booking_settings_page,
     choose_provider,
     invitation_handler,
     save_booking_settings,
@@ -52,6 +54,7 @@ def add_routes(app: web.Application, ctx: WebContext) -> None:
     for form in FORMS.values():
         app.router.add_routes(link_form(form))
     app.router.add_get("/status", status)
+    app.router.add_get("/status/booking", booking_settings_page)
     app.router.add_post("/status/booking", save_booking_settings)
     app.router.add_post("/unlink", unlink)
     app.router.add_static("/static", STATIC_DIR)

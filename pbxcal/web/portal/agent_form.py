@@ -38,13 +38,13 @@ from typing import Any
 
 from pbxcal.booking.agents import BOOKING_PROVIDERS
 from pbxcal.booking.model import WEEKDAYS, Agent, AgentSettings, BookingRefused
-from pbxcal.booking.settings import parse_settings, settings_json
+from pbxcal.booking.settings import NUMBER_RANGES, parse_settings, settings_json
 from pbxcal.store import Link
 
 #: The meeting lengths the form offers (an agent's other lengths are offered too).
 DURATION_CHOICES = (15, 30, 45, 60, 90, 120)
 BUFFER_CHOICES = ("0", "15", "30")
-NUMBER_FIELDS = ("horizon_days", "min_notice_minutes", "step_minutes", "reminder_minutes")
+NUMBER_FIELDS = tuple(NUMBER_RANGES)
 #: Fields that may be left empty (empty: the meeting's length / no reminder).
 EMPTY_IS_NONE = frozenset({"step_minutes", "reminder_minutes"})
 KEEP, NONE = "keep", "none"

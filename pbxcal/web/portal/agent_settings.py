@@ -22,12 +22,13 @@ Start at ``save_settings``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pbxcal.booking import agents as agent_ops
 from pbxcal.booking.availability import forget_agent
 from pbxcal.booking.model import Agent
+from pbxcal.booking.settings import NUMBER_RANGES
 from pbxcal.store import Link, Store
 from pbxcal.web.booking.params import zone_choices
 from pbxcal.web.portal.agent_form import (
@@ -85,11 +86,22 @@ class BookingSection:
     """The agents of the extension (empty: booking is not switched on for it)."""
 
     agents: list[AgentForm] = field(default_factory=list)
+    #: (lowest, highest) of the number fields, for the browser's own hints
+    ranges: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(NUMBER_RANGES))
 
 
 def agents_of(store: Store, pbx: str, extension: str) -> list[Agent]:
-    """The agents (as booked) of ``extension`` on ``pbx``, by id."""
-    return [a for a in agent_ops.list_agents(store) if a.pbx == pbx and a.extension == extension]
+    """The agents (as booked) of ``extension`` on ``pbx``, by id, without the conflict
+    calendars that were removed since (a removed link stays in an agent's list, and
+    ``agents.set_agent`` refuses a list naming it)."""
+    found = [a for a in agent_ops.list_agents(store) if a.pbx == pbx and a.extension == extension]
+    if not found:
+        return found
+    existing = {link.id for link in store.list_links()}
+    return [
+        replace(a, conflict_link_ids=tuple(i for i in a.conflict_link_ids if i in existing))
+        for a in found
+    ]
 
 
 def links_of(store: Store, pbx: str, extension: str) -> list[Link]:

@@ -210,6 +210,11 @@ def _when(zone: Any, language: str) -> Any:
     return when
 
 
+async def booking_settings_page(request: web.Request) -> web.StreamResponse:
+    """``GET /status/booking`` (a bookmark of the answer to the form): the status page."""
+    raise web.HTTPSeeOther("/status")
+
+
 async def save_booking_settings(request: web.Request) -> web.StreamResponse:
     """``POST /status/booking``: the booking settings form of the status page (CSRF
     first; ``agent_settings.save_settings`` refuses another extension's agent)."""
