@@ -262,6 +262,7 @@ def booking_json(booking: Booking) -> dict[str, Any]:
         "uid": booking.uid,
         "sequence": booking.sequence,
         "status": booking.status,
+        "join_url": booking.join_url,
     }
 
 

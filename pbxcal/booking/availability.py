@@ -5,9 +5,20 @@ saved expansions the sync wrote; for a range beyond them, the stored events expa
 again) minus what is not a meeting — forwarding appointments (titles the PBX's
 ``TitleParser`` reads as numbers), free/transparent events; declined and cancelled
 invitations are already gone from the expansion; tentative ones stay busy; all-day
-events block their whole local days unless transparent — plus the agent's confirmed
-bookings (so a booking not yet synced back is busy too). ``free_slots`` of the core
-turns that and the agent's rules into slots (the ``pbxcal slots`` semantics).
+events block their whole local days unless transparent — plus the *blocked ranges* of
+the agent's confirmed bookings (so a booking not yet synced back is busy too).
+``free_slots`` of the core turns that and the agent's rules into slots (the ``pbxcal
+slots`` semantics).
+
+The buffer rule, the same one the database enforces (``pbxcal.store.booking``): a
+booking blocks ``[start - buffer_before, end + buffer_after)`` with the buffers the
+agent had when it was booked (stored with it). A slot ``s`` of length ``d`` is offered
+when its own blocked range ``[s - buffer_before, s + d + buffer_after)`` (today's
+buffers) meets no booking's blocked range and no busy calendar event, so a slot offered
+here is one the database accepts, and one it refuses is never offered. The booking's
+own event, synced back from the booking calendar, lies inside its blocked range (with
+``buffers_in_event`` it *is* that range), so it never adds to it: the buffers are not
+counted twice.
 
 Fast path: each link's busy intervals are kept in memory per (link, expansion's
 ``computed_at``), so a request costs three small queries and the slot walk.
@@ -220,7 +231,8 @@ def slots_of(
     """The agent's slots in ``[start, end)`` as of ``now``. ``default_zone``: the
     config's, for calendars that name none (all-day and floating events);
     ``with_busy`` False: working hours and rules only; ``ignore`` / ``skip_uid``: the
-    booking being moved (its row's time, its event in the calendar) does not count."""
+    booking being moved (its row's blocked range, its event in the calendar) does not
+    count."""
     check_request(agent, start, end, duration_minutes)
     settings = agent.settings
     end = min(end, now + timedelta(days=settings.horizon_days))
@@ -230,7 +242,7 @@ def slots_of(
     margin = timedelta(days=1) + rules.buffer_before + rules.buffer_after  # <= QUERY_MARGIN
     busy = (
         busy_of(agent, store, parser, start - margin, end + margin, default_zone, ignore,
-                prefetched=prefetched, skip_uid=skip_uid)
+                prefetched=prefetched, skip_uid=skip_uid, blocked=True)
         if with_busy
         else []
     )  # fmt: skip
@@ -284,18 +296,22 @@ def busy_of(
     *,
     prefetched: tuple[dict[int, datetime], list[Interval]] | None = None,
     skip_uid: str | None = None,
+    blocked: bool = False,
 ) -> list[Interval]:
     """Sorted, merged busy time of the agent overlapping ``[since, until)`` (without the
     booking at ``ignore``, and without calendar events of UID ``skip_uid``: the booking
-    being moved, as synced back from its calendar). ``prefetched``: the link stamps and
-    bookings already read (``Store.availability_inputs`` over a range covering this)."""
+    being moved, as synced back from its calendar). ``blocked``: the bookings' blocked
+    ranges (buffers included: what slots are checked against), else their meetings
+    (what "now" reports). ``prefetched``: the link stamps and blocked ranges already
+    read (``Store.availability_inputs`` over a range covering this)."""
     spans: list[Interval] = []
     links = agent.conflict_link_ids
     if prefetched is not None:
         stamps, bookings = prefetched
     else:
         stamps = store.expansion_stamps(links) if links else {}
-        bookings = [(s, e) for _, s, e in store.confirmed_bookings((agent.id,), since, until)]
+        read = store.blocked_ranges if blocked else store.confirmed_bookings
+        bookings = [(s, e) for _, s, e in read((agent.id,), since, until)]
     for link_id in links:
         stamp = stamps.get(link_id)
         if stamp is None:

@@ -2,11 +2,15 @@
 the agent's notice and the reminder.
 
 What it does: ``booking_vevent`` is the one VEVENT of a booking (UID, SEQUENCE,
-DTSTAMP, ORGANIZER = the agent, ATTENDEE = the guest with ``RSVP=TRUE``); ``booking_ics``
+DTSTAMP, ORGANIZER = the agent, ATTENDEE = the guest with ``RSVP=TRUE``; with an online
+meeting its join link three times over, so every client finds it: ``LOCATION`` (what
+Outlook and Gmail show), ``URL``, and RFC 7986's ``CONFERENCE;VALUE=URI;FEATURE=VIDEO``
+(what newer clients turn into a "join" button)); ``booking_ics``
 wraps it in a VCALENDAR (the confirmation page's download, the CalDAV PUT);
 ``invitation_email`` builds the guest's message: ``multipart/alternative`` with a
 plain-text part and a ``text/calendar; method=REQUEST`` (or ``CANCEL``) part — the shape
-Outlook and Gmail show with accept / decline buttons. Built with ``icalendar`` (the
+Outlook and Gmail show with accept / decline buttons; the text part names the join link
+on a line of its own. Built with ``icalendar`` (the
 library the core reads calendars with) and the standard ``email`` package.
 
 Texts are English and Dutch (``TEXTS``; the guest page's language decides).
@@ -16,7 +20,7 @@ Start reading at ``invitation_email``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
 from zoneinfo import ZoneInfo
@@ -37,6 +41,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "agent_update": "Booking moved: {subject} with {guest} ({when})",
         "agent_cancel": "Booking cancelled: {subject} with {guest} ({when})",
         "body": "{subject}\n\nWhen: {when} ({zone})\nWith: {agent}\nGuest: {guest} <{email}>\n",
+        "join": "Join online: {url}\n",
         "manage": "\nTo move or cancel this meeting, open:\n{url}\n",
         "cancelled": "\nThis meeting has been cancelled.\n",
     },
@@ -49,6 +54,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "agent_update": "Afspraak verzet: {subject} met {guest} ({when})",
         "agent_cancel": "Afspraak geannuleerd: {subject} met {guest} ({when})",
         "body": "{subject}\n\nWanneer: {when} ({zone})\nMet: {agent}\nGast: {guest} <{email}>\n",
+        "join": "Online deelnemen: {url}\n",
         "manage": "\nOm deze afspraak te verzetten of te annuleren, open:\n{url}\n",
         "cancelled": "\nDeze afspraak is geannuleerd.\n",
     },
@@ -73,10 +79,7 @@ def booking_vevent(
     event.add("UID", booking.uid)
     event.add("SEQUENCE", booking.sequence)
     event.add("DTSTAMP", (stamp or datetime.now(UTC)).astimezone(UTC))
-    start, end = booking.start, booking.end
-    if buffers:
-        start -= timedelta(minutes=agent.settings.buffer_before)
-        end += timedelta(minutes=agent.settings.buffer_after)
+    start, end = booking.blocked if buffers else (booking.start, booking.end)
     event.add("DTSTART", start.astimezone(UTC))
     event.add("DTEND", end.astimezone(UTC))
     event.add("SUMMARY", booking.subject)
@@ -91,6 +94,13 @@ def booking_vevent(
     event.add("ATTENDEE", attendee)
     event.add("STATUS", "CANCELLED" if cancelled else "CONFIRMED")
     event.add("TRANSP", "OPAQUE")
+    if booking.join_url:
+        event.add("LOCATION", booking.join_url)
+        event.add("URL", booking.join_url)
+        conference = icalendar.vUri(booking.join_url)
+        conference.params["VALUE"] = "URI"  # RFC 7986 5.11: VALUE=URI is required
+        conference.params["FEATURE"] = "VIDEO"
+        event.add("CONFERENCE", conference)
     return event
 
 
@@ -143,6 +153,8 @@ def invitation_email(
         "agent": agent.name, "guest": booking.guest_name, "email": booking.guest_email,
     }  # fmt: skip
     body = texts["body"].format(**values)
+    if booking.join_url and kind != "cancel":
+        body += texts["join"].format(url=booking.join_url)
     body += texts["cancelled"] if kind == "cancel" else ""
     if manage_url and kind != "cancel":
         body += texts["manage"].format(url=manage_url)
@@ -168,7 +180,10 @@ def agent_notice(booking: Booking, agent: Agent, sender: str, *, kind: str) -> E
     }  # fmt: skip
     subject = texts[f"agent_{kind}"].format(**values)
     assert agent.email is not None
-    message = _message(sender, agent.email, subject, texts["body"].format(**values))
+    body = texts["body"].format(**values)
+    if booking.join_url and kind != "cancel":
+        body += texts["join"].format(url=booking.join_url)
+    message = _message(sender, agent.email, subject, body)
     message.add_attachment(
         booking_ics(booking, agent), maintype="text", subtype="calendar", filename="booking.ics"
     )

@@ -95,6 +95,19 @@ class Booking:
     created_at: datetime | None = None
     reminded_at: datetime | None = None
     manage_token: str | None = None
+    #: What the booking keeps the agent from: ``[start - buffer_before, end +
+    #: buffer_after)`` with the agent's buffers when it was booked (or moved); the
+    #: database keeps these ranges of one agent's confirmed bookings apart. None: the
+    #: meeting itself (``blocked``).
+    blocked_start: datetime | None = None
+    blocked_end: datetime | None = None
+    #: the online meeting's join link (Google Meet, Teams) the booking calendar added
+    join_url: str | None = None
+
+    @property
+    def blocked(self) -> tuple[datetime, datetime]:
+        """The blocked range, buffers included (the meeting when none was stored)."""
+        return (self.blocked_start or self.start, self.blocked_end or self.end)
 
 
 @dataclass(frozen=True)

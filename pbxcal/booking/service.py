@@ -8,14 +8,22 @@ What it does, for ``book``:
    conflict link; concurrent bookings share one read that started after they arrived);
 3. check that the start is one of the agent's slots on that fresh data (not a
    bookable time at all: ``BookingRefused``; busy: ``SlotTaken``);
-4. insert the booking row: the database refuses an overlapping confirmed booking of the
-   agent (``BookingOverlap`` → ``SlotTaken``), in any number of threads or processes;
+4. insert the booking row with its blocked range, the meeting widened by the agent's
+   buffers now (``[start - buffer_before, end + buffer_after)``): the database refuses
+   it when it meets another confirmed booking's blocked range (``BookingOverlap`` →
+   ``SlotTaken``), in any number of threads or processes, so the buffers between two
+   meetings hold even when two guests book neighbouring slots at the same moment;
 5. create the event in the booking calendar (``writeback``); if that fails the row is
-   deleted and ``ProviderFailed`` raised: nothing stays booked;
-6. e-mail the guest an iTIP ``REQUEST`` and the agent a notice (failures are logged:
-   the booking stands).
+   deleted and ``ProviderFailed`` raised: nothing stays booked. The calendar's answer
+   (``CreatedEvent``) gives the event's id and, where the provider added an online
+   meeting (Google Meet, a Teams meeting), its join link: stored with the booking when
+   it is an ``https`` address (anything else is dropped and logged);
+6. e-mail the guest an iTIP ``REQUEST`` (with the join link: ``LOCATION``, ``URL``,
+   RFC 7986 ``CONFERENCE`` and a line in the text) and the agent a notice (failures are
+   logged: the booking stands).
 
-``reschedule`` (SEQUENCE + 1, re-checked the same way, the event updated) and
+``reschedule`` (SEQUENCE + 1, re-checked the same way, the blocked range taken again
+from the agent's buffers now, the event updated; the join link stays) and
 ``cancel`` (``METHOD:CANCEL``, the event deleted) take the guest's manage token: 256
 random bits, stored as its SHA-256 only (like invitations), shown once in the answer
 of ``book`` and the e-mail's link. A group booking tries the free members in
@@ -75,7 +83,34 @@ def booking_from_row(row: dict[str, Any], token: str | None = None) -> Booking:
         uid=row["uid"], sequence=row["sequence"], status=row["status"],
         language=row["language"], provider_event_id=row["provider_event_id"],
         created_at=row["created_at"], reminded_at=row["reminded_at"], manage_token=token,
+        blocked_start=row["blocked_start"], blocked_end=row["blocked_end"],
+        join_url=row["join_url"],
     )  # fmt: skip
+
+
+def blocked_range(agent: Agent, start: datetime, end: datetime) -> dict[str, datetime]:
+    """The booking row's blocked range: the meeting with the agent's buffers now."""
+    settings = agent.settings
+    return {"blocked_start": start - timedelta(minutes=settings.buffer_before),
+            "blocked_end": end + timedelta(minutes=settings.buffer_after)}  # fmt: skip
+
+
+#: The longest join link kept (Teams links run to some hundreds of characters).
+MAX_JOIN_URL = 2000
+
+
+def join_link(url: str | None, agent: Agent) -> str | None:
+    """The provider's join link if it is one to show a guest: ``https``, no spaces or
+    control characters, not absurdly long; else None (logged)."""
+    if url is None:
+        return None
+    plain = all(33 <= ord(c) < 127 for c in url)
+    if url.lower().startswith("https://") and len(url) > len("https://") and plain \
+            and len(url) <= MAX_JOIN_URL:  # fmt: skip
+        return url
+    log.warning("agent %s: the booking calendar's meeting link is not an https address "
+                "(dropped)", agent.id)  # fmt: skip
+    return None
 
 
 async def book(
@@ -144,7 +179,7 @@ async def _book_agent(
         "agent_id": agent.id, "start_at": start, "end_at": end, "subject": subject,
         "guest_name": guest_name, "guest_email": guest_email, "language": language,
         "uid": f"{uuid.uuid4()}@pbxcal", "sequence": 0, "status": "confirmed",
-        "manage_token_hash": token_hash(token),
+        "manage_token_hash": token_hash(token), **blocked_range(agent, start, end),
     }  # fmt: skip
     try:
         booking_id = await asyncio.to_thread(ctx.store.insert_booking, row)
@@ -154,7 +189,7 @@ async def _book_agent(
         forget_agent(ctx.store, agent.id)
     booking = booking_from_row(
         {**row, "id": booking_id, "provider_event_id": None, "created_at": ctx.clock.now(),
-         "reminded_at": None}, token,
+         "reminded_at": None, "join_url": None}, token,
     )  # fmt: skip
     try:
         calendar = await _calendar(ctx, agent)
@@ -164,10 +199,11 @@ async def _book_agent(
         forget_agent(ctx.store, agent.id)
         log.warning("agent %s: booking not written to the calendar: %s", agent.id, exc)
         raise
-    event_id = created.event_id
-    await asyncio.to_thread(ctx.store.update_booking, booking_id, {"provider_event_id": event_id})
+    written = {"provider_event_id": created.event_id,
+               "join_url": join_link(created.join_url, agent)}  # fmt: skip
+    await asyncio.to_thread(ctx.store.update_booking, booking_id, written)
     booking = booking_from_row(
-        {**row, "id": booking_id, "provider_event_id": event_id, "created_at": booking.created_at,
+        {**row, **written, "id": booking_id, "created_at": booking.created_at,
          "reminded_at": None}, token,
     )  # fmt: skip
     await _mail_both(ctx, booking, agent, "request", "new", token)
@@ -195,6 +231,7 @@ async def reschedule(ctx: WebContext, token: str, new_start: datetime) -> Bookin
     await fresh_sync(ctx, agent)
     await asyncio.to_thread(_check_slot, ctx, agent, new_start, minutes, booking)
     changes = {"start_at": new_start, "end_at": new_start + length,
+               **blocked_range(agent, new_start, new_start + length),
                "sequence": booking.sequence + 1, "reminded_at": None}  # fmt: skip
     try:
         await asyncio.to_thread(ctx.store.update_booking, booking.id, changes)
@@ -208,7 +245,9 @@ async def reschedule(ctx: WebContext, token: str, new_start: datetime) -> Bookin
             calendar = await _calendar(ctx, agent)
             await calendar.update(booking.provider_event_id, moved, _ics(ctx, moved, agent))
     except ProviderFailed:
+        blocked_start, blocked_end = booking.blocked
         back = {"start_at": booking.start, "end_at": booking.end,
+                "blocked_start": blocked_start, "blocked_end": blocked_end,
                 "sequence": booking.sequence, "reminded_at": booking.reminded_at}  # fmt: skip
         await asyncio.to_thread(ctx.store.update_booking, booking.id, back)
         forget_agent(ctx.store, agent.id)
@@ -279,7 +318,7 @@ def _check_slot(
     parser = parser_of(ctx, agent)
     end = start + timedelta(seconds=1)
     zone = ctx.config.timezone
-    ignore = (moving.start, moving.end) if moving is not None else None
+    ignore = moving.blocked if moving is not None else None
     skip = None  # the moved booking's own event, as its calendar gives it back
     if moving is not None:
         skip = moving.uid
@@ -389,5 +428,6 @@ def _row_of(booking: Booking) -> dict[str, Any]:
         "guest_email": booking.guest_email, "uid": booking.uid, "sequence": booking.sequence,
         "status": booking.status, "language": booking.language,
         "provider_event_id": booking.provider_event_id, "created_at": booking.created_at,
-        "reminded_at": booking.reminded_at,
+        "reminded_at": booking.reminded_at, "blocked_start": booking.blocked[0],
+        "blocked_end": booking.blocked[1], "join_url": booking.join_url,
     }  # fmt: skip

@@ -1,11 +1,18 @@
-"""Agents, agent groups and bookings (``Store``'s ``BookingTable`` mixin; migration 0006).
+"""Agents, agent groups and bookings (``Store``'s ``BookingTable`` mixin; migrations
+0006 and 0009).
 
 What it does: keeps agents (an extension with booking settings and the links that make
 it busy / receive bookings), groups of agents with a round-robin counter, and bookings.
 Rows go in and out as plain dicts (``pbxcal.booking`` turns them into its values).
-``insert_booking`` and ``update_booking`` raise ``BookingOverlap`` when the database
-refuses an overlapping confirmed booking of the same agent: an exclusion constraint on
-PostgreSQL, triggers on SQLite (see migration 0006); Python never decides that race.
+
+The buffer rule lives here, in the database: each booking row carries its *blocked
+range* ``[blocked_start, blocked_end)``, the meeting widened by the agent's buffers
+before and after (the caller fills it; absent, it is the meeting itself), and two
+confirmed bookings of one agent never have overlapping blocked ranges (touching is
+fine). So two booked meetings are always at least the first one's after-buffer plus the
+second one's before-buffer apart. ``insert_booking`` and ``update_booking`` raise
+``BookingOverlap`` when the database refuses one: an exclusion constraint on
+PostgreSQL, triggers on SQLite (migration 0009); Python never decides that race.
 ``claim_reminder`` is one conditional UPDATE, so a reminder is sent once even with
 several processes. ``expansion_stamps`` / ``load_link_expansions`` read the synced
 instances of a few links (availability needs no other link's).
@@ -127,10 +134,13 @@ class BookingTable:
     # -- bookings --------------------------------------------------------------------
 
     def insert_booking(self, values: Mapping[str, Any]) -> int:
-        """Insert a booking; its id. ``BookingOverlap`` when it would double-book."""
-        for name in ("start_at", "end_at"):
-            require_utc(values[name], f"booking {name}")
-        row = {**values, "created_at": values.get("created_at") or datetime.now(UTC)}
+        """Insert a booking; its id. ``BookingOverlap`` when its blocked range (without
+        ``blocked_start`` / ``blocked_end``: the meeting) meets another confirmed
+        booking's of the agent."""
+        row = {**_with_blocked_range(values),
+               "created_at": values.get("created_at") or datetime.now(UTC)}  # fmt: skip
+        for name in ("start_at", "end_at", "blocked_start", "blocked_end"):
+            require_utc(row[name], f"booking {name}")
         with self._db.transaction(write=True) as conn:
             try:
                 result = conn.execute(insert(db.bookings).returning(db.bookings.c.id), row)
@@ -139,11 +149,13 @@ class BookingTable:
             return int(result.scalar_one())
 
     def update_booking(self, booking_id: int, values: Mapping[str, Any]) -> bool:
-        """Change a booking; False when there is none. ``BookingOverlap`` as above."""
+        """Change a booking; False when there is none. ``BookingOverlap`` as above. New
+        meeting times without a blocked range block the meeting itself."""
+        row = _with_blocked_range(values) if "start_at" in values else dict(values)
         with self._db.transaction(write=True) as conn:
             try:
                 result = conn.execute(
-                    update(db.bookings).where(db.bookings.c.id == booking_id).values(**values)
+                    update(db.bookings).where(db.bookings.c.id == booking_id).values(**row)
                 )
             except IntegrityError as exc:
                 raise _mapped(exc) from None
@@ -178,6 +190,21 @@ class BookingTable:
         with self._db.transaction() as conn:
             return [(r.agent_id, r.start_at, r.end_at) for r in conn.execute(query)]
 
+    def blocked_ranges(
+        self, agent_ids: Collection[str], start: datetime, end: datetime
+    ) -> list[tuple[str, datetime, datetime]]:
+        """(agent id, blocked start, blocked end) of the agents' confirmed bookings whose
+        blocked range (buffers included) overlaps ``[start, end)``."""
+        c = db.bookings.c
+        query = select(c.agent_id, c.blocked_start, c.blocked_end).where(
+            c.agent_id.in_(list(agent_ids)),
+            c.status == "confirmed",
+            c.blocked_start < end,
+            c.blocked_end > start,
+        )
+        with self._db.transaction() as conn:
+            return [(r.agent_id, r.blocked_start, r.blocked_end) for r in conn.execute(query)]
+
     def list_bookings(self, agent_id: str, since: datetime) -> list[dict[str, Any]]:
         c = db.bookings.c
         query = (
@@ -211,8 +238,9 @@ class BookingTable:
         self, agent_id: str, span: Callable[[dict[str, Any]], tuple[datetime, datetime]]
     ) -> tuple[dict[str, Any], dict[int, datetime], list[tuple[datetime, datetime]]] | None:
         """What availability reads, in one transaction: the agent's row, the
-        ``computed_at`` of its conflict links' expansions, and its confirmed bookings
-        overlapping ``span(row)`` = ``[since, until)``. None for an unknown agent."""
+        ``computed_at`` of its conflict links' expansions, and the blocked ranges (buffers
+        included) of its confirmed bookings overlapping ``span(row)`` = ``[since,
+        until)``. None for an unknown agent."""
         b, x = db.bookings.c, db.expansions.c
         with self._db.transaction() as conn:
             row = conn.execute(select(db.agents).where(db.agents.c.id == agent_id)).first()
@@ -226,11 +254,11 @@ class BookingTable:
                 for r in conn.execute(select(x.link_id, x.computed_at).where(x.link_id.in_(links)))
             } if links else {}  # fmt: skip
             bookings = [
-                (r.start_at, r.end_at)
+                (r.blocked_start, r.blocked_end)
                 for r in conn.execute(
-                    select(b.start_at, b.end_at).where(
+                    select(b.blocked_start, b.blocked_end).where(
                         b.agent_id == agent_id, b.status == "confirmed",
-                        b.start_at < until, b.end_at > since,
+                        b.blocked_start < until, b.blocked_end > since,
                     )
                 )
             ]  # fmt: skip
@@ -262,6 +290,14 @@ class BookingTable:
             )
             for row in rows
         }
+
+
+def _with_blocked_range(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with the blocked range defaulting to the meeting (no buffers)."""
+    row = dict(values)
+    row.setdefault("blocked_start", row["start_at"])
+    row.setdefault("blocked_end", row["end_at"])
+    return row
 
 
 def _mapped(exc: IntegrityError) -> StoreError:

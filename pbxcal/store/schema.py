@@ -23,6 +23,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Dialect,
@@ -301,7 +302,7 @@ push_channels = Table(
     Index(None, "link_id"),
 )
 
-# -- agents and bookings (pbxcal.booking; migration 0006) ------------------------------------
+# -- agents and bookings (pbxcal.booking; migrations 0006, 0009) ----------------------------------
 
 agents = Table(
     "agents",
@@ -337,9 +338,15 @@ bookings = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("agent_id", Text, ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
-    # [start_at, end_at) of the meeting itself (buffers are the agent's settings)
+    # [start_at, end_at) of the meeting itself
     Column("start_at", UtcDateTime, nullable=False),
     Column("end_at", UtcDateTime, nullable=False),
+    # [blocked_start, blocked_end): the meeting with the agent's buffers before and after
+    # as they were when it was booked or moved (migration 0009: older rows the meeting);
+    # two confirmed bookings of one agent never share a moment of it (an exclusion
+    # constraint on PostgreSQL, triggers on SQLite)
+    Column("blocked_start", UtcDateTime, nullable=False),
+    Column("blocked_end", UtcDateTime, nullable=False),
     Column("subject", Text, nullable=False),
     Column("guest_name", Text, nullable=False),
     Column("guest_email", Text, nullable=False),
@@ -347,14 +354,16 @@ bookings = Table(
     # the iCalendar UID and SEQUENCE of the invitation
     Column("uid", Text, nullable=False, unique=True),
     Column("sequence", Integer, nullable=False),
-    # "confirmed" | "cancelled"; two confirmed bookings of one agent never overlap
-    # (an exclusion constraint on PostgreSQL, triggers on SQLite: migration 0006)
+    # "confirmed" | "cancelled"; only confirmed bookings block time
     Column("status", Text, nullable=False),
     # SHA-256 hex of the guest's manage token; never the token
     Column("manage_token_hash", Text, nullable=False, unique=True),
     Column("provider_event_id", Text),
+    # the online meeting's join link the booking calendar added (Meet, Teams), or NULL
+    Column("join_url", Text),
     Column("created_at", UtcDateTime, nullable=False),
     Column("reminded_at", UtcDateTime),
     Index(None, "agent_id", "start_at"),
+    CheckConstraint("blocked_start <= start_at AND end_at <= blocked_end", name="blocked_range"),
     sqlite_autoincrement=True,
 )

@@ -71,7 +71,7 @@ def test_the_fast_path_answers_from_memory_only(
         raise AssertionError("the fast path read the store")
 
     for name in ("availability_inputs", "load_link_expansions", "expansion_stamps",
-                 "load_events", "get_link", "confirmed_bookings"):  # fmt: skip
+                 "load_events", "get_link", "confirmed_bookings", "blocked_ranges"):  # fmt: skip
         monkeypatch.setattr(store, name, no_store)
     assert cached_window_slots(store, ctx, "anna", window) == (agent, slots)
     assert cached_window_slots(store, ctx, "anna", lambda _: (start - timedelta(days=3),

@@ -101,7 +101,7 @@ def table_dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def test_open_migrates_to_head(store: Store) -> None:
-    assert revision(store) == migrate.head_revision() == "0008"
+    assert revision(store) == migrate.head_revision() == "0009"
 
 
 def test_migrations_build_exactly_the_declared_schema(store: Store, store_url: str) -> None:
