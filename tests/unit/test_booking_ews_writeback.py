@@ -9,7 +9,9 @@ change key; update → the same item with new times, also with the stored (now s
 key; delete → gone, and a second delete is fine; errors are one-line ``ProviderFailed``
 without the password (wrong password, a mailbox the account may only read, an item
 deleted meanwhile, the server busy); the daemon's own ``EwsCalendarSource`` is used when
-given (its settings, no second read of the secret).
+given (its settings, no second read of the secret); an OAuth link writes with the app's
+token; a customer's (guarded) link is refused where the portal's allowed networks do not
+reach.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from pbxcal.booking.writeback import EwsCalendar, calendar_for
 from pbxcal.calendars.blocking import BlockingCalls
 from pbxcal.calendars.ews import EwsCalendarSource, EwsSettings
 from pbxcal.calendars.ews.items import EwsItemRef
-from pbxcal.calendars.providers import SECRET_EWS_PASSWORD
+from pbxcal.calendars.providers import SECRET_EWS_CLIENT, SECRET_EWS_PASSWORD
+from pbxcal.net.guard import AddressGuard
 from pbxcal.store import KeyRing, Link, Store
 from pbxcal.store.secrets import new_key
 from pbxcal.testing.ews_fake import FakeEws
@@ -54,10 +57,11 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def ews_link(
-    store: Store, exchange: FakeEws, password: str = PASSWORD, extension: str = "102"
-) -> Link:
+    store: Store, exchange: FakeEws, password: str = PASSWORD, extension: str = "102",
+    **more: object,
+) -> Link:  # fmt: skip
     settings = {"mailbox": MAILBOX, "username": SERVICE, "auth": "basic",
-                "access": "impersonation"}  # fmt: skip
+                "access": "impersonation", **more}  # fmt: skip
     link = store.add_link(extension, "main", "ews", exchange.url, settings)
     store.save_secret(link.id, SECRET_EWS_PASSWORD, password)
     return link
@@ -158,3 +162,32 @@ def test_the_daemons_source_is_written_through(exchange: FakeEws, store: Store) 
         assert created.event_id and list(exchange.items(MAILBOX)) == ["b-2@pbxcal"]
     finally:
         calls.close()
+
+
+def test_an_oauth_link_writes_with_the_apps_token(store: Store) -> None:
+    with FakeEws(tls=True) as server:
+        server.add_app("contoso.example", "app-7", "client-secret-9")
+        server.add_mailbox(MAILBOX)
+        server.allow_impersonation("app-7")
+        link = store.add_link("104", "main", "ews", server.url, {
+            "mailbox": MAILBOX, "auth": "oauth", "access": "impersonation",
+            "tenant": "contoso.example", "client_id": "app-7",
+            "authority_host": server.origin, "ca_bundle": server.ca_file})  # fmt: skip
+        store.save_secret(link.id, SECRET_EWS_CLIENT, "client-secret-9")
+        created = asyncio.run(calendar_for(store, link).create(booking(uid="o-1@pbxcal"), b""))
+        assert created.event_id and list(server.items(MAILBOX)) == ["o-1@pbxcal"]
+        assert {r.user for r in server.requests if r.operation == "CreateItem"} == {"app-7"}
+
+
+def test_a_customers_link_writes_only_where_the_guard_allows(store: Store) -> None:
+    with FakeEws(tls=True) as server:
+        server.add_user(SERVICE, PASSWORD)
+        server.add_mailbox(MAILBOX)
+        server.allow_impersonation(SERVICE)
+        guarded = ews_link(store, server, guarded=True, ca_bundle=server.ca_file)
+        with pytest.raises(ProviderFailed) as caught:
+            calendar_for(store, guarded, AddressGuard(()))  # loopback is not allowed
+        assert "refused" in str(caught.value) and server.requests == []
+        allowed = calendar_for(store, guarded, AddressGuard(["127.0.0.0/8"]))
+        asyncio.run(allowed.create(booking(uid="c-1@pbxcal"), b""))
+        assert list(server.items(MAILBOX)) == ["c-1@pbxcal"]
