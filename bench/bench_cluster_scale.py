@@ -11,8 +11,10 @@ Asterisk (``pbxcal.testing.asterisk``: the real AMI, no fake PBX), writes N smal
 files on local disk (link i belongs to extension i mod E; the first link of every
 extension has a 30 s window every minute for the next half hour, the others one event
 tomorrow), and for each process count P (a fresh database each time) starts P ``pbxcal
-run`` processes at once, all with the same ``[[link]]`` list (put in the store first),
-``[sync] interval = 3600`` and the default lease times. It measures:
+run`` processes at once on the links in the store (put there first, in one transaction,
+as links added by ``pbxcal links add`` or the portal: a config file holds at most 1 MB,
+about 12,000 ``[[link]]`` tables), ``[sync] interval = 3600`` and the default lease
+times. It measures:
 
 * **full sync round** -- from the start of the processes until the first read of every
   link has finished (``pbxcal_calendar_syncs_total`` summed over the processes), with
@@ -46,6 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
+import sqlalchemy
 from postgres import _SERVERS, create_database, running_postgres
 
 from pbxcal.store import Store
@@ -101,12 +104,12 @@ def write_calendars(cals: Path, n: int, e: int, first_window: datetime) -> list[
     return paths
 
 
-def config(listen: str, ast: AsteriskSandbox, secret: Path, links: str) -> str:
+def config(listen: str, ast: AsteriskSandbox, secret: Path) -> str:
     return (
         f'[pbxcal]\nregion = "NL"\ntimezone = "UTC"\n\n[http]\nlisten = "{listen}"\n\n'
         "[sync]\ninterval = 3600\n\n"
         f'[pbx.main]\nhost = "{ast.ami_host}"\nport = {ast.ami_port}\n'
-        f'username = "{ast.ami_username}"\nsecret_file = "{secret}"\n' + links
+        f'username = "{ast.ami_username}"\nsecret_file = "{secret}"\n'
     )
 
 
@@ -171,22 +174,27 @@ def clear_forwardings(ast: AsteriskSandbox) -> None:
 
 
 def run_group(
-    work: Path, ast: AsteriskSandbox, url: str, processes: int, paths: list[Path], e: int,
-    first_window: datetime, profile: Path | None = None,
+    work: Path,
+    ast: AsteriskSandbox,
+    url: str,
+    processes: int,
+    paths: list[Path],
+    e: int,
+    first_window: datetime,
+    profile: Path | None = None,
 ) -> Figures:
     secret = work / "ami.secret"
     secret.write_text(ast.ami_secret)
     secret.chmod(0o600)
-    links = "".join(
-        f'\n[[link]]\nextension = "{ext_name(i % e)}"\nsource = "{path}"\n'
-        for i, path in enumerate(paths)
-    )
     specs: list[tuple[str, str, str, str, dict[str, object]]] = [
-        (ext_name(i % e), "main", "ics", str(p), {"owner_emails": []})
-        for i, p in enumerate(paths)
+        (ext_name(i % e), "main", "ics", str(p), {"owner_emails": []}) for i, p in enumerate(paths)
     ]
     with Store.open(url) as store:  # the links in place before anybody starts
         store.sync_config_links(specs)
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:  # not config links: the config file lists none
+        conn.execute(sqlalchemy.text("UPDATE links SET origin = 'cli'"))
+    engine.dispose()
     listens = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
     procs: list[subprocess.Popen[bytes]] = []
     pg = postgres_pids(url)
@@ -196,7 +204,7 @@ def run_group(
         for k, listen in enumerate(listens):
             (work / f"p{k}").mkdir()
             conf = work / f"p{k}" / "pbxcal.toml"
-            conf.write_text(config(listen, ast, secret, links))
+            conf.write_text(config(listen, ast, secret))
             log = (work / f"p{k}" / "pbxcal.log").open("wb")
             command = [str(PBXCAL), "run", "--config", str(conf), "--store", url]
             if profile is not None:
@@ -207,20 +215,30 @@ def run_group(
         while sum(metric_sum(listen, "pbxcal_calendar_syncs_total") for listen in listens) < n:
             for proc in procs:
                 if proc.poll() is not None:
-                    raise SystemExit(f"pbxcal run exited {proc.returncode}; see {work}")
+                    logs = sorted(work.glob("p*/pbxcal.log"))
+                    tail = "\n".join(
+                        p.read_text().splitlines()[-1] for p in logs if p.stat().st_size
+                    )
+                    raise SystemExit(f"pbxcal run exited {proc.returncode}:\n{tail}")
             if time.monotonic() - started > 3600:
                 raise SystemExit("the first round did not finish within an hour")
             time.sleep(0.5)
         round_seconds = time.monotonic() - started
         pbxcal_cpu = sum(cpu_seconds(p.pid) for p in procs)
         postgres_cpu = sum(cpu_seconds(p) for p in postgres_pids(url)) - pg_cpu0
-        print(f"  [{processes} process(es)] first read of {n} links: {round_seconds:.1f} s; "
-              f"CPU pbxcal {pbxcal_cpu:.1f} s, PostgreSQL {postgres_cpu:.1f} s", flush=True)
+        print(
+            f"  [{processes} process(es)] first read of {n} links: {round_seconds:.1f} s; "
+            f"CPU pbxcal {pbxcal_cpu:.1f} s, PostgreSQL {postgres_cpu:.1f} s",
+            flush=True,
+        )
         lags = boundary_lags(ast, e, first_window)
         if lags:
-            print(f"  [{processes} process(es)] boundary lag p50 "
-                  f"{1000 * statistics.median(lags):.0f} ms, p99 "
-                  f"{1000 * percentile(lags, 0.99):.0f} ms ({len(lags)}/{e})", flush=True)
+            print(
+                f"  [{processes} process(es)] boundary lag p50 "
+                f"{1000 * statistics.median(lags):.0f} ms, p99 "
+                f"{1000 * percentile(lags, 0.99):.0f} ms ({len(lags)}/{e})",
+                flush=True,
+            )
         return Figures(processes, round_seconds, pbxcal_cpu, postgres_cpu, lags)
     finally:
         for proc in procs:
