@@ -145,6 +145,7 @@ def portal_customer(base: str, invitation: str, calendar_url: str, password: str
 
 
 def main() -> int:
+    began = time.monotonic()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lead", type=int, default=25,
                         help="seconds until the first appointment starts (default 25, "
@@ -311,7 +312,8 @@ def main() -> int:
             daemon.wait(timeout=20)
             log.close()
             dav.stop()
-        print(f"\nDone. pbxcal's log was {work / 'pbxcal.log'} (removed with the demo);")
+        print(f"\nDone in {time.monotonic() - began:.0f} s. pbxcal's log was "
+              f"{work / 'pbxcal.log'} (removed with the demo);")  # fmt: skip
         print("try `pbxcal plan --help`, and see README.md for running it as a service.")
     return 0
 

@@ -24,6 +24,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC
 from email.message import Message
 from email.policy import default as default_policy
@@ -82,11 +83,21 @@ def attribute(tag: str, name: str) -> str:
     return unescape(found.group(1)) if found else ""
 
 
-def guest_books(base: str, agent: str) -> tuple[str, str, str]:
+@dataclass(frozen=True)
+class GuestVisit:
+    """What the guest saw: the time picked as the page words it and as its ``at`` value
+    (UTC), how long the booking POST took, and the confirmation page as text."""
+
+    when: str
+    at: str
+    seconds: float
+    confirmation: str
+
+
+def guest_books(base: str, agent: str) -> GuestVisit:
     """What a guest does in the browser, as plain HTTP: open the agent's booking page
     (which sets the guest cookie), pick the first free time, fill in the form (with the
-    page's CSRF token) and book. Returns (the time as the page words it, its ``at``
-    value, the confirmation page as text)."""
+    page's CSRF token) and book."""
     headers = {"Accept-Language": "en"}
     with httpx.Client(base_url=base, follow_redirects=True, timeout=60,
                       headers=headers) as browser:  # fmt: skip
@@ -117,7 +128,9 @@ def guest_books(base: str, agent: str) -> tuple[str, str, str]:
             why = " ".join(unescape(re.sub(r"<[^>]+>", " ", found.group(1))).split()) \
                 if found else done.status_code  # fmt: skip
             raise RuntimeError(f"the booking page refused: {why}")
-    return when, fields["at"], page_text(done.text, until="</dl>")
+    posted = done.history[0] if done.history else done
+    return GuestVisit(when, fields["at"], posted.elapsed.total_seconds(),
+                      page_text(done.text, until="</dl>"))  # fmt: skip
 
 
 def ical_lines(component: Any, names: tuple[str, ...]) -> str:
@@ -197,10 +210,12 @@ def booking_step(
     print(f"\nThe admin makes extension 101 an agent guests can book (its CalDAV calendar, "
           f"link {link_id}, says when Bob is busy and receives the bookings):\n"
           f"  $ pbxcal {shown}\n  {made.stdout.strip()}")  # fmt: skip
-    when, at, confirmation = guest_books(base, AGENT)
-    print(f"A guest opens {base}/book/{AGENT} and picks the first free time: {when} "
-          f"(at={at}).\nThey type name, e-mail and subject, book, and see:")  # fmt: skip
-    print(confirmation)
+    visit = guest_books(base, AGENT)
+    print(f"A guest opens {base}/book/{AGENT} and picks the first free time: {visit.when} "
+          f"(at={visit.at}).\nThey type name, e-mail and subject, book (pbxcal re-reads "
+          f"Bob's calendar, writes the meeting into it and mails the invitation: "
+          f"{visit.seconds:.1f} s), and see:")  # fmt: skip
+    print(visit.confirmation)
     message = inbox.next_to(GUEST_EMAIL, MAIL_TIMEOUT)
     kind, calendar, event = invitation(message)
     uid = str(event["UID"])
