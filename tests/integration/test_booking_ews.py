@@ -7,6 +7,8 @@ The test shows: the booking becomes one calendar item in the mailbox (CreateItem
 ``SendMeetingInvitations="SendToNone"``; Exchange mails nobody), carrying the booking's
 UID, subject and times and the guest as attendee; the daemon's sync reads it back and
 the slot is no longer offered (busy in the synced data). Moved with the guest's token
+next to where it was (its own synced item, found by its UID, does not block the move
+although a 15-minute buffer reaches it)
 (outside the daemon: the write-back builds its exchangelib account from the stored,
 encrypted credentials as the sync does), the same item gets the new times (UpdateItem,
 ``AlwaysOverwrite``, ``SendToNone``) and the synced data follows; cancelled, the item is
@@ -152,6 +154,11 @@ def test_a_booking_is_created_moved_and_cancelled_in_exchange(
                  timeout=30, what="the booked item synced back")  # fmt: skip
         assert "10:00" not in starts(daemon, token, monday)
 
+        # with 15 minutes before each meeting, the move to 10:30 touches the booking's own
+        # synced item (the same UID): it must not count against its own move
+        buffered = api(daemon, token, "PUT", "/agents/erik",
+                       json={"settings": {"buffer_before": 15}})  # fmt: skip
+        assert buffered.status_code == 200, buffered.text
         moved_to = start + timedelta(minutes=30)
         ctx = context(daemon, keys)
         try:
@@ -168,7 +175,7 @@ def test_a_booking_is_created_moved_and_cancelled_in_exchange(
                      timeout=30, what="the moved item synced back")  # fmt: skip
             # the daemon's availability cache learns of another process's move (stamps)
             wait_for(lambda: starts(daemon, token, monday),
-                     lambda s: "10:00" in s and "10:30" not in s,
+                     lambda s: "09:30" in s and "10:30" not in s and "11:00" not in s,
                      timeout=10, what="the moved booking's slots")  # fmt: skip
 
             cancelled = asyncio.run(cancel(ctx, manage))
@@ -182,6 +189,9 @@ def test_a_booking_is_created_moved_and_cancelled_in_exchange(
             # the same for the cancel
             wait_for(lambda: starts(daemon, token, monday), lambda s: "10:30" in s,
                      timeout=10, what="the cancelled slot offered again")  # fmt: skip
+            buffered = api(daemon, token, "PUT", "/agents/erik",
+                           json={"settings": {"buffer_before": 0}})  # fmt: skip
+            assert buffered.status_code == 200, buffered.text
         finally:
             ctx.store.close()
 
