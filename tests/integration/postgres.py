@@ -11,11 +11,17 @@ same port. Durability is switched off
 PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user
 (created by Debian's package) via ``runuser``; the cluster then lives in a directory that
 user can reach. Missing binaries are an error that says how to install them, never a skip.
+
+The contract tests that run the SQLite store's tests again on PostgreSQL take their
+fixtures here: ``postgres_server = server_fixture()`` (one server for the module) and
+``store_url = database_fixture("store_test")`` (a fresh database per test, overriding
+the SQLite ``store_url`` of the star-imported tests).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import pwd
 import shutil
@@ -24,6 +30,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from pbxcal.testing.ports import free_port
 
@@ -112,6 +121,37 @@ def create_database(url: str, name: str, template: str = "template0") -> str:
             )
         )
     return f"{host_part}/{name}"
+
+
+def server_fixture(scope: Any = "module") -> Any:
+    """A pytest fixture named ``postgres_server``: one running server's URL for ``scope``;
+    missing binaries fail the tests with the install hint."""
+
+    @pytest.fixture(scope=scope, name="postgres_server")
+    def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+        """The URL of a running PostgreSQL server."""
+        started = time.monotonic()
+        try:
+            with running_postgres(tmp_path_factory.mktemp("postgres")) as url:
+                print(f"\nPostgreSQL ready in {time.monotonic() - started:.2f}s at {url}")
+                yield url
+        except PostgresUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    return postgres_server
+
+
+def database_fixture(prefix: str) -> Any:
+    """A pytest fixture named ``store_url``: a fresh, empty database on ``postgres_server``
+    for each test (``<prefix>_<n>``)."""
+    numbers = itertools.count(1)
+
+    @pytest.fixture(name="store_url")
+    def store_url(postgres_server: str) -> str:
+        """A fresh, empty database on ``postgres_server``."""
+        return create_database(postgres_server, f"{prefix}_{next(numbers)}")
+
+    return store_url
 
 
 #: host:port -> (owner, base, bindir, data, port) of each running server, for stop/start

@@ -9,9 +9,7 @@ overridden ``store_url`` fixture. A missing server package fails with the hint, 
 
 from __future__ import annotations
 
-import itertools
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,24 +18,10 @@ for _directory in (Path(__file__).resolve().parent, Path(__file__).resolve().par
     if str(_directory) not in sys.path:
         sys.path.insert(0, str(_directory))
 
-from postgres import PostgresUnavailable, create_database, running_postgres  # noqa: E402
+from postgres import database_fixture, server_fixture  # noqa: E402
 from test_admin_store import *  # noqa: E402, F403 - the shared tests and fixtures
 
 pytestmark = pytest.mark.integration
 
-_database_numbers = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    try:
-        with running_postgres(tmp_path_factory.mktemp("postgres")) as url:
-            yield url
-    except PostgresUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-
-
-@pytest.fixture
-def store_url(postgres_server: str) -> str:  # type: ignore[no-redef]
-    """A fresh, empty database for each test (overrides the SQLite one)."""
-    return create_database(postgres_server, f"admin_test_{next(_database_numbers)}")
+postgres_server = server_fixture()
+store_url = database_fixture("admin_test")  # overrides the SQLite one

@@ -8,10 +8,7 @@ package fails with ``apt-get install postgresql`` in the message, it is never sk
 
 from __future__ import annotations
 
-import itertools
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,31 +20,15 @@ for _directory in (Path(__file__).resolve().parent, Path(__file__).resolve().par
     if str(_directory) not in sys.path:
         sys.path.insert(0, str(_directory))
 
-from postgres import PostgresUnavailable, create_database, running_postgres  # noqa: E402
+from postgres import database_fixture, server_fixture  # noqa: E402
 from test_store import *  # noqa: E402, F403 - the shared tests and fixtures
 
 from pbxcal.store import SchemaTooNew, Store  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-_database_numbers = itertools.count(1)
-
-
-@pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    started = time.monotonic()
-    try:
-        with running_postgres(tmp_path_factory.mktemp("postgres")) as url:
-            print(f"\nPostgreSQL ready in {time.monotonic() - started:.2f}s at {url}")
-            yield url
-    except PostgresUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-
-
-@pytest.fixture
-def store_url(postgres_server: str) -> str:  # type: ignore[no-redef]
-    """A fresh, empty database for each test (overrides the SQLite one)."""
-    return create_database(postgres_server, f"store_test_{next(_database_numbers)}")
+postgres_server = server_fixture()
+store_url = database_fixture("store_test")  # overrides the SQLite one
 
 
 def test_postgres_store_uses_postgres(store: Store) -> None:
