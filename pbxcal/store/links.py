@@ -88,6 +88,17 @@ class LinkTable:
         with self._db.transaction() as conn:
             return [_link(row) for row in conn.execute(select(db.links).order_by(db.links.c.id))]
 
+    def extension_links(self, pbx: str, extension: str) -> list[Link]:
+        """The links of one extension on one PBX, ordered by id. One query (the unique
+        index on extension, pbx, source serves it)."""
+        query = (
+            select(db.links)
+            .where(db.links.c.extension == extension, db.links.c.pbx == pbx)
+            .order_by(db.links.c.id)
+        )
+        with self._db.transaction() as conn:
+            return [_link(row) for row in conn.execute(query)]
+
     def get_link(self, link_id: int) -> Link | None:
         """The link with this id, or None."""
         with self._db.transaction() as conn:

@@ -453,3 +453,14 @@ async def test_each_agent_of_the_extension_has_its_own_form(portal: PortalClient
     assert made.settings("anna") == before
     back = await client.get("/status/booking", headers=cookie, allow_redirects=False)
     assert back.status == 303 and back.headers["Location"] == "/status"
+
+
+def test_the_store_answers_the_links_of_one_extension(tmp_path: Path) -> None:
+    made = Portal(tmp_path)
+    try:
+        mine = made.store.extension_links("main", "100")
+        assert [x.id for x in mine] == [made.anna_link, made.own_link]
+        assert [x.id for x in made.store.extension_links("other", "100")] == [made.olga_link]
+        assert made.store.extension_links("main", "10") == []
+    finally:
+        made.store.close()

@@ -94,19 +94,18 @@ def agents_of(store: Store, pbx: str, extension: str) -> list[Agent]:
     """The agents (as booked) of ``extension`` on ``pbx``, by id, without the conflict
     calendars that were removed since (a removed link stays in an agent's list, and
     ``agents.set_agent`` refuses a list naming it)."""
-    found = [a for a in agent_ops.list_agents(store) if a.pbx == pbx and a.extension == extension]
-    if not found:
-        return found
-    existing = {link.id for link in store.list_links()}
-    return [
-        replace(a, conflict_link_ids=tuple(i for i in a.conflict_link_ids if i in existing))
-        for a in found
-    ]
+    rows = [r for r in store.list_agents() if r["pbx"] == pbx and r["extension"] == extension]
+    found = []
+    for row in rows:
+        agent = agent_ops.with_mailbox_defaults(store, agent_ops.agent_from_row(row))
+        kept = tuple(i for i in agent.conflict_link_ids if store.get_link(i) is not None)
+        found.append(replace(agent, conflict_link_ids=kept))
+    return found
 
 
 def links_of(store: Store, pbx: str, extension: str) -> list[Link]:
     """The links of ``extension`` on ``pbx``: the calendars the customer may choose."""
-    return [link for link in store.list_links() if link.pbx == pbx and link.extension == extension]
+    return store.extension_links(pbx, extension)
 
 
 def load_section(
