@@ -136,7 +136,7 @@ def portal_customer(base: str, invitation: str, calendar_url: str, password: str
             "csrf_token": unescape(match.group(1)), "url": calendar_url, "username": "carol",
             "password": password, "calendar": "",
         })  # fmt: skip
-        if not str(done.url).endswith("/status"):
+        if done.status_code != 200 or not str(done.url).endswith("/status"):
             found = re.search(r'role="alert"[^>]*>(.*?)<', done.text, re.S)
             why = found.group(1) if found else done.status_code
             raise RuntimeError(f"the portal refused: {why}")

@@ -46,8 +46,13 @@ MAIL_TIMEOUT = 30.0
 
 def page_text(page: str, skip: str | None = None, until: str = "</main>") -> str:
     """The ``<main>`` of an HTML page up to ``until`` as indented plain lines (headings,
-    terms and paragraphs on lines of their own), without lines that contain ``skip``."""
-    main = page[page.find("<main"):page.find(until, page.find("<main"))]
+    terms and paragraphs on lines of their own), without lines that contain ``skip``;
+    ``RuntimeError`` for a page without a ``<main>`` (an error page)."""
+    begin = page.find("<main")
+    end = page.find(until, begin)
+    if begin < 0 or end < 0:
+        raise RuntimeError(f"a page without <main>...{until}: {page[:200]!r}")
+    main = page[begin:end]
     text = re.sub(r"<(?:dt|h1|h2|p|li)(?:\s[^>]*)?>", "\n", main)
     text = unescape(re.sub(r"<[^>]+>", " ", text)).replace("\u202f", " ").replace("\xa0", " ")
     lines = [" ".join(line.split()) for line in text.splitlines()]
