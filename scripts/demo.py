@@ -48,7 +48,7 @@ from html import unescape
 from pathlib import Path
 
 import httpx
-from demo_booking import Inbox, booking_step, page_text, smtp_server
+from demo_booking import DavAccount, Inbox, booking_step, page_text, smtp_server
 
 from pbxcal.testing.asterisk import DEFAULT_ENDPOINTS, AsteriskSandbox, SandboxError, ensure_root
 from pbxcal.testing.radicale import RadicaleServer
@@ -292,8 +292,9 @@ def main() -> int:
                         last[ext] = now_state
                 time.sleep(0.2)
             try:
+                bob = DavAccount(bob_calendar, "bob", password, ca_file)
                 booking_step(PBXCAL, config_args, f"http://{listen}", bob_link.group(1), inbox,
-                             smtp.port, (bob_calendar, "bob", password, ca_file))  # fmt: skip
+                             smtp.port, bob)  # fmt: skip
             except (subprocess.CalledProcessError, RuntimeError, httpx.HTTPError) as exc:
                 detail = getattr(exc, "stderr", "") or exc
                 print(f"demo: the booking step failed: {detail}", file=sys.stderr)

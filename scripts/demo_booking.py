@@ -20,6 +20,7 @@ import contextlib
 import email
 import queue
 import re
+import shlex
 import ssl
 import subprocess
 import time
@@ -86,6 +87,17 @@ class Inbox:
 def attribute(tag: str, name: str) -> str:
     found = re.search(rf'\s{name}="([^"]*)"', tag)
     return unescape(found.group(1)) if found else ""
+
+
+@dataclass(frozen=True)
+class DavAccount:
+    """A Radicale calendar and how to read it: its URL, the user and password, and the
+    CA file its TLS certificate is signed by."""
+
+    url: str
+    user: str
+    password: str
+    ca_file: Path
 
 
 @dataclass(frozen=True)
@@ -172,11 +184,12 @@ def invitation(message: Message) -> tuple[str, Any, Any]:
     return kind, calendar, event
 
 
-def radicale_event(calendar_url: str, user: str, password: str, ca_file: Path, uid: str) -> Any:
+def radicale_event(calendar: DavAccount, uid: str) -> Any:
     """The VEVENT ``uid`` read back from Radicale over plain HTTP (a GET of the whole
     calendar collection), independent of pbxcal's CalDAV client."""
-    tls = ssl.create_default_context(cafile=str(ca_file))
-    answer = httpx.get(calendar_url, auth=(user, password), verify=tls, timeout=30)
+    tls = ssl.create_default_context(cafile=str(calendar.ca_file))
+    answer = httpx.get(calendar.url, auth=(calendar.user, calendar.password), verify=tls,
+                       timeout=30)  # fmt: skip
     answer.raise_for_status()
     for event in icalendar.Calendar.from_ical(answer.content).walk("VEVENT"):
         if str(event.get("UID")) == uid:
@@ -198,20 +211,19 @@ def smtp_server(inbox: Inbox, port: int) -> Iterator[Controller]:
 
 def booking_step(
     pbxcal: Path, config_args: list[str], base: str, link_id: str, inbox: Inbox,
-    smtp_port: int, radicale: tuple[str, str, str, Path],
+    smtp_port: int, calendar: DavAccount,
 ) -> None:  # fmt: skip
     """The admin makes extension 101 an agent (``pbxcal`` is the console script,
     ``config_args`` its --config and --store), a guest books the first free time on
-    ``base``; prints the confirmation, the event read back from Radicale (``radicale``:
-    the calendar's URL, user, password and the CA file its TLS certificate is signed
-    by) and the invitation that reached ``inbox``."""
+    ``base``; prints the confirmation, the event read back from ``calendar`` (link
+    ``link_id``) and the invitation that reached ``inbox``."""
     command = ["agents", "add", AGENT, "--pbx", "main", "--extension", "101",
                "--name", "Bob Jansen", "--email", "bob@demo.example",
                "--booking-link", link_id, "--conflict-link", link_id,
                "--settings", AGENT_SETTINGS]  # fmt: skip
     made = subprocess.run([str(pbxcal), *command, *config_args], capture_output=True,
                           text=True, check=True)  # fmt: skip
-    shown = " ".join(f"'{part}'" if " " in part or "{" in part else part for part in command)
+    shown = shlex.join(command)
     print(f"\nThe admin makes extension 101 an agent guests can book (its CalDAV calendar, "
           f"link {link_id}, says when Bob is busy and receives the bookings):\n"
           f"  $ pbxcal {shown}\n  {made.stdout.strip()}")  # fmt: skip
@@ -222,13 +234,13 @@ def booking_step(
           f"{visit.seconds:.1f} s), and see:")  # fmt: skip
     print(visit.confirmation)
     message = inbox.next_to(GUEST_EMAIL, MAIL_TIMEOUT)
-    kind, calendar, event = invitation(message)
+    kind, itip, event = invitation(message)
     uid = str(event["UID"])
-    print(f"Bob's calendar in Radicale now holds the meeting (read back with GET {radicale[0]}):")
-    print(ical_lines(radicale_event(*radicale, uid),
+    print(f"Bob's calendar in Radicale now holds the meeting (read back with GET {calendar.url}):")
+    print(ical_lines(radicale_event(calendar, uid),
                      ("UID", "SUMMARY", "DTSTART", "DTEND", "ORGANIZER", "ATTENDEE")))  # fmt: skip
     print(f"The guest's mailbox (aiosmtpd on 127.0.0.1:{smtp_port}) received "
           f"\"{message['Subject']}\" with a {kind} part:")  # fmt: skip
-    print(f"    {'METHOD':<10} {calendar['METHOD']}")
+    print(f"    {'METHOD':<10} {itip['METHOD']}")
     print(ical_lines(event, ("UID", "SEQUENCE", "SUMMARY", "DTSTART", "DTEND", "ORGANIZER",
                              "ATTENDEE")))  # fmt: skip
