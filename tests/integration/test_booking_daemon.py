@@ -1,10 +1,11 @@
-"""Booking end to end against a real ``pbxcal run``: Radicale (CalDAV) and the Google
-fake as the agents' calendars, read by the daemon's real sync; a real SMTP server
-(aiosmtpd on loopback) receiving the iTIP mail, parsed back with ``icalendar``.
+"""Booking end to end against a real ``pbxcal run``: Radicale (CalDAV), the Google fake
+and the Graph fake as the agents' calendars, read by the daemon's real sync; a real SMTP
+server (aiosmtpd on loopback) receiving the iTIP mail, parsed back with ``icalendar``.
 
 One service for the module. Agent ``anna`` (extension 100) has one Radicale calendar
 that both makes her busy and receives her bookings; agent ``ben`` (extension 101) a
-Google calendar. Agents are added with the real CLI (``pbxcal agents add``). The tests
+Google calendar; agent ``cleo`` (extension 102) a Microsoft 365 mailbox (the Graph fake
+on TLS loopback, app-only). Agents are added with the real CLI (``pbxcal agents add``). The tests
 show: slots computed from really synced events over a DST week (beyond the daemon's
 saved expansion, so the stored events are expanded again) with buffers, the lunch
 break, an all-day event (opaque blocks the day, transparent does not), a weekly meeting
@@ -16,6 +17,14 @@ event in Radicale with the booking's UID, the guest gets ``METHOD:REQUEST`` with
 synced-back event: SEQUENCE 2) and cancelling (``METHOD:CANCEL``, SEQUENCE 3) through
 the guest's token update and delete the Radicale event and mail the guest; the
 reminder is sent once; a Google booking is inserted with the UID and a Meet link.
+
+The buffers are the database's: twenty guests racing for two neighbouring slots of
+anna's whose 15-minute buffers collide (09:00 and 09:30) give one 201, one event in
+Radicale, and availability leaves out exactly what the winner's buffers cover. The
+online meeting reaches the guest: the Meet link Google answers and the Teams link
+Graph answers are in the API's answer, in the invitation (``LOCATION``, ``URL``, RFC
+7986 ``CONFERENCE``, the text) as aiosmtpd received it, in the update after a move,
+and on the guest's manage page.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from daemon_helpers import DaemonRun, free_port, new_key_file, wait_for
 from pbxcal.store import Store, load_key_ring
 from pbxcal.testing.asterisk import AsteriskSandbox
 from pbxcal.testing.google_fake import FakeGoogle
+from pbxcal.testing.graph_fake import TENANT, FakeGraph
 from pbxcal.testing.radicale import RadicaleServer
 
 pytestmark = pytest.mark.integration
@@ -52,6 +62,8 @@ pytestmark = pytest.mark.integration
 AMS = ZoneInfo("Europe/Amsterdam")
 PASSWORD = "anna-dav-password"
 MAIL_TIMEOUT = 20.0
+GRAPH_SECRET = "app-secret-7c1e"
+CLEO = "cleo@contoso.com"
 
 
 class Inbox:
@@ -80,6 +92,7 @@ class Service:
     daemon: DaemonRun
     radicale: RadicaleServer
     google: FakeGoogle
+    graph: FakeGraph
     inbox: Inbox
     token: str
     anna_link: int
@@ -155,6 +168,7 @@ def service(
     asterisk.cli("database deltree pbxcal")
     radicale = RadicaleServer(work / "radicale", {"anna": PASSWORD}).start()
     google = FakeGoogle().start()
+    graph = FakeGraph().start()
     inbox = Inbox()
     smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
     smtp.start()
@@ -212,15 +226,32 @@ def service(
         done = cli(daemon, "admin-token", "create", "--name", "ops")
         assert done.returncode == 0, done.stderr
         token = done.stdout.strip()
+        graph.add_app("app-1", GRAPH_SECRET)
+        graph.add_mailbox(CLEO)
+        added = cli(
+            daemon, "links", "add", "--provider", "graph", "--source", CLEO, "--tenant", TENANT,
+            "--client-id", "app-1", "--client-secret-file", "-", "--authority-host",
+            graph.authority_host, "--graph-url", graph.graph_url, "--ca-file", graph.ca_file,
+            "--extension", "102", "--json", stdin=GRAPH_SECRET + "\n",
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        cleo = int(json.loads(added.stdout)["added"])
+        cleo_settings = {"min_notice_minutes": 0, "timezone": "Europe/Amsterdam"}
+        done = cli(daemon, "agents", "add", "cleo", "--pbx", "main", "--extension", "102",
+                   "--name", "Cleo", "--email", CLEO, "--booking-link", str(cleo),
+                   "--conflict-link", str(cleo), "--settings",
+                   json.dumps(cleo_settings))  # fmt: skip
+        assert done.returncode == 0, done.stderr
         with Store.open(daemon.store) as store:
-            wait_for(lambda: store.expansion_stamps([anna.id, ben.id]), lambda s: len(s) == 2,
-                     timeout=60, what="both calendars synced")  # fmt: skip
-        service = Service(daemon, radicale, google, inbox, token, anna.id, ben.id, keys)
+            wait_for(lambda: store.expansion_stamps([anna.id, ben.id, cleo]),
+                     lambda s: len(s) == 3, timeout=60, what="the calendars synced")  # fmt: skip
+        service = Service(daemon, radicale, google, graph, inbox, token, anna.id, ben.id, keys)
         service.ben_day = ben_day  # type: ignore[attr-defined]
         yield service
         daemon.terminate()
     finally:
         smtp.stop()
+        graph.stop()
         google.stop()
         radicale.stop()
 
@@ -448,8 +479,10 @@ def test_a_google_booking_is_inserted_with_its_uid_and_a_meet_link(service: Serv
                   if e.get("iCalUID") == uid]  # fmt: skip
     assert len(stored) == 1 and stored[0]["hangoutLink"].startswith("https://meet.google.com/")
     assert stored[0]["attendees"] == [{"email": "gail@example.org", "displayName": "Gail"}]
+    assert answer.json()["join_url"] == stored[0]["hangoutLink"]
     message = service.inbox.next_to("gail@example.org")
     assert str(message["Subject"]).startswith("Uitnodiging: Demo")
+    assert_join_link(message, stored[0]["hangoutLink"], "Online deelnemen")
     again = api(service, "POST", "/agents/ben/bookings",
                 json={"start": start, "subject": "Demo", "guest_name": "Gus",
                       "guest_email": "gus@example.org"})  # fmt: skip
@@ -458,3 +491,108 @@ def test_a_google_booking_is_inserted_with_its_uid_and_a_meet_link(service: Serv
                   json={"start": local(day, 7).isoformat(), "subject": "Early",
                         "guest_name": "Gus", "guest_email": "gus@example.org"})  # fmt: skip
     assert outside.status_code == 400 and "not bookable" in outside.json()["detail"]
+
+
+def assert_join_link(message: Message, link: str, line: str = "Join online") -> None:
+    """The invitation names ``link`` in its text and three times in its VEVENT."""
+    text = next(p for p in message.walk() if p.get_content_type() == "text/plain")
+    body = str(text.get_content()).replace("\r\n", "\n")  # type: ignore[attr-defined]
+    assert f"\n{line}: {link}\n" in body
+    _, calendar = calendar_part(message)
+    (event,) = calendar.walk("VEVENT")
+    assert str(prop(event, "LOCATION")) == link and str(prop(event, "URL")) == link
+    conference = prop(event, "CONFERENCE")
+    assert str(conference) == link
+    assert conference.params["VALUE"] == "URI" and conference.params["FEATURE"] == "VIDEO"
+
+
+def manage_page(svc: Service, manage_url: str) -> str:
+    """The guest's manage page behind ``manage_url``, from the daemon's own listener."""
+    path = manage_url.removeprefix("https://pbx.example.com")
+    page = httpx.get(f"http://{svc.daemon.listen}{path}", params={"lang": "en"}, timeout=30)
+    assert page.status_code == 200, page.text
+    return page.text
+
+
+def test_neighbouring_slots_whose_buffers_collide_are_booked_once(service: Service) -> None:
+    # Thursday 1 April 2027, 09:00 and 09:30 local: with anna's 15 minutes before and
+    # after, 08:45-09:45 and 09:15-10:15 are blocked; the meetings themselves do not meet
+    day = date(2027, 4, 1)
+    starts = {"09:00": "2027-04-01T07:00:00Z", "09:30": "2027-04-01T07:30:00Z"}
+    params = {"from": day.isoformat(), "to": day.isoformat()}
+    offered = starts_by_day(api(service, "GET", "/agents/anna/availability", params=params))
+    assert {"09:00", "09:30", "10:00", "10:30"} <= set(offered[day])
+
+    async def race() -> list[tuple[str, httpx.Response]]:
+        headers = {"Authorization": f"Bearer {service.token}"}
+        async with httpx.AsyncClient(base_url=f"http://{service.daemon.listen}",
+                                     headers=headers, timeout=60) as client:  # fmt: skip
+            picks = [("09:00", "09:30")[i % 2] for i in range(20)]
+            answers = await asyncio.gather(*(
+                client.post("/api/v1/agents/anna/bookings", json={
+                    "start": starts[pick], "duration": 30, "subject": "Neighbours",
+                    "guest_name": f"N{i}", "guest_email": f"n{i}@example.org"})
+                for i, pick in enumerate(picks)
+            ))  # fmt: skip
+            return list(zip(picks, answers, strict=True))
+
+    answers = asyncio.run(race())
+    assert sorted(a.status_code for _, a in answers) == [201] + [409] * 19, [
+        a.text for _, a in answers if a.status_code != 409]  # fmt: skip
+    won, answer = next((pick, a) for pick, a in answers if a.status_code == 201)
+    events = [e for e in calendar_objects(service) if prop(e, "DTSTART").dt.date() == day]
+    assert [str(prop(e, "UID")) for e in events] == [answer.json()["uid"]]
+    after = starts_by_day(api(service, "GET", "/agents/anna/availability", params=params))[day]
+    # the winner's blocked range plus a slot's own 15 minutes before: 09:00 frees 10:00,
+    # 09:30 frees 10:30
+    assert "09:00" not in after and "09:30" not in after
+    assert ("10:00" in after) == (won == "09:00") and "10:30" in after
+    service.inbox.next_to(answer.json()["guest_email"])  # the winner's invitation
+
+
+def test_a_moved_google_booking_keeps_its_meet_link_in_the_update(service: Service) -> None:
+    day: date = service.ben_day  # type: ignore[attr-defined]
+    start = local(day, 15).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    answer = api(service, "POST", "/agents/ben/bookings",
+                 json={"start": start, "subject": "Meet me", "guest_name": "Gwen",
+                       "guest_email": "gwen@example.org"})  # fmt: skip
+    assert answer.status_code == 201, answer.text
+    link = answer.json()["join_url"]
+    assert link.startswith("https://meet.google.com/")
+    assert_join_link(service.inbox.next_to("gwen@example.org"), link)
+    page = manage_page(service, answer.json()["manage_url"])
+    assert f'<a class="join" href="{link}"' in page and "Online meeting" in page
+    from pbxcal.booking import reschedule
+
+    token = answer.json()["manage_url"].rsplit("/", 1)[1]
+    ctx = _context(service)
+    try:
+        moved = asyncio.run(reschedule(ctx, token, local(day, 16).astimezone(UTC)))
+    finally:
+        ctx.store.close()
+    assert moved.sequence == 1 and moved.join_url == link
+    update = service.inbox.next_to("gwen@example.org")
+    assert str(update["Subject"]).startswith("Updated invitation: Meet me")
+    assert_join_link(update, link)
+
+
+def test_a_teams_booking_sends_the_guest_its_join_link(service: Service) -> None:
+    day: date = service.ben_day  # type: ignore[attr-defined]
+    start = local(day + timedelta(days=2), 10).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    answer = api(service, "POST", "/agents/cleo/bookings",
+                 json={"start": start, "subject": "Teams talk", "guest_name": "Tom",
+                       "guest_email": "tom@example.org"})  # fmt: skip
+    assert answer.status_code == 201, answer.text
+    link = answer.json()["join_url"]
+    with Store.open(service.daemon.store) as store:
+        (row,) = [r for r in store.list_bookings("cleo", datetime.now(UTC))
+                  if r["uid"] == answer.json()["uid"]]  # fmt: skip
+    assert row["join_url"] == link
+    written = service.graph.written_event(CLEO, row["provider_event_id"])
+    assert written is not None and written["transactionId"] == row["uid"]
+    assert link == written["onlineMeeting"]["joinUrl"]
+    assert link.startswith("https://teams.microsoft.com/l/meetup-join/")
+    message = service.inbox.next_to("tom@example.org")
+    assert str(message["Subject"]).startswith("Invitation: Teams talk")
+    assert_join_link(message, link)
+    assert f'href="{link}"' in manage_page(service, answer.json()["manage_url"])

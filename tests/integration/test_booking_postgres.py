@@ -1,11 +1,18 @@
-"""Double booking is impossible on PostgreSQL too: the exclusion constraint of migration
-0006, with threads and with two ``pbxcal run`` processes sharing one database.
+"""Double booking is impossible on PostgreSQL too: the exclusion constraint (migration
+0006, over the blocked ranges since 0009), with threads and with two processes sharing
+one database.
 
 The store tests of ``tests/unit/test_booking_store.py`` run again on a real PostgreSQL
-(20 threads on one slot, the overlap rules, the reminder claimed once). Then two real
-daemons on the same PostgreSQL store (and the same key file) serve the admin API; 20
-concurrent bookings of one slot, ten sent to each process, give exactly one 201 and
-nineteen 409, and exactly one event lands in the agent's Radicale calendar.
+(20 threads on one slot and on two neighbouring slots whose buffers collide, the
+overlap rules with and without buffers, migration 0009 over old rows, the reminder
+claimed once); the constraint is an exclusion constraint over the blocked range. Two
+processes booking neighbouring slots through ``service.book``, both held after the
+service's check until both are at the database (``booking_race_child.py``): one booked,
+one ``SlotTaken``, one event in Radicale. Then two real daemons on the same PostgreSQL
+store (and the same key file) serve the admin API; 20 concurrent bookings of one slot,
+ten sent to each process, give exactly one 201 and nineteen 409, and exactly one event
+lands in the agent's Radicale calendar; 20 more for two neighbouring slots of that agent
+(15 minutes of buffer each side) the same.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from base64 import b64encode
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import icalendar
@@ -32,6 +40,13 @@ for _directory in (Path(__file__).resolve().parent, Path(__file__).resolve().par
 
 from daemon_helpers import DaemonRun, new_key_file, wait_for  # noqa: E402
 from postgres import PostgresUnavailable, create_database, running_postgres  # noqa: E402
+from test_booking_buffers import (  # noqa: E402
+    RACE_PASSWORD,
+    check_one_winner,
+    race_agent,
+    race_day,
+    race_neighbours,
+)
 from test_booking_store import *  # noqa: E402, F403 - the shared tests and fixtures
 
 from pbxcal.store import Store, load_key_ring  # noqa: E402
@@ -67,6 +82,29 @@ def test_the_constraint_is_postgresql_s(store: Store) -> None:
             sa.text("SELECT contype FROM pg_constraint WHERE conname = 'ex_bookings_no_overlap'")
         ).scalar()
     assert kind == "x"  # an exclusion constraint
+    with store._db.engine.connect() as conn:
+        definition = conn.execute(
+            sa.text("SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                    "WHERE conname = 'ex_bookings_no_overlap'")
+        ).scalar()  # fmt: skip
+    assert "tstzrange(blocked_start, blocked_end)" in str(definition), definition
+
+
+def test_two_processes_racing_for_neighbouring_slots_book_one_on_postgresql(
+    postgres_server: str, tmp_path: Path
+) -> None:
+    from datetime import time
+
+    url = create_database(postgres_server, f"booking_race_{next(_numbers)}")
+    radicale = RadicaleServer(tmp_path / "radicale", {"anna": RACE_PASSWORD}).start()
+    try:
+        key_file = race_agent(url, tmp_path, radicale)
+        day = race_day()
+        zone = ZoneInfo("Europe/Amsterdam")
+        starts = [datetime.combine(day, time(9, m), tzinfo=zone) for m in (0, 30)]
+        check_one_winner(url, race_neighbours(url, key_file, starts), radicale)
+    finally:
+        radicale.stop()
 
 
 def test_two_processes_on_one_postgresql_book_a_slot_once(
@@ -95,8 +133,9 @@ def test_two_processes_on_one_postgresql_book_a_slot_once(
 
             add_agent(store, Config(), "anna", pbx="main", extension="100", name="Anna",
                       email="anna@example.com", booking_link_id=link.id,
-                      conflict_link_ids=[link.id], settings={"min_notice_minutes": 0,
-                                                             "horizon_days": 366})  # fmt: skip
+                      conflict_link_ids=[link.id],
+                      settings={"min_notice_minutes": 0, "horizon_days": 366,
+                                "buffer_before": 15, "buffer_after": 15})  # fmt: skip
         for run in runs:
             daemons.append(run)
             run.start()
@@ -112,14 +151,15 @@ def test_two_processes_on_one_postgresql_book_a_slot_once(
             wait_for(lambda: store.expansion_stamps([link.id]), bool, timeout=60,
                      what="the calendar synced")  # fmt: skip
 
-        async def race() -> list[int]:
+        async def race(*starts: str) -> list[int]:
+            """20 bookings, sent to the processes in turn, of ``starts`` in turn."""
             headers = {"Authorization": f"Bearer {token}"}
-            body = {"start": "2027-04-06T07:00:00Z", "duration": 30, "subject": "Intro",
-                    "guest_name": "G", "guest_email": "g@example.org"}  # fmt: skip
+            body = {"duration": 30, "subject": "Intro", "guest_name": "G",
+                    "guest_email": "g@example.org"}  # fmt: skip
             async with httpx.AsyncClient(headers=headers, timeout=60) as client:
                 answers = await asyncio.gather(*(
                     client.post(f"http://{runs[i % 2].listen}/api/v1/agents/anna/bookings",
-                                json=body)
+                                json={**body, "start": starts[i % len(starts)]})
                     for i in range(20)
                 ))  # fmt: skip
             for answer in answers:
@@ -127,18 +167,22 @@ def test_two_processes_on_one_postgresql_book_a_slot_once(
             return sorted(a.status_code for a in answers)
 
         started = time.monotonic()
-        assert asyncio.run(race()) == [201] + [409] * 19
+        assert asyncio.run(race("2027-04-06T07:00:00Z")) == [201] + [409] * 19
         print(f"20 bookings over two processes in {time.monotonic() - started:.2f}s")
+        # neighbouring slots whose 15-minute buffers collide (09:00 and 09:30 local)
+        neighbours = ("2027-04-07T07:00:00Z", "2027-04-07T07:30:00Z")
+        assert asyncio.run(race(*neighbours)) == [201] + [409] * 19
         auth = b64encode(f"anna:{PASSWORD}".encode()).decode()
         request = urllib.request.Request(  # noqa: S310 - loopback
             radicale.calendar_url("anna", "work"), headers={"Authorization": f"Basic {auth}"}
         )
         with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310
             calendar = icalendar.Calendar.from_ical(reply.read())
-        assert len(calendar.walk("VEVENT")) == 1
+        days = sorted(e.decoded("DTSTART").date().isoformat() for e in calendar.walk("VEVENT"))
+        assert days == ["2027-04-06", "2027-04-07"]
         with Store.open(url) as store:
             rows = store.list_bookings("anna", datetime.now(UTC))
-        assert [r["status"] for r in rows] == ["confirmed"]
+        assert [r["status"] for r in rows] == ["confirmed", "confirmed"]
         assert json.dumps([r["uid"] for r in rows]) in json.dumps(
             [str(e["UID"]) for e in calendar.walk("VEVENT")]
         )
