@@ -28,8 +28,10 @@ the process that reads the link on schedule (``CalendarSync.is_mine``: the rende
 owner) opens, renews, replaces and stops its channel; when the owner changes, the new
 owner takes the stored channel over (Google: replaced; Graph: renewed, its client state
 known only as a digest) and the old one forgets it without stopping it. A Graph
-lifecycle event reaching another process marks the row due (``expire_push_channel``)
-and the owner renews on its next look. Replays: a Google message number must be above
+lifecycle event reaching another process marks the row due (``expire_push_channel``);
+that write's NOTIFY wakes the owner, which renews at once. The keepers read stored rows
+only when they changed (``pbxcal.service.push_keeper``: the NOTIFY, the cost, the
+backstop), not on a timer. Replays: a Google message number must be above
 the highest seen by any process (``take_push_message``, one conditional ``UPDATE``); a
 process's own high-water mark refuses a replay without a store round trip. Per process
 only: the cache of learned channels (a stopped channel may still be accepted by another
@@ -50,14 +52,13 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 
 from aiohttp import web
 
 from pbxcal.calendars.google.push import (
+    RENEW_BEFORE,
     Accepted,
     ChannelBook,
     GoogleChannel,
@@ -73,13 +74,16 @@ from pbxcal.calendars.graph import push as graph_push
 from pbxcal.errors import CalendarError, StoreError
 from pbxcal.service.clock import Clock
 from pbxcal.service.metrics import Metrics
+from pbxcal.service.push_keeper import (
+    CHANNEL_CHECK_INTERVAL,
+    PushKeeper,
+    StoredPushKeeper,
+)
 from pbxcal.service.sync import CalendarSync
 from pbxcal.store.push_channels import PushChannelRecord
 
 log = logging.getLogger(__name__)
 
-#: Seconds between looks at which channels to open, replace or stop.
-CHANNEL_CHECK_INTERVAL = 30.0
 #: Seconds a channel learned from the store is trusted before it is looked up again.
 CACHE_SECONDS = 30.0
 #: The webhook paths under ``public_url`` and on the listener.
@@ -87,85 +91,16 @@ GOOGLE_WEBHOOK = "/webhooks/google"
 GRAPH_WEBHOOK = "/webhooks/graph"
 #: How long a Graph subscription is asked to live (Graph's maximum for events is ~3-7 days).
 GRAPH_LIFETIME = timedelta(days=2)
+#: How long before it expires a Graph subscription is renewed.
+GRAPH_RENEW_BEFORE = timedelta(hours=12)
+
+__all__ = [
+    "CACHE_SECONDS", "CHANNEL_CHECK_INTERVAL", "GOOGLE_WEBHOOK", "GRAPH_WEBHOOK",
+    "GooglePush", "GraphPush", "PushKeeper",
+]  # fmt: skip
 
 
-class PushKeeper:
-    """What both kinds of push share: a loop that opens, renews and stops the channels
-    of the links this process reads on schedule every ``CHANNEL_CHECK_INTERVAL`` and
-    whenever the built sources or the owners changed (``links_changed``), the store rows,
-    and ``close`` on shutdown."""
-
-    provider = ""
-
-    def __init__(self, sync: CalendarSync, metrics: Metrics, clock: Clock) -> None:
-        self.sync = sync
-        self.store = sync.store
-        self.metrics = metrics
-        self.clock = clock
-        self._wake = asyncio.Event()
-        self._process_id = f"process-{uuid.uuid4()}"
-
-    @property
-    def owner(self) -> str:
-        """The id stored as a channel's owner: the cluster member id, or one per process."""
-        return self.sync.member_id or self._process_id
-
-    @property
-    def shared(self) -> bool:
-        """Whether other processes share the store (and so the webhooks and links)."""
-        return self.sync.is_mine is not None
-
-    def _mine(self, link_id: int) -> bool:
-        return self.sync.is_mine is None or self.sync.is_mine(link_id)
-
-    def links_changed(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            self._wake.clear()
-            await self._tend(self.clock.now())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), CHANNEL_CHECK_INTERVAL)
-
-    async def close(self) -> None:
-        if self.shared:  # the links' next owners take the channels over
-            return
-        for link_id in self._live_links():
-            await self._stop(link_id)
-
-    async def _stored(self) -> dict[int, list[PushChannelRecord]] | None:
-        """This provider's stored channels by link, or None when the store fails."""
-        try:
-            records = await asyncio.to_thread(self.store.push_channels, self.provider)
-        except StoreError as exc:
-            log.warning("%s push: cannot read the stored channels: %s", self.provider, exc)
-            return None
-        by_link: dict[int, list[PushChannelRecord]] = defaultdict(list)
-        for record in records:
-            by_link[record.link_id].append(record)
-        return by_link
-
-    async def _save(self, record: PushChannelRecord) -> None:
-        await asyncio.to_thread(self.store.save_push_channel, record)
-
-    async def _forget_stored(self, channel_id: str) -> None:
-        try:
-            await asyncio.to_thread(self.store.delete_push_channel, self.provider, channel_id)
-        except StoreError as exc:  # its link's owner or its expiry cleans it up
-            log.info("%s push: cannot delete a stored channel: %s", self.provider, exc)
-
-    async def _tend(self, now: datetime) -> None:
-        raise NotImplementedError
-
-    async def _stop(self, link_id: int) -> None:
-        raise NotImplementedError
-
-    def _live_links(self) -> list[int]:
-        raise NotImplementedError
-
-
-class GooglePush(PushKeeper):
+class GooglePush(StoredPushKeeper):
     """Channels for Google links and their webhook. See the module docstring."""
 
     provider = "google"
@@ -251,10 +186,10 @@ class GooglePush(PushKeeper):
         except StoreError as exc:  # the pending row accepts any resource id meanwhile
             log.warning("link %d: cannot store its Google channel's expiry: %s", link_id, exc)
 
+    def _renewal_times(self) -> Iterable[datetime]:
+        return (channel.expires_at - RENEW_BEFORE for _, channel in self._channels.values())
+
     async def _tend(self, now: datetime) -> None:
-        stored = await self._stored()
-        if stored is None:
-            return  # without the store no channel can be shared: try again next round
         built = {
             link_id: source
             for link_id, source in self.sync.built_sources()
@@ -264,9 +199,12 @@ class GooglePush(PushKeeper):
             await self._stop(link_id)
         for link_id in [i for i in self._channels if not self._mine(i)]:
             self._release(link_id)
+        built = {link_id: source for link_id, source in built.items() if self._mine(link_id)}
+        stored = await self._rows_for(set(built), now)
+        if stored is None:
+            return  # without the store no channel can be shared: try again soon
         for link_id, source in built.items():
-            if self._mine(link_id):
-                await self._tend_link(link_id, source, stored.get(link_id, []), now)
+            await self._tend_link(link_id, source, stored[link_id], now)
 
     def _release(self, link_id: int) -> None:
         """Another process reads this link now: it takes the channel over."""
@@ -285,6 +223,13 @@ class GooglePush(PushKeeper):
         if current is not None and current[1].id not in {r.channel_id for r in stored}:
             self._release(link_id)  # another process took it over meanwhile
             current = None
+        tended_elsewhere = any(r.owner != self.owner for r in stored)
+        if current is None and tended_elsewhere and link_id not in self.started:
+            # Another process tends it, and this one did not just start to: while two
+            # processes' views of the members differ (a round), taking it back at once
+            # would make them replace each other's channels on every notification.
+            # Taken over when the link becomes this process's again, or at the backstop.
+            return
         others = [r for r in stored if current is None or r.channel_id != current[1].id]
         register = self._registrar(link_id)
         try:
@@ -298,12 +243,13 @@ class GooglePush(PushKeeper):
                 channel = await replace_channel(
                     source, self.book, current[1], link_id, self.address, before_watch=register
                 )
-                await self._forget_stored(current[1].id)
+                await self._forget_stored(link_id, current[1].id)
                 log.info("link %d: Google push channel replaced before it expires", link_id)
             else:
                 channel = current[1]
         except CalendarError as exc:  # polling covers the link meanwhile
             log.warning("link %d: no Google push channel (%s); polling only", link_id, exc)
+            self.retry.add(link_id)
             return
         if current is None or channel is not current[1]:
             await self._opened(link_id, channel)
@@ -325,7 +271,7 @@ class GooglePush(PushKeeper):
             except CalendarError as exc:  # it expires on its own
                 log.info("link %d: stopping an earlier Google channel failed (%s)",
                          record.link_id, exc)  # fmt: skip
-        await self._forget_stored(record.channel_id)
+        await self._forget_stored(record.link_id, record.channel_id)
 
     async def _stop(self, link_id: int) -> None:
         source, channel = self._channels.pop(link_id)
@@ -334,10 +280,10 @@ class GooglePush(PushKeeper):
             await source.stop_channel(channel)
         except CalendarError as exc:  # it expires on its own
             log.info("link %d: stopping its Google channel failed (%s)", link_id, exc)
-        await self._forget_stored(channel.id)
+        await self._forget_stored(link_id, channel.id)
 
 
-class GraphPush(PushKeeper):
+class GraphPush(StoredPushKeeper):
     """Subscriptions for Microsoft 365 links and their webhook. See the module docstring."""
 
     provider = "graph"
@@ -397,10 +343,10 @@ class GraphPush(PushKeeper):
         except StoreError as exc:  # it is renewed before it expires anyway
             log.warning("link %d: cannot pass a Graph lifecycle event on: %s", link_id, exc)
 
+    def _renewal_times(self) -> Iterable[datetime]:
+        return (sub.expires_at - GRAPH_RENEW_BEFORE for _, sub, _ in self._subscriptions.values())
+
     async def _tend(self, now: datetime) -> None:
-        stored = await self._stored()
-        if stored is None:
-            return
         built = {
             link_id: source
             for link_id, source in self.sync.built_sources()
@@ -411,9 +357,12 @@ class GraphPush(PushKeeper):
         for link_id in [i for i in self._subscriptions if not self._mine(i)]:
             _, subscription, _ = self._subscriptions.pop(link_id)
             self.book.remove(subscription.id)  # the link's new owner renews it
+        built = {link_id: source for link_id, source in built.items() if self._mine(link_id)}
+        stored = await self._rows_for(set(built), now)
+        if stored is None:
+            return
         for link_id, source in built.items():
-            if self._mine(link_id):
-                await self._tend_link(link_id, source, stored.get(link_id, []), now)
+            await self._tend_link(link_id, source, stored[link_id], now)
 
     async def _tend_link(
         self, link_id: int, source: GraphCalendarSource, stored: list[PushChannelRecord],
@@ -435,16 +384,21 @@ class GraphPush(PushKeeper):
             elif row.expires_at is not None and row.expires_at <= now:
                 renew = True  # a lifecycle event reached another process
         if current is None and stored:  # an earlier owner's: take the newest over
+            if link_id not in self.started and any(r.owner != self.owner for r in stored):
+                return  # tended elsewhere, and not just become ours (see push_keeper)
             newest = stored[-1]
             taken = GraphSubscription(
                 newest.channel_id, newest.resource_id, "", newest.expires_at or now
             )
             current = (source, taken, newest.token_digest)
             renew = True
-        if current is not None and not renew and not current[1].needs_renewal(now):
+        if current is not None and not renew and not current[1].needs_renewal(
+            now, GRAPH_RENEW_BEFORE
+        ):
             return
         made = await self._renew_or_subscribe(link_id, source, current, now)
         if made is None:
+            self.retry.add(link_id)
             return
         subscription, digest = made
         self.book.add(subscription, link_id, digest=digest)
@@ -462,7 +416,7 @@ class GraphPush(PushKeeper):
                 stale = GraphSubscription(row.channel_id, row.resource_id, "", now)
                 with contextlib.suppress(CalendarError):  # it expires on its own
                     await source.unsubscribe(stale)
-                await self._forget_stored(row.channel_id)
+                await self._forget_stored(link_id, row.channel_id)
 
     async def _renew_or_subscribe(
         self, link_id: int, source: GraphCalendarSource,
@@ -494,5 +448,5 @@ class GraphPush(PushKeeper):
             await source.unsubscribe(subscription)
         except CalendarError as exc:  # it expires on its own
             log.info("link %d: deleting its Graph subscription failed (%s)", link_id, exc)
-        await self._forget_stored(subscription.id)
+        await self._forget_stored(link_id, subscription.id)
 

@@ -14,6 +14,8 @@ condition with a deadline.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import random
 import threading
@@ -24,7 +26,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cluster_postgres import *  # noqa: F403 - fixtures (cluster_url)
@@ -35,6 +37,7 @@ from pbxcal.calendars.providers import SECRET_GRAPH_CLIENT
 from pbxcal.cluster.connection import cluster_conninfo
 from pbxcal.cluster.ownership import rendezvous_owner
 from pbxcal.cluster.status import read_status
+from pbxcal.service.push_keeper import ChannelChanges, StoredPushKeeper
 from pbxcal.store import Store, load_key_ring
 from pbxcal.store.push_channels import PushChannelRecord
 from pbxcal.testing.asterisk import AsteriskSandbox
@@ -275,6 +278,21 @@ def test_graph_subscriptions_are_made_once_handled_anywhere_and_taken_over(
             assert [e.uid for e in events] == [f"ev-{ext}"], ext
             assert f"SUMMARY:{number(2, index)}" in events[0].ical, ext
 
+    # a lifecycle event reaching a process that does not tend the subscription is passed
+    # on through the store (the row marked due); that write's NOTIFY has the owner renew
+    # it within seconds, not at its next own look (BACKSTOP_SECONDS away)
+    sid, owner = sorted(owners.items())[0]
+    other = next(run for run in runs if members[run.listen] != owner)
+    mark = len(graph.subscription_log)
+    balancer.pinned = other.listen
+    graph.send_lifecycle(sid, "reauthorizationRequired")
+    poll_until(lambda: calls(graph, "renew", mark)[sid], lambda n: n >= 1, 10, 0.1,
+               "the owner renews after a lifecycle event that reached another process")
+    balancer.pinned = None
+    assert balancer.notifications[-1][0] == other.listen
+    assert not calls(graph, "create", mark)
+    assert {r.channel_id: r.owner for r in stored(url)}[sid] == owner
+
     # kill -9 of the process tending most subscriptions: the survivors take them over
     # (the same subscriptions, renewed under their new owner; none made or deleted)
     tended = Counter(owners.values())
@@ -303,3 +321,57 @@ def test_graph_subscriptions_are_made_once_handled_anywhere_and_taken_over(
     assert len(balancer.notifications) >= notified + len(EXTENSIONS)
     for run in survivors:
         run.check_alive()
+
+
+class Heard:
+    """What ``ChannelChanges`` tells a Graph keeper."""
+
+    provider = "graph"
+
+    def __init__(self) -> None:
+        self.links: asyncio.Queue[int] = asyncio.Queue()
+        self.resyncs = 0
+
+    def channels_changed(self, link_id: int) -> None:
+        self.links.put_nowait(link_id)
+
+    def resync(self) -> None:
+        self.resyncs += 1
+
+
+async def test_every_write_of_a_channel_row_is_heard_by_the_listening_keepers(
+    cluster_url: str,
+) -> None:
+    """Save, expire and delete of a row each NOTIFY ``pbxcal_push`` at commit; the
+    listener hands the link to the keeper of that provider (not Google's rows to Graph's
+    keeper), and asks for a full re-read once LISTEN is in place."""
+    heard = Heard()
+    changes = ChannelChanges(cluster_conninfo(cluster_url), [cast(StoredPushKeeper, heard)])
+    listening = asyncio.create_task(changes.run())
+    with Store.open(cluster_url) as store:
+        try:
+            await asyncio.wait_for(changes.listening.wait(), 10)
+            assert heard.resyncs == 1
+            a = store.add_link("100", "main", "graph", mailbox("100"), {}).id
+            b = store.add_link("201", "main", "graph", mailbox("201"), {}).id
+            record = PushChannelRecord("graph", "sub-a", a, b"d" * 32, "users/a/events",
+                                       datetime.now(UTC) + timedelta(days=2), "member-1")
+            google = PushChannelRecord("google", "ch-b", b, b"d" * 32, "", None, "member-1")
+            writes = [
+                lambda: store.save_push_channel(google),  # not Graph's: not heard
+                lambda: store.save_push_channel(record),
+                lambda: store.expire_push_channel("graph", "sub-a"),
+                lambda: store.delete_push_channel("graph", "sub-a"),
+                lambda: store.delete_push_channel("graph", "sub-a"),  # no row: no notice
+                lambda: store.save_push_channel(
+                    PushChannelRecord("graph", "sub-b", b, b"d" * 32, "", None, "m")
+                ),
+            ]
+            for write in writes:
+                await asyncio.to_thread(write)
+            got = [await asyncio.wait_for(heard.links.get(), 10) for _ in range(4)]
+            assert got == [a, a, a, b] and heard.links.empty()
+        finally:
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
