@@ -19,7 +19,13 @@ The map::
     now.py            agent_now: meeting, forwarding, phone state over AMI
     api.py            the admin API routes (/api/v1/agents/...)
 
-The store side is ``pbxcal.store.booking`` (migration 0006). Start at ``service.book``.
+The buffer rule is the database's: a booking blocks its meeting widened by the agent's
+buffers (``[start - buffer_before, end + buffer_after)``, stored with it), two confirmed
+bookings of an agent never have overlapping blocked ranges, and availability offers a
+slot only when its own blocked range meets none of them and no busy calendar event.
+
+The store side is ``pbxcal.store.booking`` (migrations 0006, 0009). Start at
+``service.book``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,10 @@ Radicale calendar as both her conflict calendar and her booking calendar:
   with the time in their zone; the ``.ics`` download parses with icalendar; the event
   is in Radicale (read from Radicale's own storage, not through pbxcal);
 * the manage page behind the guest's link moves the meeting (Radicale follows) and
-  cancels it (the event is gone from Radicale).
+  cancels it (the event is gone from Radicale);
+* a booking with an online meeting (a Teams join link, as Microsoft 365 answers it, put
+  in its row: CalDAV adds none) shows the link on the confirmation, and its long
+  address wraps on a phone instead of making the page scroll sideways.
 
 The booking page, the details form, the confirmation, the manage page and the cancel
 question are saved in English and Dutch at phone and desktop width under
@@ -46,6 +49,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 PASSWORD = "radicale-pw-3m8v"
 TEST = "booking"
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
+TEAMS_LINK = (
+    "https://teams.microsoft.com/l/meetup-join/19%3ameeting_ZjA4NGM0YzItNWU2ZS00Yjk3LWI1ODAt"
+    "NDc5ZDkxMmQ0YTg3%40thread.v2/0?context=%7b%22Tid%22%3a%2272f988bf-86f1-41af-91ab-"
+    "2d7cd011db47%22%2c%22Oid%22%3a%22a4a3c5f2-0c2e-4f0e-9d5b-3c1a2b3c4d5e%22%7d"
+)
 
 
 @pytest.fixture
@@ -219,6 +227,16 @@ def test_guest_books_moves_and_cancels_in_the_browser(
     assert str(downloaded["UID"]) == str(event["UID"])
     assert downloaded.decoded("DTSTART") == at(day, 11)
     manage = page.url.split("?")[0]
+
+    # an online meeting's join link (as Google or Microsoft 365 would have added it)
+    with Store.open(daemon.store) as store:
+        (row,) = store.list_bookings("anna", at(day, 0))
+        assert row["join_url"] is None  # CalDAV adds no online meeting
+        store.update_booking(row["id"], {"join_url": TEAMS_LINK})
+    page.reload()
+    assert page.locator("a.join").get_attribute("href") == TEAMS_LINK
+    assert "Online meeting Join on teams.microsoft.com" in " ".join(page.inner_text("main").split())
+    both_languages(browser, page, "confirmation-online-meeting")
 
     # another guest no longer sees 11:00
     other = browser.new_page(DESKTOP, "en")

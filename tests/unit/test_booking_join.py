@@ -7,7 +7,8 @@ FEATURE=VIDEO`` and on a line of the text (a Teams-like link with ``%``, ``&``, 
 and ``;`` parsed back unchanged), the cancellation's text does not offer it; the admin
 API's booking answer has ``join_url`` and matches the OpenAPI document's ``Booking``;
 the confirmation / manage page (through the real aiohttp app, ``test_web_booking``'s
-site) shows it as a link, escaped, in English and Dutch, and the ``.ics`` download has it.
+site) shows it as a link named by its host, escaped, in English and Dutch, and the
+``.ics`` download has it.
 """
 
 from __future__ import annotations
@@ -116,10 +117,11 @@ async def test_the_confirmation_page_and_the_ics_show_the_join_link(site: SiteCl
     made.store.update_booking(row["id"], {"join_url": TEAMS})
     page = await read(await client.get(confirmation))
     escaped = TEAMS.replace("&", "&amp;")
-    assert f'<a class="join" href="{escaped}" rel="noopener noreferrer">{escaped}</a>' in page
+    link = f'<a class="join" href="{escaped}" rel="noopener noreferrer">'
+    assert f"{link}Join on teams.microsoft.com</a>" in page
     assert "Online meeting" in page and "Your meeting is booked" in page
     dutch = await read(await client.get(confirmation, params={"lang": "nl"}))
-    assert "Online vergadering" in dutch and escaped in dutch
+    assert "Online vergadering" in dutch and f"{link}Deelnemen via teams.microsoft.com" in dutch
     download = await client.get(confirmation.split("?")[0] + "/meeting.ics")
     (event,) = icalendar.Calendar.from_ical(await download.read()).walk("VEVENT")
     assert str(event["LOCATION"]) == TEAMS and str(event["CONFERENCE"]) == TEAMS

@@ -3,7 +3,9 @@
 What it does:
 
 * ``GET /book/manage/{token}`` shows the meeting (``pbxcal.booking.find_booking``) in
-  the guest's time zone; right after booking it is the confirmation (``?booked=1``).
+  the guest's time zone, with its online meeting's join link ("Join on
+  teams.microsoft.com") where the booking calendar added one; right after booking it
+  is the confirmation (``?booked=1``).
   While the meeting is ahead it offers other free times of the same length (the same
   day-by-day list as the booking page; a time leads to a "move here?" form) and a
   cancel button.
@@ -27,7 +29,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
@@ -130,6 +132,7 @@ async def _show(
         or "from" in request.query
         or request.query.get("move") == "1",
         booked=request.query.get("booked") == "1",
+        join_host=urlsplit(booking.join_url).hostname if booking.join_url else None,
         moved=request.query.get("moved") == "1",
         path=path,
         link=link,
