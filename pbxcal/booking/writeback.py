@@ -14,6 +14,15 @@ libraries run in a worker thread.
 * Google: ``events.insert`` / ``update`` / ``delete`` with google-api-python-client,
   ``iCalUID`` = the booking's UID, ``sendUpdates=none`` (pbxcal sends the iTIP mail
   itself), a Google Meet link requested through ``conferenceData.createRequest``.
+  Needs the scope ``calendar.events`` (``credentials.WRITE_SCOPE``), which grants made
+  since bookings are written hold and record (``scopes`` in the stored authorized-user
+  JSON). A grant that records only reading scopes is refused with
+  ``READ_ONLY_GOOGLE_GRANT`` before anything is sent; one that records none (older, or
+  from gcloud) asks Google for ``calendar.events`` and gets ``invalid_scope`` at the token
+  endpoint (or a 403 ``insufficientPermissions`` at the write) when it lacks it: the same
+  message, nothing written. A service account (domain-wide delegation) asks for
+  ``calendar.events`` for the booking; Google answers ``unauthorized_client`` when the
+  Workspace admin did not allow that scope: ``DELEGATION_READ_ONLY``.
 * Microsoft 365 (Graph): ``POST /users/{mailbox}/events`` (app-only) or ``/me/events``
   (delegated) with ``transactionId`` = the booking's UID (a repeated POST gives the same
   event), ``PATCH`` on reschedule, ``DELETE`` on cancel, a Teams meeting
@@ -52,14 +61,23 @@ from pbxcal.errors import CalendarAuthFailed, CalendarError
 from pbxcal.store import Link, Store
 
 __all__ = [
-    "READ_ONLY_GRANT", "BookingCalendar", "CaldavCalendar", "EwsCalendar", "GoogleCalendar",
-    "GraphCalendar", "calendar_for",
+    "DELEGATION_READ_ONLY", "READ_ONLY_GOOGLE_GRANT", "READ_ONLY_GRANT", "BookingCalendar",
+    "CaldavCalendar", "EwsCalendar", "GoogleCalendar", "GraphCalendar", "calendar_for",
 ]  # fmt: skip
 
 _TIMEOUT = 20.0
 #: Booking into a delegated Microsoft 365 grant without Calendars.ReadWrite.
 READ_ONLY_GRANT = (
     "the Microsoft 365 grant allows reading only: link the calendar again to book into it"
+)
+#: Booking into a Google grant that holds no scope to write events.
+READ_ONLY_GOOGLE_GRANT = (
+    "the Google grant allows reading only: link the calendar again to book into it"
+)
+#: Booking through a service account whose domain-wide delegation lacks calendar.events.
+DELEGATION_READ_ONLY = (
+    "the Workspace admin has not allowed this service account to write events: add the "
+    "scope https://www.googleapis.com/auth/calendar.events to its domain-wide delegation"
 )
 _graph_calls: Any = None  # BlockingCalls of Graph sources made here (outside the daemon)
 
@@ -101,7 +119,7 @@ def calendar_for(
         raw = store.load_secret(link.id, SECRET_GOOGLE)
         if raw is None:
             raise ProviderFailed("the booking calendar has no stored Google credentials")
-        return GoogleCalendar(link, json.loads(raw))
+        return GoogleCalendar(link, json.loads(raw))  # refuses a read-only grant
     if link.provider == "graph":
         from pbxcal.calendars.graph import GraphCalendarSource
 
@@ -209,21 +227,38 @@ class GoogleCalendar:
     """One Google calendar, written with google-api-python-client."""
 
     def __init__(self, link: Link, info: Any) -> None:
+        from pbxcal.calendars.google import grant_can_write
+
         self._link = link
         self._info = info
+        self._delegated = link.settings.get("auth") == "service_account"
+        if not self._delegated and isinstance(info, dict) and grant_can_write(info) is False:
+            raise ProviderFailed(READ_ONLY_GOOGLE_GRANT)  # the stored grant says so
 
     def _events(self) -> tuple[Any, Any]:
         import google_auth_httplib2  # type: ignore[import-untyped]
         import httplib2  # type: ignore[import-untyped]
         from googleapiclient import discovery  # type: ignore[import-untyped]
 
-        from pbxcal.calendars.google import delegated_credentials, user_credentials
+        from pbxcal.calendars.google import (
+            WRITE_SCOPE,
+            delegated_credentials,
+            grant_scopes,
+            user_credentials,
+        )
 
         settings = self._link.settings
-        if settings.get("auth") == "service_account":
-            credentials = delegated_credentials(self._info, str(settings.get("subject", "")))
-        else:
-            credentials = user_credentials(self._info)
+        try:
+            if self._delegated:
+                credentials = delegated_credentials(
+                    self._info, str(settings.get("subject", "")), (WRITE_SCOPE,)
+                )
+            else:  # what the grant holds (it can write), else ask for the write scope
+                credentials = user_credentials(
+                    self._info, grant_scopes(self._info) or (WRITE_SCOPE,)
+                )
+        except CalendarError as exc:
+            raise ProviderFailed(f"Google Calendar: {exc}") from None
         endpoint = settings.get("api_endpoint")
         options = {"api_endpoint": str(endpoint)} if endpoint else None
         service = discovery.build(
@@ -235,20 +270,40 @@ class GoogleCalendar:
         return service.events(), http
 
     def _run(self, build: Any) -> Any:
+        from google.auth.exceptions import RefreshError
         from googleapiclient.errors import HttpError  # type: ignore[import-untyped]
 
         events, http = self._events()
         try:
             return build(events).execute(http=http, num_retries=0)
+        except RefreshError as exc:  # the token endpoint's answer, before any write
+            raise ProviderFailed(self._refused(exc)) from None
         except HttpError as exc:
             status = int(exc.resp.status)
             if status == 404 and getattr(build, "missing_ok", False):
                 return {}
+            if status == 403 and _google_reason(exc) == "insufficientPermissions":
+                raise ProviderFailed(
+                    DELEGATION_READ_ONLY if self._delegated else READ_ONLY_GOOGLE_GRANT
+                ) from None
             raise ProviderFailed(f"Google Calendar answered {status}") from None
         except Exception as exc:  # noqa: BLE001 - transport and auth errors
             raise ProviderFailed(f"Google Calendar: {_line(exc)}") from None
         finally:
             http.close()
+
+    def _refused(self, exc: BaseException) -> str:
+        """The one line for a refused token request (``invalid_scope``: a user grant
+        without the write scope; ``unauthorized_client``: delegation without it)."""
+        answer = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
+        code = str(answer.get("error") or "")
+        if code == "invalid_scope" and not self._delegated:
+            return READ_ONLY_GOOGLE_GRANT
+        if code == "unauthorized_client" and self._delegated:
+            return DELEGATION_READ_ONLY
+        from pbxcal.calendars.google.web_flow import safe_word
+
+        return f"Google Calendar: the token endpoint refused ({safe_word(code or 'no answer')})"
 
     def _body(self, booking: Booking) -> dict[str, Any]:
         return {
@@ -296,6 +351,15 @@ class GoogleCalendar:
 
         remove.missing_ok = True  # type: ignore[attr-defined]
         await asyncio.to_thread(self._run, remove)
+
+
+def _google_reason(exc: Any) -> str:
+    """The ``reason`` of a Google API error answer (``insufficientPermissions``)."""
+    try:
+        errors = json.loads(exc.content)["error"]["errors"]
+        return str(errors[0]["reason"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
 
 
 def _check_write_grant(store: Store, link: Link) -> None:

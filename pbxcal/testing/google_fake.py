@@ -32,6 +32,14 @@ and google-auth to work against it unchanged:
 * writing (pbxcal's bookings): ``events.insert`` (``POST .../events``; a
   ``conferenceData.createRequest`` gets a fake Meet link), ``events.update`` (``PUT
   .../events/{id}``) and ``events.delete`` (``DELETE``: a tombstone, as above).
+* scopes: a grant remembers its scopes (a code's: the consent request's ``scope``;
+  ``add_user(..., scopes=...)``; without: any), a refresh asking for more answers 400
+  ``invalid_scope``, and each access token remembers what it was issued for (the refresh's
+  ``scope``, else the grant's; a JWT's ``scope`` claim). ``add_service_account(...,
+  delegated_scopes=...)`` is the Admin console's domain-wide delegation: an assertion
+  with a ``sub`` asking for another scope gets 401 ``unauthorized_client``. A token
+  issued for known scopes none of which writes events (``calendar.events``,
+  ``calendar``) gets Google's 403 ``insufficientPermissions`` on insert/update/delete.
 * ``requests`` counts requests per endpoint (``"token"``, ``"events.list"``), for
   tests and benchmarks.
 
@@ -80,6 +88,8 @@ _JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _EVENTS_PREFIX = "/calendar/v3/calendars/"
 _CALENDAR_LIST = "/calendar/v3/users/me/calendarList"
 _ACCOUNT = "fake_account"  # the account a code was given for (kept with its request)
+_WRITING_SCOPES = frozenset({"https://www.googleapis.com/auth/calendar.events",
+                             "https://www.googleapis.com/auth/calendar"})
 
 
 @dataclass
@@ -151,6 +161,9 @@ class FakeGoogle:
         self._token_accounts: dict[str, str] = {}  # refresh or access token -> account
         self._issued_from: dict[str, str] = {}  # access token -> its refresh token
         self.revoked: list[str] = []  # tokens revoked at POST /revoke
+        self._grant_scopes: dict[str, frozenset[str] | None] = {}  # refresh token -> scopes
+        self._token_scopes: dict[str, frozenset[str]] = {}  # access token -> its scopes
+        self._delegation: dict[str, frozenset[str]] = {}  # client_email -> allowed scopes
         self._channels: dict[str, _Channel] = {}
         self._outbox: queue.Queue[tuple[_Channel, int, str] | None] = queue.Queue()
         self.deliveries: list[Delivery] = []
@@ -215,10 +228,15 @@ class FakeGoogle:
 
     # --- accounts ----------------------------------------------------------------------
 
-    def add_user(self, client_id: str, client_secret: str, refresh_token: str) -> dict[str, str]:
-        """Register an OAuth client + refresh token; returns authorized-user info."""
+    def add_user(
+        self, client_id: str, client_secret: str, refresh_token: str,
+        scopes: tuple[str, ...] | None = None,
+    ) -> dict[str, str]:
+        """Register an OAuth client + refresh token granted ``scopes`` (None: any);
+        returns authorized-user info (recording no scopes, like an older grant)."""
         with self._lock:
             self._refresh_tokens[refresh_token] = (client_id, client_secret)
+            self._grant_scopes[refresh_token] = frozenset(scopes) if scopes else None
         return {
             "type": "authorized_user",
             "client_id": client_id,
@@ -227,8 +245,14 @@ class FakeGoogle:
             "token_uri": self.token_uri,
         }
 
-    def add_service_account(self, client_email: str) -> dict[str, str]:
-        """A new service account key; returns its service-account info (JSON key file)."""
+    def add_service_account(
+        self, client_email: str, delegated_scopes: tuple[str, ...] | None = None
+    ) -> dict[str, str]:
+        """A new service account key; returns its service-account info (JSON key file).
+        ``delegated_scopes``: what its domain-wide delegation allows (None: any)."""
+        if delegated_scopes is not None:
+            with self._lock:
+                self._delegation[client_email] = frozenset(delegated_scopes)
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = key.private_bytes(
             serialization.Encoding.PEM,
@@ -593,22 +617,47 @@ class FakeGoogle:
                 if known != client:
                     return 401, {"error": "invalid_client", "error_description": "Unauthorized"}
                 refresh_token = form.get("refresh_token", "")
+                asked = frozenset(form.get("scope", "").split())
+                granted = self._grant_scopes.get(refresh_token)
+                if granted is not None and not asked <= granted:
+                    return 400, {"error": "invalid_scope", "error_description": "Bad Request"}
                 token = f"fake-access-{next(self._token_ids)}"
                 self._access_tokens.add(token)
                 self._issued_from[token] = refresh_token
                 if refresh_token in self._token_accounts:
                     self._token_accounts[token] = self._token_accounts[refresh_token]
-                return 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
+                return 200, self._issued(token, asked or granted)
             elif grant == _JWT_BEARER:
                 claims = self._check_assertion(form.get("assertion", ""))
                 if claims is None:
                     return 400, {"error": "invalid_grant", "error_description": "Invalid JWT"}
+                asked = frozenset(str(claims.get("scope", "")).split())
+                allowed = self._delegation.get(str(claims.get("iss")))
+                if claims.get("sub") and allowed is not None and not asked <= allowed:
+                    return 401, {"error": "unauthorized_client", "error_description": (
+                        "Client is unauthorized to retrieve access tokens using this method, "
+                        "or client not authorized for any of the scopes requested.")}
                 self.assertions.append(claims)
             else:
                 return 400, {"error": "unsupported_grant_type"}
             token = f"fake-access-{next(self._token_ids)}"
             self._access_tokens.add(token)
-        return 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
+        return 200, self._issued(token, asked)
+
+    def _issued(self, token: str, scopes: frozenset[str] | None) -> dict[str, Any]:
+        """The token answer; the token remembers its scopes (unknown: never refused)."""
+        answer: dict[str, Any] = {"access_token": token, "expires_in": 3600,
+                                  "token_type": "Bearer"}  # fmt: skip
+        if scopes:
+            self._token_scopes[token] = scopes
+            answer["scope"] = " ".join(sorted(scopes))
+        return answer
+
+    def _may_write(self, authorization: str) -> bool:
+        """False for a token issued for known scopes none of which writes events."""
+        with self._lock:
+            scopes = self._token_scopes.get(authorization.removeprefix("Bearer "))
+        return scopes is None or not scopes.isdisjoint(_WRITING_SCOPES)
 
     def _exchange_code(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         request = self._codes.pop(form.get("code", ""), None)  # a code works once
@@ -631,10 +680,14 @@ class FakeGoogle:
             return 400, {"error": "invalid_grant", "error_description": "Bad code verifier."}
         refresh_token = f"refresh-{next(self._token_ids)}"
         self._refresh_tokens[refresh_token] = (client_id, self._clients[client_id])
+        self._grant_scopes[refresh_token] = frozenset(request.get("scope", "").split()) or None
         access = f"fake-access-{next(self._token_ids)}"
         self._access_tokens.add(access)
         self._issued_from[access] = refresh_token
         self._token_accounts[refresh_token] = self._token_accounts[access] = request[_ACCOUNT]
+        granted = self._grant_scopes[refresh_token]
+        if granted:
+            self._token_scopes[access] = granted
         return 200, {"access_token": access, "expires_in": 3600, "token_type": "Bearer",
                      "refresh_token": refresh_token, "scope": request.get("scope", "")}
 
@@ -772,6 +825,15 @@ class _Handler(BaseHTTPRequestHandler):
         if not owner._authorized(self.headers.get("Authorization", "")):
             self._answer(401, _error(401, "authError", "Invalid Credentials"))
             return
+        writes = self.command in ("PUT", "DELETE") or (
+            self.command == "POST" and path.startswith(_EVENTS_PREFIX) and path.endswith("/events")
+        )
+        if writes and not owner._may_write(self.headers.get("Authorization", "")):
+            owner.requests["insufficientPermissions"] += 1
+            self._answer(403, _insufficient_scopes(), {"WWW-Authenticate": (
+                'Bearer realm="https://accounts.google.com/", error="insufficient_scope", '
+                'scope="https://www.googleapis.com/auth/calendar.events"')})
+            return
         try:
             body = json.loads(text or "null")
         except ValueError:
@@ -864,6 +926,19 @@ def _error(code: int, reason: str, message: str) -> dict[str, Any]:
             "errors": [{"domain": domain, "reason": reason, "message": message}],
         }
     }
+
+
+def _insufficient_scopes() -> dict[str, Any]:
+    """Google's answer to a call whose token lacks the method's scope."""
+    return {"error": {
+        "code": 403, "message": "Request had insufficient authentication scopes.",
+        "errors": [{"message": "Insufficient Permission", "domain": "global",
+                    "reason": "insufficientPermissions"}],
+        "status": "PERMISSION_DENIED",
+        "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                     "reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT", "domain": "googleapis.com",
+                     "metadata": {"service": "calendar-json.googleapis.com"}}],
+    }}  # fmt: skip
 
 
 def _unb64(text: str) -> bytes:

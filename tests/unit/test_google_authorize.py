@@ -79,7 +79,8 @@ def test_flow_with_pkce_returns_authorized_user_info_that_syncs(fake: FakeGoogle
     assert request["code_challenge_method"] == "S256" and len(request["code_challenge"]) == 43
     assert request["access_type"] == "offline" and request["prompt"] == "consent"
     assert request["redirect_uri"].startswith("http://127.0.0.1:")
-    assert request["scope"] == "https://www.googleapis.com/auth/calendar.events.readonly"
+    assert request["scope"] == "https://www.googleapis.com/auth/calendar.events"
+    assert info["scopes"] == ["https://www.googleapis.com/auth/calendar.events"]
 
     fake.put_event("primary", {"id": "a", "summary": "333", "start": {"date": "2026-03-30"},
                                "end": {"date": "2026-03-31"}})

@@ -26,9 +26,10 @@ live in memory: after a restart open new ones (the old ones expire; polling cove
 the gap).
 
 Modules: ``events`` (event JSON → VEVENT rows, pure), ``source`` (paging, sync tokens,
-watch/stop, error mapping), ``credentials`` (per user / delegated), ``push`` (channels,
-checking notifications), ``authorize`` (the installed-app flow with PKCE, authorized-user
-and OAuth client files; imports google-auth-oauthlib, so import it only where needed).
+watch/stop, error mapping), ``credentials`` (per user / delegated; the scopes a grant
+holds), ``push`` (channels, checking notifications), ``authorize`` (the installed-app
+flow with PKCE, authorized-user and OAuth client files; imports google-auth-oauthlib, so
+import it only where needed).
 The fake for tests and benchmarks is ``pbxcal.testing.google_fake.FakeGoogle``.
 Must not do: be imported by the core, or run its calls on the event loop.
 """
@@ -37,7 +38,10 @@ from __future__ import annotations
 
 from pbxcal.calendars.google.credentials import (
     CALENDAR_SCOPE,
+    WRITE_SCOPE,
     delegated_credentials,
+    grant_can_write,
+    grant_scopes,
     user_credentials,
 )
 from pbxcal.calendars.google.push import ChannelBook, GoogleChannel
@@ -45,9 +49,12 @@ from pbxcal.calendars.google.source import GoogleCalendarSource
 
 __all__ = [
     "CALENDAR_SCOPE",
+    "WRITE_SCOPE",
     "ChannelBook",
     "GoogleCalendarSource",
     "GoogleChannel",
     "delegated_credentials",
+    "grant_can_write",
+    "grant_scopes",
     "user_credentials",
 ]

@@ -7,10 +7,15 @@ the system picks. ``show_url(url)`` is the caller's way of getting the consent U
 the user (the CLI prints it and may open a browser); the listener is
 ``pbxcal.calendars.loopback.LoopbackRedirect``, shared with Microsoft's flow. It asks
 for offline access with ``prompt=consent``, so Google hands out a refresh token even if
-the user linked before.
+the user linked before. It asks for ``credentials.WRITE_SCOPE`` (events, read and
+write: bookings are written into the calendar).
 It returns *authorized-user info* (``type``, ``client_id``, ``client_secret``,
-``refresh_token``, ``token_uri``), the dict ``credentials.user_credentials`` takes and
-the store keeps encrypted.
+``refresh_token``, ``token_uri``, and ``scopes``: what Google granted, from the token
+answer's ``scope``, so later refreshes ask for no more and a booking can tell a read-only
+grant), the dict ``credentials.user_credentials`` takes and the store keeps encrypted.
+Google may grant other scopes than asked (earlier grants of the same client through
+``include_granted_scopes``, a box the user unticked): oauthlib raises that as a
+``Warning`` carrying the token, which is taken as it is.
 
 ``client_config`` is the OAuth client's JSON as the Google Cloud console downloads it
 (``{"installed": {...}}``, client type "Desktop app"); read it with
@@ -37,7 +42,7 @@ from typing import Any
 
 from google_auth_oauthlib.flow import Flow  # type: ignore[import-untyped]
 
-from pbxcal.calendars.google.credentials import CALENDAR_SCOPE, GOOGLE_TOKEN_URI
+from pbxcal.calendars.google.credentials import GOOGLE_TOKEN_URI, WRITE_SCOPE, grant_scopes
 from pbxcal.calendars.loopback import LoopbackRedirect
 from pbxcal.errors import CalendarAuthFailed
 
@@ -52,11 +57,11 @@ def run_installed_app_flow(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     login_hint: str | None = None,
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """The installed-app flow with PKCE and a loopback redirect; authorized-user info."""
     installed = _client(client_config)
     flow = Flow.from_client_config(
-        {"installed": installed}, scopes=[CALENDAR_SCOPE], autogenerate_code_verifier=True
+        {"installed": installed}, scopes=[WRITE_SCOPE], autogenerate_code_verifier=True
     )
     state = secrets.token_urlsafe(24)
     with LoopbackRedirect() as listener:
@@ -78,20 +83,24 @@ def run_installed_app_flow(
     if not code:
         raise CalendarAuthFailed("Google authorization: the redirect carried no code")
     try:
-        flow.fetch_token(code=code)
+        token: Any = flow.fetch_token(code=code)
+    except Warning as changed:  # oauthlib: "Scope has changed" (other scopes granted)
+        token = getattr(changed, "token", None)
     except Exception as exc:  # noqa: BLE001 - oauthlib/requests raise many kinds
         raise CalendarAuthFailed(
             f"Google authorization: the token endpoint refused the code ({type(exc).__name__})"
         ) from None
-    refresh_token = getattr(flow.credentials, "refresh_token", None)
-    if not refresh_token:
+    refresh_token = token.get("refresh_token") if isinstance(token, Mapping) else None
+    if not isinstance(refresh_token, str) or not refresh_token:
         raise CalendarAuthFailed("Google authorization: no refresh token was handed out")
+    granted = token.get("scope") if isinstance(token, Mapping) else None
     return {
         "type": "authorized_user",
         "client_id": str(installed["client_id"]),
         "client_secret": str(installed["client_secret"]),
-        "refresh_token": str(refresh_token),
+        "refresh_token": refresh_token,
         "token_uri": str(installed["token_uri"]),
+        "scopes": list(grant_scopes({"scopes": granted}) or (WRITE_SCOPE,)),
     }
 
 
@@ -102,8 +111,9 @@ def read_client_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_authorized_user_file(path: Path) -> dict[str, str]:
-    """An authorized-user JSON file → authorized-user info for ``user_credentials``."""
+def read_authorized_user_file(path: Path) -> dict[str, Any]:
+    """An authorized-user JSON file → authorized-user info for ``user_credentials``
+    (with its ``scopes`` when it records them)."""
     data = _read_json(path, "authorized-user file")
     if data.get("type", "authorized_user") != "authorized_user":
         kind = _word(data["type"])
@@ -114,13 +124,17 @@ def read_authorized_user_file(path: Path) -> dict[str, str]:
     ]
     if missing:
         raise CalendarAuthFailed(f"{path}: authorized-user file misses {', '.join(missing)}")
-    return {
+    info: dict[str, Any] = {
         "type": "authorized_user",
         "client_id": data["client_id"],
         "client_secret": data["client_secret"],
         "refresh_token": data["refresh_token"],
         "token_uri": str(data.get("token_uri") or GOOGLE_TOKEN_URI),
     }
+    scopes = grant_scopes(data)
+    if scopes is not None:
+        info["scopes"] = list(scopes)
+    return info
 
 
 def _client(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,14 +9,17 @@ Usage (``pbxcal.web.portal.oauth`` does this)::
     info = await finish(client, flow_secret, callback_query)   # authorized-user info
     await revoke(info, config.portal.google.revoke_uri)         # "not you?" / unlink
 
-``begin`` asks for ``WEB_SCOPES`` (events read-only, which is what the link's sync
-refreshes for, plus the calendar list so the customer can pick a calendar and we can
-show whose account it is), ``access_type=offline`` + ``prompt=consent`` (a refresh token
-every time, also for a customer who linked before), a random ``state`` and a fresh PKCE
-verifier (43+ characters, challenge S256). ``finish`` checks the state (constant time),
-maps a refusal at Google to a one-line error and redeems the code with the verifier.
+``begin`` asks for ``WEB_SCOPES`` (events, read and write: the link's sync reads them and
+bookings are written into the calendar; plus the calendar list so the customer can pick
+a calendar and we can show whose account it is), ``access_type=offline`` +
+``prompt=consent`` (a refresh token every time, also for a customer who linked before),
+a random ``state`` and a fresh PKCE verifier (43+ characters, challenge S256).
+``finish`` checks the state (constant time), maps a refusal at Google to a one-line
+error and redeems the code with the verifier.
 ``info`` is what ``credentials.user_credentials`` takes (``type``, ``client_id``,
-``client_secret``, ``refresh_token``, ``token_uri``).
+``client_secret``, ``refresh_token``, ``token_uri``, and ``scopes``: what Google granted,
+from the token answer's ``scope``, which may be less than asked when the customer unticks
+a box; refreshes ask for exactly these).
 
 Hand-written over httpx, not google-auth-oauthlib's ``Flow``: requests-oauthlib refuses a
 token endpoint without TLS unless the process-wide ``OAUTHLIB_INSECURE_TRANSPORT`` is
@@ -51,13 +54,13 @@ from urllib.parse import urlencode, urlsplit
 import google.auth.credentials
 import httpx
 
-from pbxcal.calendars.google.credentials import CALENDAR_SCOPE, user_credentials
+from pbxcal.calendars.google.credentials import WRITE_SCOPE, grant_scopes, user_credentials
 from pbxcal.errors import CalendarAuthFailed, CalendarError, CalendarUnavailable
 
 #: Read the calendar list, so the customer can pick one and we know whose account it is.
 CALENDAR_LIST_SCOPE = "https://www.googleapis.com/auth/calendar.calendarlist.readonly"
-#: What the portal asks for: the events (what the link syncs) and the calendar list.
-WEB_SCOPES = (CALENDAR_SCOPE, CALENDAR_LIST_SCOPE)
+#: What the portal asks for: the events (synced, and booked into) and the calendar list.
+WEB_SCOPES = (WRITE_SCOPE, CALENDAR_LIST_SCOPE)
 GOOGLE_AUTH_URI = "https://accounts.google.com/o/oauth2/auth"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL
 GOOGLE_REVOKE_URI = "https://oauth2.googleapis.com/revoke"
@@ -155,7 +158,7 @@ async def finish(
     *,
     http_timeout: float = DEFAULT_TIMEOUT,
     transport: httpx.AsyncBaseTransport | None = None,
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """Redeem the callback's code with the PKCE verifier; the authorized-user info."""
     expected = str(flow_secret.get("state", ""))
     if not expected or not hmac.compare_digest(
@@ -191,6 +194,7 @@ async def finish(
         "client_secret": client.client_secret,
         "refresh_token": refresh_token,
         "token_uri": client.token_uri,
+        "scopes": list(grant_scopes({"scopes": body.get("scope")}) or WEB_SCOPES),
     }
 
 
@@ -222,9 +226,9 @@ async def revoke(
 
 
 def web_credentials(info: Mapping[str, Any]) -> google.auth.credentials.Credentials:
-    """Credentials for ``info`` that may read the calendar list too (``WEB_SCOPES``; a
-    link's sync uses ``credentials.user_credentials``, events only)."""
-    return user_credentials(info, WEB_SCOPES)
+    """Credentials for ``info`` that may read the calendar list too: the scopes the
+    grant records (``WEB_SCOPES`` when it records none)."""
+    return user_credentials(info, grant_scopes(info) or WEB_SCOPES)
 
 
 def endpoint_allowed(url: str) -> bool:
