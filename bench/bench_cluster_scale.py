@@ -129,6 +129,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def postgres_pids(url: str) -> list[int]:
     """The postmaster of ``url``'s server and its children."""
     host_port = url.split("@", 1)[1].split("/", 1)[0]
@@ -229,6 +239,16 @@ def run_group(
         print(
             f"  [{processes} process(es)] first read of {n} links: {round_seconds:.1f} s; "
             f"CPU pbxcal {pbxcal_cpu:.1f} s, PostgreSQL {postgres_cpu:.1f} s",
+            flush=True,
+        )
+        reads = sum(metric_sum(listen, "pbxcal_calendar_syncs_total") for listen in listens)
+        rss = sum(rss_bytes(p.pid) for p in procs) / len(procs)
+        load = Path("/proc/loadavg").read_text().split()[:3]
+        with Store.open(url) as store:  # links read at least once (a read twice counts once)
+            distinct = len(store.expansion_computed_at())
+        print(
+            f"  [{processes} process(es)] then: {distinct} links read, {reads:.0f} reads in all; "
+            f"RSS {rss / 2**20:.0f} MiB per process; load average {' '.join(load)}",
             flush=True,
         )
         lags = boundary_lags(ast, e, first_window)
