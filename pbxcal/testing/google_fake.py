@@ -299,22 +299,31 @@ class FakeGoogle:
             "token_uri": self.token_uri,
         }}
 
-    def consent(self, url: str, *, refuse: bool = False, account: str = "") -> str:
+    def consent(
+        self, url: str, *, refuse: bool = False, account: str = "",
+        granted: tuple[str, ...] | None = None,
+    ) -> str:
         """What Google's consent page does for ``url``: the redirect URL it sends the
-        browser to, with a one-time code for ``account`` (or ``error=access_denied``)."""
+        browser to, with a one-time code for ``account`` (or ``error=access_denied``).
+        ``granted``: the scopes the code grants when not the ones asked for (a box the
+        user unticked, or earlier grants added by ``include_granted_scopes``)."""
         parsed = urllib.parse.urlsplit(url)
         query = dict(urllib.parse.parse_qsl(parsed.query))
-        return self._consent(query, refuse=refuse, account=account)
+        return self._consent(query, refuse=refuse, account=account, granted=granted)
 
-    def _consent(self, query: dict[str, str], *, refuse: bool, account: str) -> str:
+    def _consent(
+        self, query: dict[str, str], *, refuse: bool, account: str,
+        granted: tuple[str, ...] | None = None,
+    ) -> str:
         with self._lock:
             self.authorizations.append(query)
             if refuse:
                 answer = {"error": "access_denied", "state": query.get("state", "")}
             else:
                 code = f"code-{next(self._token_ids)}"
-                self._codes[code] = {**query, _ACCOUNT: account}
-                answer = {"code": code, "state": query.get("state", ""), "scope": query["scope"]}
+                scope = query["scope"] if granted is None else " ".join(granted)
+                self._codes[code] = {**query, "scope": scope, _ACCOUNT: account}
+                answer = {"code": code, "state": query.get("state", ""), "scope": scope}
         return oauth_pages.redirect_target(query, answer)
 
     def revoke_refresh_tokens(self) -> None:

@@ -100,12 +100,13 @@ def config(tmp_path: Path) -> Config:
     }, "test.toml")  # fmt: skip
 
 
-def cli_grant(google: FakeGoogle) -> dict[str, Any]:
-    """A grant from the CLI's installed-app flow, the user's browser on its own thread."""
+def cli_grant(google: FakeGoogle, granted: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """A grant from the CLI's installed-app flow, the user's browser on its own thread
+    (``granted``: what Google grants when not what was asked)."""
     client = google.add_client("desktop-1", SECRET)
 
     def browser(url: str) -> None:
-        target = google.consent(url, account=CALENDAR)
+        target = google.consent(url, account=CALENDAR, granted=granted)
 
         def follow() -> None:
             with urllib.request.urlopen(target, timeout=10) as answer:  # noqa: S310 - loopback
@@ -173,6 +174,35 @@ def test_the_cli_grant_asks_for_calendar_events_records_it_syncs_and_books(
     [event] = booked(google)
     assert event["id"] == created.event_id and event["iCalUID"] == "q-1@pbxcal"
     assert created.join_url is not None and google.requests["insufficientPermissions"] == 0
+
+
+def test_a_cli_grant_given_more_than_asked_records_what_google_granted(
+    google: FakeGoogle, store: Store
+) -> None:
+    # include_granted_scopes: the client's earlier read-only grant comes along; oauthlib
+    # calls that a changed scope (a Warning carrying the token), taken as granted
+    info = cli_grant(google, granted=(CALENDAR_SCOPE, WRITE_SCOPE))
+    assert sorted(info["scopes"]) == sorted([CALENDAR_SCOPE, WRITE_SCOPE])
+    assert grant_can_write(info) is True and info["refresh_token"].startswith("refresh-")
+    created = asyncio.run(calendar_for(store, link_of(store, google, info)).create(meeting(), b""))
+    assert [e["id"] for e in booked(google)] == [created.event_id]
+
+
+async def test_a_portal_grant_without_the_events_box_records_it_and_books_nothing(
+    google: FakeGoogle, store: Store
+) -> None:
+    client = web_client(google.add_web_client("web-1", "web-secret"))
+    url, flow = begin(client, "http://127.0.0.1:1/cb")
+    listing = "https://www.googleapis.com/auth/calendar.calendarlist.readonly"
+    back = google.consent(url, account=CALENDAR, granted=(CALENDAR_SCOPE, listing))
+    info = await finish(
+        client, flow, dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(back).query))
+    )
+    assert sorted(info["scopes"]) == sorted([CALENDAR_SCOPE, listing])
+    assert grant_can_write(info) is False
+    with pytest.raises(ProviderFailed) as caught:
+        calendar_for(store, link_of(store, google, info))
+    assert str(caught.value) == READ_ONLY_GOOGLE_GRANT and google.requests["events.insert"] == 0
 
 
 async def test_the_portal_sign_in_asks_for_calendar_events_and_records_the_grant(
