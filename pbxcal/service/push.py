@@ -251,11 +251,16 @@ class GooglePush(StoredPushKeeper):
             log.warning("link %d: no Google push channel (%s); polling only", link_id, exc)
             self.retry.add(link_id)
             return
-        if current is None or channel is not current[1]:
+        opened = current is None or channel is not current[1]
+        if opened:
             await self._opened(link_id, channel)
             self._channels[link_id] = (source, channel)
         for record in others:  # an earlier owner's: stopped once ours is open
-            await self._stop_stored(source, record, now)
+            if opened or record.owner == self.owner or link_id in self.started:
+                await self._stop_stored(source, record, now)
+            # else another process opened it since: it thinks the link is its own (the
+            # members' views differ for a round); whoever is wrong lets go, and a channel
+            # left over is stopped at the backstop
 
     async def _stop_stored(
         self, source: GoogleCalendarSource, record: PushChannelRecord, now: datetime
