@@ -170,6 +170,7 @@ def set_agent(
 ) -> Agent:
     """Change an agent: only what is given (``booking_link_id`` "keep" keeps it)."""
     agent = _stored_agent(store, agent_id)
+    before = agent.booking_link_id
     if name is not None:
         if not name.strip() or len(name) > 100:
             raise BookingRefused("name must be 1-100 characters")
@@ -183,7 +184,8 @@ def set_agent(
         agent = replace(agent, conflict_link_ids=tuple(conflict_link_ids))
     if settings is not None:
         agent = replace(agent, settings=parse_settings(settings, agent.settings))
-    _check_links(store, agent.booking_link_id, agent.conflict_link_ids)
+    _check_links(store, agent.booking_link_id, agent.conflict_link_ids,
+                 new_booking_link=agent.booking_link_id != before)  # fmt: skip
     row = agent_row(agent)
     del row["id"]
     if not store.update_agent(agent_id, row):
@@ -228,7 +230,11 @@ def agent_json(agent: Agent) -> dict[str, Any]:
     }
 
 
-def _check_links(store: Store, booking: int | None, conflicts: Sequence[int]) -> None:
+def _check_links(
+    store: Store, booking: int | None, conflicts: Sequence[int], *, new_booking_link: bool = True
+) -> None:
+    """The links exist and the booking link can be written; a read-only grant is
+    refused when it is chosen (``new_booking_link``), not on every later change."""
     for link_id in ([booking] if booking is not None else []) + list(conflicts):
         if store.get_link(link_id) is None:
             raise AgentNotFound(f"no link {link_id}")
@@ -239,3 +245,9 @@ def _check_links(store: Store, booking: int | None, conflicts: Sequence[int]) ->
                 f"link {booking} is {provider.provider}: bookings can be written to "
                 "CalDAV, Google, Microsoft 365 and Exchange (EWS) calendars"
             )
+        if provider is not None and new_booking_link:
+            from pbxcal.booking.writeback import read_only_reason
+
+            reason = read_only_reason(store, provider)
+            if reason is not None:
+                raise LinkUnsuitable(f"link {booking}: {reason}")

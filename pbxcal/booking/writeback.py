@@ -57,7 +57,7 @@ from urllib.parse import quote
 from pbxcal.booking.ews_writeback import EwsCalendar, ews_calendar
 from pbxcal.booking.model import Booking, CreatedEvent, ProviderFailed
 from pbxcal.core.redact import redact_url
-from pbxcal.errors import CalendarAuthFailed, CalendarError
+from pbxcal.errors import CalendarAuthFailed, CalendarError, StoreError
 from pbxcal.store import Link, Store
 
 __all__ = [
@@ -360,6 +360,30 @@ def _google_reason(exc: Any) -> str:
         return str(errors[0]["reason"])
     except (ValueError, KeyError, IndexError, TypeError):
         return ""
+
+
+def read_only_reason(store: Store, link: Link) -> str | None:
+    """Why ``link``'s stored grant cannot receive bookings (it records read-only scopes:
+    a Google or delegated Microsoft 365 grant made before bookings were written), or
+    None when it can or cannot tell. Reads the stored secret only, sends nothing; for
+    ``agents add/set``, so an admin hears it when choosing the booking calendar."""
+    from pbxcal.calendars.providers import SECRET_GOOGLE
+
+    try:
+        if link.provider == "google" and link.settings.get("auth") != "service_account":
+            from pbxcal.calendars.google import grant_can_write
+
+            raw = store.load_secret(link.id, SECRET_GOOGLE)
+            info = json.loads(raw) if raw is not None else None
+            if isinstance(info, dict) and grant_can_write(info) is False:
+                return READ_ONLY_GOOGLE_GRANT
+        elif link.provider == "graph" and link.settings.get("auth") == "delegated":
+            _check_write_grant(store, link)
+    except ProviderFailed as exc:
+        return str(exc)
+    except (StoreError, ValueError):  # no key, unreadable: the booking will say
+        return None
+    return None
 
 
 def _check_write_grant(store: Store, link: Link) -> None:

@@ -35,7 +35,7 @@ from google_auth_httplib2 import AuthorizedHttp  # type: ignore[import-untyped]
 
 from pbxcal.booking import book
 from pbxcal.booking.agents import add_agent
-from pbxcal.booking.model import Booking, ProviderFailed
+from pbxcal.booking.model import Booking, LinkUnsuitable, ProviderFailed
 from pbxcal.booking.writeback import (
     DELEGATION_READ_ONLY,
     READ_ONLY_GOOGLE_GRANT,
@@ -262,6 +262,26 @@ def test_a_grant_recording_read_only_scopes_is_refused_before_any_request(
         calendar_for(store, link_of(store, google, info))
     assert str(caught.value) == READ_ONLY_GOOGLE_GRANT and google.requests["token"] == 0
     assert synced_uids(google, user_credentials(info)) == ["e1"]  # it still reads
+
+
+def test_a_grant_recording_read_only_scopes_is_refused_as_booking_calendar(
+    google: FakeGoogle, store: Store, config: Config
+) -> None:
+    """``agents add`` says it when the calendar is chosen, without asking Google; a grant
+    that records nothing (older) cannot tell and is taken (the booking will say)."""
+    reading = (CALENDAR_SCOPE,)
+    info = {**google.add_user("web-1", SECRET, "refresh-read", reading), "scopes": list(reading)}
+    link = link_of(store, google, info)
+    with pytest.raises(LinkUnsuitable) as caught:
+        add_agent(store, config, "dana", pbx="main", extension="100", name="Dana",
+                  booking_link_id=link.id)  # fmt: skip
+    assert str(caught.value) == f"link {link.id}: {READ_ONLY_GOOGLE_GRANT}"
+    assert google.requests["token"] == 0 and store.list_agents() == []
+    old = store.add_link("101", "main", "google", CALENDAR,
+                         {"auth": "user", "api_endpoint": google.api_endpoint})  # fmt: skip
+    store.save_secret(old.id, SECRET_GOOGLE, json.dumps(old_grant(google)))
+    add_agent(store, config, "dana", pbx="main", extension="100", name="Dana",
+              booking_link_id=old.id)  # fmt: skip
 
 
 def test_a_read_only_token_gets_403_insufficient_permissions_and_the_message(

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from pbxcal.booking import book
-from pbxcal.booking.agents import add_agent
-from pbxcal.booking.model import Booking, ProviderFailed
+from pbxcal.booking.agents import add_agent, load_agent, set_agent
+from pbxcal.booking.model import Booking, LinkUnsuitable, ProviderFailed
 from pbxcal.booking.writeback import READ_ONLY_GRANT, GraphCalendar, calendar_for
 from pbxcal.calendars.blocking import BlockingCalls
 from pbxcal.calendars.graph import DelegatedTokens, GraphCalendarSource
@@ -109,8 +109,8 @@ def cli_grant(graph: FakeGraph, scopes: tuple[str, ...] | None = None) -> str:
     return flow.finish(start, dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(redirect).query)))
 
 
-def delegated_link(store: Store, graph: FakeGraph, cache: str) -> Link:
-    link = store.add_link("100", "main", "graph", "me", {
+def delegated_link(store: Store, graph: FakeGraph, cache: str, extension: str = "100") -> Link:
+    link = store.add_link(extension, "main", "graph", "me", {
         "auth": "delegated", "client_id": CLI_APP, "tenant": TENANT,
         "authority_host": graph.authority_host, "graph_url": graph.graph_url,
         "ca_file": graph.ca_file})  # fmt: skip
@@ -164,10 +164,13 @@ def test_an_old_read_only_grant_keeps_reading_with_its_own_scopes(graph: FakeGra
 def test_booking_into_a_read_only_grant_books_nothing(
     graph: FakeGraph, store: Store, config: Config
 ) -> None:
-    link = delegated_link(store, graph, cli_grant(graph, READ_ONLY_SCOPES))
+    read_only = cli_grant(graph, READ_ONLY_SCOPES)
+    link = delegated_link(store, graph, cli_grant(graph))
     add_agent(store, config, "dana", pbx="main", extension="100", name="Dana",
               booking_link_id=link.id,
               settings={"timezone": "Europe/Amsterdam", "min_notice_minutes": 0})  # fmt: skip
+    # an agent made before this version: its booking link's grant reads only
+    store.save_secret(link.id, SECRET_GRAPH_TOKEN_CACHE, read_only)
     ctx = WebContext(config=config, store=store, keys=None, sync=None, clock=FakeClock(NOW),
                      metrics=Metrics(), templates=Templates(("en",)))  # fmt: skip
     with pytest.raises(ProviderFailed) as caught:
@@ -199,3 +202,26 @@ def test_graphs_403_to_a_delegated_grant_is_the_read_only_message(
         assert "403 ErrorAccessDenied" in str(other.value)  # not a grant to link again
     finally:
         calls.close()
+
+
+def test_a_read_only_grant_is_refused_when_chosen_as_booking_calendar(
+    graph: FakeGraph, store: Store, config: Config
+) -> None:
+    """``agents add`` / ``set --booking-link`` say it at once, not when a guest books;
+    an agent already using such a link can still change its other settings."""
+    read_only = delegated_link(store, graph, cli_grant(graph, READ_ONLY_SCOPES))
+    writable = delegated_link(store, graph, cli_grant(graph), extension="101")
+    with pytest.raises(LinkUnsuitable) as caught:
+        add_agent(store, config, "dana", pbx="main", extension="100", name="Dana",
+                  booking_link_id=read_only.id)  # fmt: skip
+    assert str(caught.value) == f"link {read_only.id}: {READ_ONLY_GRANT}"
+    assert store.list_agents() == []
+    add_agent(store, config, "dana", pbx="main", extension="100", name="Dana",
+              booking_link_id=writable.id)  # fmt: skip
+    with pytest.raises(LinkUnsuitable):
+        set_agent(store, "dana", booking_link_id=read_only.id)
+    assert load_agent(store, "dana").booking_link_id == writable.id
+    store.save_secret(writable.id, SECRET_GRAPH_TOKEN_CACHE, store.load_secret(
+        read_only.id, SECRET_GRAPH_TOKEN_CACHE) or b"")  # fmt: skip
+    changed = set_agent(store, "dana", settings={"min_notice_minutes": 60})
+    assert changed.settings.min_notice_minutes == 60  # the link was chosen before
