@@ -169,6 +169,33 @@ def metric_sum(listen: str, name: str) -> float:
     )
 
 
+def own_lag(listens: list[str]) -> str:
+    """Mean and p99 bucket of ``pbxcal_boundary_lag_seconds`` summed over the processes
+    (only the PBX's writer observes it)."""
+    buckets: dict[float, float] = {}
+    total = count = 0.0
+    for listen in listens:
+        try:
+            with urllib.request.urlopen(f"http://{listen}/metrics", timeout=60) as reply:
+                body = reply.read().decode()
+        except OSError:
+            continue
+        for line in body.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name.startswith("pbxcal_boundary_lag_seconds_bucket{"):
+                bound = name.split('le="', 1)[1].split('"', 1)[0]
+                le = float("inf") if bound == "+Inf" else float(bound)
+                buckets[le] = buckets.get(le, 0.0) + float(value)
+            elif name == "pbxcal_boundary_lag_seconds_sum":
+                total += float(value)
+            elif name == "pbxcal_boundary_lag_seconds_count":
+                count += float(value)
+    if not count:
+        return "nothing observed"
+    p99 = min(le for le, seen in buckets.items() if seen >= 0.99 * count)
+    return f"mean {1000 * total / count:.0f} ms, p99 <= {1000 * p99:.0f} ms"
+
+
 def forwardings(ast: AsteriskSandbox) -> dict[str, str]:
     """Every ``pbxcal/fwd/<ext>`` Asterisk holds."""
     found = {}
@@ -256,7 +283,8 @@ def run_group(
             print(
                 f"  [{processes} process(es)] boundary lag p50 "
                 f"{1000 * statistics.median(lags):.0f} ms, p99 "
-                f"{1000 * percentile(lags, 0.99):.0f} ms ({len(lags)}/{e})",
+                f"{1000 * percentile(lags, 0.99):.0f} ms ({len(lags)}/{e}); the writer, "
+                f"every boundary since its start (batch acknowledged): {own_lag(listens)}",
                 flush=True,
             )
         return Figures(processes, round_seconds, pbxcal_cpu, postgres_cpu, lags)
