@@ -192,7 +192,7 @@ class GooglePush(StoredPushKeeper):
     async def _tend(self, now: datetime) -> None:
         built = {
             link_id: source
-            for link_id, source in self.sync.built_sources()
+            for link_id, source in self.sync.built_sources(self.provider)
             if isinstance(source, GoogleCalendarSource)
         }
         for link_id in set(self._channels) - set(built):  # unlinked, or source rebuilt
@@ -354,7 +354,7 @@ class GraphPush(StoredPushKeeper):
     async def _tend(self, now: datetime) -> None:
         built = {
             link_id: source
-            for link_id, source in self.sync.built_sources()
+            for link_id, source in self.sync.built_sources(self.provider)
             if isinstance(source, GraphCalendarSource)
         }
         for link_id in set(self._subscriptions) - set(built):

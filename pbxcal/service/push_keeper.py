@@ -46,7 +46,7 @@ which hears its own). Channel writes are rare: a Graph renewal is one write ever
 per link, a Google replacement three (pending row, answered row, the old one deleted)
 every ~6.75 days: at 1,000,000 links ~7.7 + ~5.1 ≈ 13 notifications/s for the group.
 One more PostgreSQL connection per process (the LISTEN). Each look still walks the
-process's built sources in memory (O(N/P), no I/O). Measured on the shared 2-core
+process's built sources of its provider in memory (O(N/P), no I/O). Measured on the shared 2-core
 development machine (PostgreSQL, 30,000 Graph rows): reading all of them took 5.0 s
 (median of 5), so the old 30 s timer alone would have kept a sixth of a core busy per
 process at 30,000 links; one link's rows take 11 ms, 1,875 links' (a sixteenth) 1.0 s.

@@ -8,6 +8,7 @@ rows; "another process" writes them through its own ``Store``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,8 +16,11 @@ from typing import Any, cast
 
 import pytest
 
+from pbxcal.calendars.blocking import BlockingCalls
+from pbxcal.calendars.google import GoogleCalendarSource, user_credentials
 from pbxcal.errors import StoreError
 from pbxcal.service.metrics import Metrics
+from pbxcal.service.push import GooglePush
 from pbxcal.service.push_keeper import (
     BACKSTOP_SECONDS,
     CHANNEL_CHECK_INTERVAL,
@@ -28,6 +32,7 @@ from pbxcal.service.sync import CalendarSync
 from pbxcal.store import Store
 from pbxcal.store.push_channels import PushChannelRecord
 from pbxcal.testing.fakes import FakeClock
+from pbxcal.testing.google_fake import FakeGoogle
 
 START = datetime(2026, 3, 30, 8, 0, tzinfo=UTC)
 
@@ -226,3 +231,59 @@ def test_notification_payloads_reach_the_keeper_of_their_provider(store: Store) 
     for payload in ("google 1", "graph", "graph x", "", "graph 3", "graph 1"):
         changes.deliver(payload)
     assert graph._stale == {1}
+
+
+# -- the rule for another process's channel (GooglePush against the Google fake) ---------
+
+
+@pytest.fixture
+def google() -> Iterator[FakeGoogle]:
+    with FakeGoogle() as fake:
+        fake.add_calendar("primary")
+        yield fake
+
+
+async def test_another_process_channel_is_left_alone_until_the_link_is_started_again(
+    store: Store, elsewhere: Store, google: FakeGoogle
+) -> None:
+    """Two processes whose views of the members differ both think link 1 is theirs: a
+    look woken by the other's write neither stops its channel nor opens a new one of its
+    own (they would replace each other on every notification); the backstop, where the
+    keeper starts the link afresh, takes it over."""
+    calls = BlockingCalls(2)
+    info = google.add_user("client", "secret", "refresh")
+    source = GoogleCalendarSource(
+        user_credentials(info), calls=calls, api_endpoint=google.api_endpoint
+    )
+    sync = SimpleNamespace(
+        store=store, member_id="me", is_mine=lambda link_id: True,
+        built_sources=lambda provider=None: [(1, source)], sync_soon=lambda link_id: True,
+    )  # fmt: skip
+    clock = FakeClock(START)
+    keeper = GooglePush(cast(CalendarSync, sync), "http://127.0.0.1:9", Metrics(), clock)
+    try:
+        await keeper._tend(clock.now())
+        [mine] = google.channels()
+        assert [(r.channel_id, r.owner) for r in store.push_channels("google")] == [(mine, "me")]
+
+        theirs = PushChannelRecord("google", "pbxcal-theirs", 1, b"t" * 32, "", None, "them")
+        elsewhere.save_push_channel(theirs)  # the other process opens one (pending row)
+        keeper.channels_changed(1)
+        await keeper._tend(clock.now())
+        rows = {r.channel_id: r.owner for r in store.push_channels("google")}
+        assert rows == {mine: "me", "pbxcal-theirs": "them"} and google.channels() == [mine]
+
+        elsewhere.delete_push_channel("google", mine)  # and stops ours: we let go...
+        keeper.channels_changed(1)
+        await keeper._tend(clock.now())
+        assert keeper._live_links() == []
+        assert [r.channel_id for r in store.push_channels("google")] == ["pbxcal-theirs"]
+        assert google.channels() == [mine]  # ...opening nothing (we stop nothing of theirs)
+
+        clock.advance(BACKSTOP_SECONDS)  # still ours at the backstop: taken over
+        await keeper._tend(clock.now())
+        [row] = store.push_channels("google")
+        assert row.owner == "me" and row.channel_id != "pbxcal-theirs"
+        assert row.channel_id in google.channels()
+    finally:
+        calls.close()
