@@ -50,6 +50,7 @@ from pbxcal.service.ews_push import EwsPush
 from pbxcal.service.metrics import Metrics
 from pbxcal.service.notify import SystemdNotifier
 from pbxcal.service.push import GOOGLE_WEBHOOK, GRAPH_WEBHOOK, GooglePush, GraphPush
+from pbxcal.service.push_keeper import ChannelChanges
 from pbxcal.service.reconciler import PbxSettings, Reconciler
 from pbxcal.service.store_health import StoreHealth
 from pbxcal.service.sync import CalendarSync
@@ -235,6 +236,12 @@ class Daemon:
             if self.push is not None and self.graph_push is not None:
                 tasks.append(asyncio.create_task(self.push.run(), name="google-push"))
                 tasks.append(asyncio.create_task(self.graph_push.run(), name="graph-push"))
+                if self.writers is not None:  # rows written by other processes: NOTIFY
+                    changes = ChannelChanges(
+                        cluster_conninfo(self.store_url, application_name="pbxcal-push"),
+                        [self.push, self.graph_push],
+                    )
+                    tasks.append(asyncio.create_task(changes.run(), name="push-listen"))
             tasks.append(asyncio.create_task(ews_push.run(), name="ews-push"))
             from pbxcal.booking.reminders import reminder_loop
 
