@@ -38,9 +38,9 @@ expansions another process stored.
 
 Cost per change: a sync costs in proportion to its own calendar; nothing per sync walks
 every link (the push keepers are woken only when a source they tend is built or goes:
-``PUSHED_PROVIDERS``; ``built_sources(provider)`` lists only that provider's). Walking
-all links is left to start-up (``restore``), ``set_links`` (the link list changed) and
-the periodic health count.
+``PUSHED_PROVIDERS``; ``built_sources(provider)`` lists only that provider's; ``health``
+is kept up to date as results change). Walking all links is left to start-up
+(``restore``) and ``set_links`` (the link list changed).
 
 Start reading at ``sync_link``.
 """
@@ -199,6 +199,8 @@ class CalendarSync:
         self._parked: dict[int, int] = {}  # link id -> generation: due, but read elsewhere
         #: provider -> link id -> built source (``built_sources``)
         self._built: dict[str, dict[int, AnySource]] = {}
+        #: (provider, status) -> followed links (``health``), updated as results change
+        self._health: Counter[tuple[str, str]] = Counter()
         self._pushed: set[int] = set()  # read here once even if read elsewhere (webhooks)
 
     @property
@@ -209,10 +211,11 @@ class CalendarSync:
         return Counter(state.last_result for state in self._links.values())
 
     def health(self) -> Counter[tuple[str, str]]:
-        """Active links by (provider, status)."""
-        return Counter(
-            (state.link.provider, link_status(state.last_result)) for state in self._links.values()
-        )
+        """Active links by (provider, status); kept as results change, not counted here."""
+        return +self._health
+
+    def _count(self, state: _LinkState, sign: int) -> None:
+        self._health[(state.link.provider, link_status(state.last_result))] += sign
 
     # -- following the links ------------------------------------------------------------
 
@@ -251,6 +254,7 @@ class CalendarSync:
         added: list[int] = []
         for link_id in set(self._links) - set(wanted):
             gone = self._links.pop(link_id)
+            self._count(gone, -1)
             self.secrets.forget(link_id)
             self.reconciler.remove_link(link_id)
             if self._unbuild(gone) and self.on_sources_changed is not None:
@@ -274,10 +278,13 @@ class CalendarSync:
         with thousands of links does not build thousands of sources before READY.
         """
         previous = self._links.get(link.id)
-        if previous is not None and self._unbuild(previous) and self.on_sources_changed:
-            self.on_sources_changed()
+        if previous is not None:
+            self._count(previous, -1)
+            if self._unbuild(previous) and self.on_sources_changed is not None:
+                self.on_sources_changed()
         state = _LinkState(link, None, next(self._generations))
         self._links[link.id] = state
+        self._count(state, +1)
         self.secrets.forget(link.id)  # a new grant may have replaced the old secret
         heapq.heappush(self._due, (0.0, state.generation, link.id))
         return state
@@ -506,7 +513,12 @@ class CalendarSync:
         provider = (await self._source(state)).provider
         self.metrics.sync_duration.labels(provider).observe(time.perf_counter() - started)
         self.metrics.calendar_syncs.labels(provider, outcome.result).inc()
+        followed = self._links.get(link_id) is state  # not removed or replaced meanwhile
+        if followed:
+            self._count(state, -1)
         previous, state.last_result = state.last_result, outcome.result
+        if followed:
+            self._count(state, +1)
         self._count_unknown()
         recovered = STATUS_OF_RESULT.get(previous) not in ("connected", "pending")
         if outcome.result != "unchanged" or recovered:
