@@ -337,6 +337,10 @@ class AsteriskSandbox:
         """The shipped manager.d/pbxcal.conf with only its secret line replaced."""
         return pbxcal_manager_conf(self.contrib_dir, self.ami_secret)
 
+    def _manager_conf(self) -> str:
+        """The text of manager.conf (a hook: tests add AMI users or logging)."""
+        return manager_conf(self.ami_port, self.admin_username, self.admin_secret)
+
     def _prepare(self) -> None:
         base = self.instance_dir
         for sub in ("etc/manager.d", "run", "spool", "lib", "log", "cache"):
@@ -354,7 +358,7 @@ class AsteriskSandbox:
             "modules.conf": modules_conf(),
             "logger.conf": "[general]\ndateformat = %F %T.%3q\n\n[logfiles]\n"
             "messages.log => notice,warning,error,verbose(3)\n",
-            "manager.conf": manager_conf(self.ami_port, self.admin_username, self.admin_secret),
+            "manager.conf": self._manager_conf(),
             "manager.d/pbxcal.conf": self.pbxcal_manager_conf(),
             "pjsip.conf": pjsip_conf(self.sip_port, self.endpoints, self.phones_context,
                                      self.sip_secret),
