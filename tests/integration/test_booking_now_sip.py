@@ -10,6 +10,7 @@ again. Each state is awaited (the device state changes asynchronously), never sl
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,10 @@ import httpx
 import pytest
 from daemon_helpers import DaemonRun, new_key_file, wait_for
 from pyVoIP.VoIP import CallState, PhoneStatus  # before pyVoIP.SIP (cycle)
-from test_dialplan_sip import TestPhone, free_udp_port
+from test_dialplan_sip import TestPhone
 
 from pbxcal.testing.asterisk import AsteriskSandbox
+from pbxcal.testing.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -32,7 +34,8 @@ def phones(asterisk: AsteriskSandbox) -> Iterator[dict[str, TestPhone]]:
         for index, name in enumerate(("100", "300")):
             low = 44000 + index * 200
             phone = TestPhone(name, asterisk.sip_host, asterisk.sip_port, name,
-                              asterisk.sip_secret, myIP="127.0.0.1", sipPort=free_udp_port(),
+                              asterisk.sip_secret, myIP="127.0.0.1",
+                              sipPort=free_port(socket.SOCK_DGRAM),
                               rtpPortLow=low, rtpPortHigh=low + 199)  # fmt: skip
             phone.start()
             started[name] = phone
