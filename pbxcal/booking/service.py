@@ -352,7 +352,7 @@ async def _calendar(ctx: WebContext, agent: Agent) -> BookingCalendar:
     sync = ctx.sync
     source = None  # the daemon's source of the link (a Graph link shares its tokens)
     if sync is not None and agent.booking_link_id is not None:
-        source = dict(sync.built_sources()).get(agent.booking_link_id)
+        source = sync.built_source(agent.booking_link_id)
 
     async def saved() -> None:
         if sync is not None and agent.booking_link_id is not None:

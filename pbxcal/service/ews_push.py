@@ -93,7 +93,7 @@ class EwsPush(PushKeeper):
         loop = asyncio.get_running_loop()
         sources = {
             link_id: source
-            for link_id, source in self.sync.built_sources()
+            for link_id, source in self.sync.built_sources("ews")
             if isinstance(source, EwsCalendarSource)
         }
         for link_id in set(self._watches) - set(sources):  # unlinked

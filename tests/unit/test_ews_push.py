@@ -206,7 +206,7 @@ class StubSync:
         self.asked: list[int] = []
         self.changed = asyncio.Event()
 
-    def built_sources(self) -> list[tuple[int, object]]:
+    def built_sources(self, provider: str | None = None) -> list[tuple[int, object]]:
         return list(self.sources)
 
     def sync_soon(self, link_id: int) -> bool:
