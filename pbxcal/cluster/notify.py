@@ -67,21 +67,28 @@ class LinkNotifier:
             await conn.close()
 
 
-class LinkListener:
-    """Listens for "link N changed" until cancelled; see the module docstring."""
+class Listener:
+    """LISTENs on one channel until cancelled: hands each payload to ``on_payload``,
+    reconnects with backoff, and calls ``on_listening(again)`` every time LISTEN is in
+    place (``again``: after a loss, when what was sent meanwhile is lost). The one
+    reconnect loop of the link listener and the push keepers' ``ChannelChanges``."""
 
     def __init__(
         self,
         conninfo: str,
-        on_link: Callable[[int], None],
-        on_resync: Callable[[], None],
+        channel: str,
+        on_payload: Callable[[str], None],
+        on_listening: Callable[[bool], None],
         *,
+        what: str,
         backoff_first: float = 0.2,
         backoff_max: float = 5.0,
     ) -> None:
         self._conninfo = conninfo
-        self._on_link = on_link
-        self._on_resync = on_resync
+        self._channel = channel
+        self._on_payload = on_payload
+        self._on_listening = on_listening
+        self._what = what
         self._backoff_first = backoff_first
         self._backoff_max = backoff_max
         #: set while LISTEN is in place (tests and readiness wait on it)
@@ -96,25 +103,47 @@ class LinkListener:
         while True:
             try:
                 async with await connect(self._conninfo) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute(f"LISTEN {self._channel}")
                     self.connections += 1
                     self.listening.set()
-                    if self.connections > 1 or down_logged:
-                        log.info("cluster: listening for link changes again; re-reading all")
-                        self._on_resync()  # what was sent while away is lost
+                    self._on_listening(self.connections > 1 or down_logged)
                     down_logged = False
                     delay = self._backoff_first
                     async for note in conn.notifies():
-                        self._deliver(note.payload)
+                        self._on_payload(note.payload)
                     raise psycopg.OperationalError("the notification stream ended")
             except psycopg.Error as exc:
                 self.listening.clear()
                 if not down_logged:
-                    log.warning("cluster: link change notifications lost (%s); reconnecting",
+                    log.warning("%s notifications lost (%s); reconnecting", self._what,
                                 one_line(exc))  # fmt: skip
                     down_logged = True
             await asyncio.sleep(delay)  # backoff between reconnects, not synchronisation
             delay = min(delay * 2, self._backoff_max)
+
+
+class LinkListener(Listener):
+    """Listens for "link N changed" until cancelled; see the module docstring."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        on_link: Callable[[int], None],
+        on_resync: Callable[[], None],
+        *,
+        backoff_first: float = 0.2,
+        backoff_max: float = 5.0,
+    ) -> None:
+        super().__init__(conninfo, CHANNEL, self._deliver, self._listening,
+                         what="cluster: link change", backoff_first=backoff_first,
+                         backoff_max=backoff_max)  # fmt: skip
+        self._on_link = on_link
+        self._on_resync = on_resync
+
+    def _listening(self, again: bool) -> None:
+        if again:
+            log.info("cluster: listening for link changes again; re-reading all")
+            self._on_resync()  # what was sent while away is lost
 
     def _deliver(self, payload: str) -> None:
         try:

@@ -65,14 +65,11 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-import psycopg
-
-from pbxcal.cluster.connection import connect
+from pbxcal.cluster.notify import Listener
 from pbxcal.errors import StoreError
 from pbxcal.service.clock import Clock
 from pbxcal.service.metrics import Metrics
 from pbxcal.service.sync import CalendarSync
-from pbxcal.store.engine import one_line
 from pbxcal.store.push_channels import CHANGES_CHANNEL, PushChannelRecord
 
 log = logging.getLogger(__name__)
@@ -240,7 +237,7 @@ class StoredPushKeeper(PushKeeper):
             log.info("%s push: cannot delete a stored channel: %s", self.provider, exc)
 
 
-class ChannelChanges:
+class ChannelChanges(Listener):
     """LISTENs for ``NOTIFY pbxcal_push`` until cancelled and tells the keeper of that
     provider (``channels_changed``); after every (re)connect every keeper re-reads all
     it tends (``resync``: notifications sent while away are lost)."""
@@ -253,36 +250,14 @@ class ChannelChanges:
         backoff_first: float = 0.2,
         backoff_max: float = 5.0,
     ) -> None:
-        self._conninfo = conninfo
+        super().__init__(conninfo, CHANGES_CHANNEL, self.deliver, self._listening,
+                         what="push: channel change", backoff_first=backoff_first,
+                         backoff_max=backoff_max)  # fmt: skip
         self._keepers = {keeper.provider: keeper for keeper in keepers}
-        self._backoff_first = backoff_first
-        self._backoff_max = backoff_max
-        #: set while LISTEN is in place
-        self.listening = asyncio.Event()
 
-    async def run(self) -> None:
-        delay = self._backoff_first
-        down_logged = False
-        while True:
-            try:
-                async with await connect(self._conninfo) as conn:
-                    await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
-                    self.listening.set()
-                    for keeper in self._keepers.values():
-                        keeper.resync()
-                    down_logged = False
-                    delay = self._backoff_first
-                    async for note in conn.notifies():
-                        self.deliver(note.payload)
-                    raise psycopg.OperationalError("the notification stream ended")
-            except psycopg.Error as exc:
-                self.listening.clear()
-                if not down_logged:
-                    log.warning("push: channel change notifications lost (%s); reconnecting",
-                                one_line(exc))  # fmt: skip
-                    down_logged = True
-            await asyncio.sleep(delay)  # backoff between reconnects, not synchronisation
-            delay = min(delay * 2, self._backoff_max)
+    def _listening(self, again: bool) -> None:
+        for keeper in self._keepers.values():
+            keeper.resync()
 
     def deliver(self, payload: str) -> None:
         """One notification's payload, ``"<provider> <link id>"``."""
