@@ -49,7 +49,7 @@ from pbxcal.errors import (
     InputError,
     StoreError,
 )
-from pbxcal.service.calendar_work import CalendarWork, Stopped
+from pbxcal.service.calendar_work import CalendarWork, Stopped, Work
 from pbxcal.service.clock import Clock
 from pbxcal.service.metrics import Metrics
 from pbxcal.service.reconciler import PAST, LinkInstances, Reconciler
@@ -286,22 +286,11 @@ class LinkReads:
             digest = state.digest
         else:
             return SyncOutcome("unchanged")
-        state.set_at = time.monotonic()
-        self.reconciler.set_link_instances(
-            link.id, LinkInstances(link_key(link), work.instances, work.since, work.until)
-        )
-        for reason, count in work.rejected.items():
-            self.metrics.rejected_events.labels(reason).inc(count)
-        message = f"{work.skipped} events skipped (unreadable)" if work.skipped else ""
+        message = self._take(state, work, now)
         if work.store_error is not None:
-            self.store_health.failed("save-events", work.store_error)
             state.validators, state.digest = None, None  # read and save again next time
-            message = f"calendar followed, but not saved: {work.store_error}"
-        else:
-            self.store_health.succeeded()
-            state.stored, state.stored_at = True, now
-            if isinstance(fetched, Fetched):
-                state.validators, state.digest = fetched.validators, digest
+        elif isinstance(fetched, Fetched):
+            state.validators, state.digest = fetched.validators, digest
         return SyncOutcome("changed", work.accepted, work.rejected, message)
 
     async def _sync_changes(self, state: LinkState, source: IncrementalSource) -> SyncOutcome:
@@ -321,22 +310,27 @@ class LinkReads:
             work = await self._in_worker(
                 self._work.on_changes, self.config, link, change, now, parser
             )
+        message = self._take(state, work, now)
+        if work.store_error is None and change is not None:
+            state.cursor = change.cursor
+        return SyncOutcome("changed", work.accepted, work.rejected, message)
+
+    def _take(self, state: LinkState, work: Work, now: datetime) -> str:
+        """Give the read's instances to the reconciler and count its rejections; returns
+        the outcome's message. ``state.stored`` when the store took it too."""
+        link = state.link
         state.set_at = time.monotonic()
         self.reconciler.set_link_instances(
             link.id, LinkInstances(link_key(link), work.instances, work.since, work.until)
         )
         for reason, count in work.rejected.items():
             self.metrics.rejected_events.labels(reason).inc(count)
-        message = f"{work.skipped} events skipped (unreadable)" if work.skipped else ""
         if work.store_error is not None:
             self.store_health.failed("save-events", work.store_error)
-            message = f"calendar followed, but not saved: {work.store_error}"
-        else:
-            self.store_health.succeeded()
-            state.stored, state.stored_at = True, now
-            if change is not None:
-                state.cursor = change.cursor
-        return SyncOutcome("changed", work.accepted, work.rejected, message)
+            return f"calendar followed, but not saved: {work.store_error}"
+        self.store_health.succeeded()
+        state.stored, state.stored_at = True, now
+        return f"{work.skipped} events skipped (unreadable)" if work.skipped else ""
 
     def _checkpoint(self) -> None:
         """Called by the workers every ~1,000 items: abandon the work when stopping."""
