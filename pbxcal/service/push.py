@@ -93,6 +93,10 @@ GRAPH_WEBHOOK = "/webhooks/graph"
 GRAPH_LIFETIME = timedelta(days=2)
 #: How long before it expires a Graph subscription is renewed.
 GRAPH_RENEW_BEFORE = timedelta(hours=12)
+#: A Graph row another process claimed while its view of the members lagged is claimed
+#: back by the link's owner at most this often (two views differ for a round); a claim
+#: held back is made when the interval is over, so the owner has the last word.
+CLAIM_INTERVAL = timedelta(seconds=2)
 
 __all__ = [
     "CACHE_SECONDS", "CHANNEL_CHECK_INTERVAL", "GOOGLE_WEBHOOK", "GRAPH_WEBHOOK",
@@ -300,6 +304,8 @@ class GraphPush(StoredPushKeeper):
         #: link id -> (source, subscription, digest of its client state)
         self._subscriptions: dict[int, tuple[GraphCalendarSource, GraphSubscription, bytes]] = {}
         self._renew: set[int] = set()
+        self._claimed: dict[int, datetime] = {}  # link id -> when its row was last claimed
+        self._recheck: dict[int, datetime] = {}  # link id -> when to look at its row again
 
     def _live_links(self) -> list[int]:
         return list(self._subscriptions)
@@ -349,9 +355,20 @@ class GraphPush(StoredPushKeeper):
             log.warning("link %d: cannot pass a Graph lifecycle event on: %s", link_id, exc)
 
     def _renewal_times(self) -> Iterable[datetime]:
-        return (sub.expires_at - GRAPH_RENEW_BEFORE for _, sub, _ in self._subscriptions.values())
+        renewals = [
+            sub.expires_at - GRAPH_RENEW_BEFORE for _, sub, _ in self._subscriptions.values()
+        ]
+        return renewals + list(self._recheck.values())
+
+    def _due_rechecks(self, now: datetime) -> None:
+        """Rows whose claim was held back (``_claim_back``) are read again now."""
+        for link_id, due in list(self._recheck.items()):
+            if due <= now:
+                del self._recheck[link_id]
+                self._stale.add(link_id)
 
     async def _tend(self, now: datetime) -> None:
+        self._due_rechecks(now)
         built = {
             link_id: source
             for link_id, source in self.sync.built_sources(self.provider)
@@ -388,6 +405,8 @@ class GraphPush(StoredPushKeeper):
                 current = None
             elif row.expires_at is not None and row.expires_at <= now:
                 renew = True  # a lifecycle event reached another process
+            elif row.owner != self.owner and not renew:
+                await self._claim_back(link_id, current, now)
         if current is None and stored:  # an earlier owner's: take the newest over
             if link_id not in self.started and any(r.owner != self.owner for r in stored):
                 return  # tended elsewhere, and not just become ours (see push_keeper)
@@ -422,6 +441,29 @@ class GraphPush(StoredPushKeeper):
                 with contextlib.suppress(CalendarError):  # it expires on its own
                     await source.unsubscribe(stale)
                 await self._forget_stored(link_id, row.channel_id)
+
+    async def _claim_back(
+        self, link_id: int, current: tuple[GraphCalendarSource, GraphSubscription, bytes],
+        now: datetime,
+    ) -> None:
+        """The row of our subscription names another process: it took the subscription
+        over (by renewal, the same id) while its view of the members still made the link
+        its own. The link is ours, so the row says so again; no call to Graph, and at
+        most every ``CLAIM_INTERVAL`` while two views still differ (a claim held back is
+        made once the interval is over: the owner has the last word)."""
+        last = self._claimed.get(link_id)
+        if last is not None and now - last < CLAIM_INTERVAL:
+            self._recheck[link_id] = last + CLAIM_INTERVAL
+            return
+        self._claimed[link_id] = now
+        _, subscription, digest = current
+        try:
+            await self._save(PushChannelRecord(
+                "graph", subscription.id, link_id, digest, subscription.resource,
+                subscription.expires_at, self.owner,
+            ))  # fmt: skip
+        except StoreError as exc:  # the next look tries again
+            log.warning("link %d: cannot store its Graph subscription: %s", link_id, exc)
 
     async def _renew_or_subscribe(
         self, link_id: int, source: GraphCalendarSource,

@@ -18,9 +18,10 @@ import pytest
 
 from pbxcal.calendars.blocking import BlockingCalls
 from pbxcal.calendars.google import GoogleCalendarSource, user_credentials
+from pbxcal.calendars.graph import GraphCalendarSource, GraphSubscription
 from pbxcal.errors import StoreError
 from pbxcal.service.metrics import Metrics
-from pbxcal.service.push import GooglePush
+from pbxcal.service.push import CLAIM_INTERVAL, GooglePush, GraphPush
 from pbxcal.service.push_keeper import (
     BACKSTOP_SECONDS,
     CHANNEL_CHECK_INTERVAL,
@@ -287,3 +288,42 @@ async def test_another_process_channel_is_left_alone_until_the_link_is_started_a
         assert row.channel_id in google.channels()
     finally:
         calls.close()
+
+
+async def test_the_owner_claims_back_a_graph_row_another_process_took_over(
+    store: Store, elsewhere: Store
+) -> None:
+    """Another process whose view of the members lagged took our subscription over (by
+    renewal: the same id, its name in the row). The link is ours: the row names us again
+    at the next look, without a call to Graph, and not more often than every
+    ``CLAIM_INTERVAL`` seconds while the other keeps claiming it."""
+    source = cast(GraphCalendarSource, SimpleNamespace())  # never called: no renewal due
+    sync = SimpleNamespace(
+        store=store, member_id="me", is_mine=lambda link_id: True,
+    )  # fmt: skip
+    clock = FakeClock(START)
+    keeper = GraphPush(cast(CalendarSync, sync), "http://127.0.0.1:9", Metrics(), clock)
+    ours = row(1, "sub-1", owner="me")
+    store.save_push_channel(ours)
+    subscription = GraphSubscription("sub-1", ours.resource_id, "", START + timedelta(days=2))
+    keeper._subscriptions[1] = (source, subscription, ours.token_digest)
+
+    elsewhere.save_push_channel(row(1, "sub-1", owner="them"))  # taken over elsewhere
+    await keeper._tend_link(1, source, store.push_channels("graph", [1]), clock.now())
+    assert [(r.channel_id, r.owner) for r in store.push_channels("graph")] == [("sub-1", "me")]
+
+    elsewhere.save_push_channel(row(1, "sub-1", owner="them"))  # at once again
+    await keeper._tend_link(1, source, store.push_channels("graph", [1]), clock.now())
+    # within CLAIM_INTERVAL: left as it is for now, but looked at again when it is over
+    assert [r.owner for r in store.push_channels("graph")] == ["them"]
+    assert keeper._subscriptions[1][1] is subscription  # still tended here
+    assert keeper._next_look(clock.now()) == CLAIM_INTERVAL.total_seconds()
+    keeper._rows[1] = store.push_channels("graph", [1])  # tended: its rows are known
+    keeper._stale.clear()  # (its own write above was read back)
+    keeper._due_rechecks(clock.now())
+    assert 1 not in keeper._stale  # not yet
+    clock.advance(CLAIM_INTERVAL.total_seconds())
+    keeper._due_rechecks(clock.now())
+    assert 1 in keeper._stale  # its rows are read at this look...
+    await keeper._tend_link(1, source, store.push_channels("graph", [1]), clock.now())
+    assert [r.owner for r in store.push_channels("graph")] == ["me"]  # ...and claimed back
